@@ -1,0 +1,135 @@
+"""scan_corpus on a synthetic corpus (mono, identical channels, corrupt file) and on EMOVO."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from binser.corpora import corpus
+from binser.errors import AudioError, ConfigError
+from binser.scan import ScanReport, format_scan, scan_corpus, scan_file
+
+SR = 16000
+
+
+def noise(frames: int, channels: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-0.5, 0.5, (frames, channels))
+
+
+def write(path: Path, data: np.ndarray, sr: int = SR, subtype: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, data, sr, subtype=subtype)
+    return path
+
+
+def write_mkv(path: Path, left: np.ndarray, right: np.ndarray, sr: int = SR) -> Path:
+    """A Matroska file with one 16-bit stereo PCM audio stream (decoded through PyAV)."""
+    import av
+
+    packed = np.stack([left, right], axis=1).reshape(1, -1).astype(np.int16)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=sr, layout="stereo")
+        frame = av.AudioFrame.from_ndarray(packed, format="s16", layout="stereo")
+        frame.sample_rate = sr
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture()
+def synthetic(tmp_path) -> Path:
+    """A folder corpus: stereo, mono, identical (int and float), long stereo, video, corrupt."""
+    root = tmp_path / "corpus"
+    stereo = noise(1600, 2, 0)
+    write(root / "anger/a_1.wav", stereo)                                 # 0.1 s stereo
+    write(root / "anger/b_1.flac", noise(3200, 1, 1))                     # 0.2 s mono
+    same = noise(2400, 1, 2)
+    write(root / "joy/a_2.wav", np.hstack([same, same]))                 # 0.15 s identical
+    write(root / "joy/b_2.wav", np.hstack([same, same]), subtype="FLOAT")  # identical float
+    # 20 s at 16 kHz spans two comparison blocks: channels differ in the very last sample
+    long = noise(320_000, 1, 3)
+    late = np.hstack([long, long])
+    late[-1, 1] = -late[-1, 1]
+    write(root / "sadness/a_3.wav", late)
+    ints = (noise(1600, 1, 4)[:, 0] * 20000).astype(np.int16)
+    write_mkv(root / "sadness/b_3.mkv", ints, ints)                      # identical, video path
+    bad = root / "sadness/c_3.wav"
+    bad.write_bytes(b"RIFF\x00\x00\x00\x00not really a wave file")
+    return root
+
+
+def test_scan_flags_mono_identical_and_unreadable(synthetic):
+    report = scan_corpus(corpus("folder", synthetic), progress=False)
+    rel = lambda paths: sorted(p.relative_to(synthetic).as_posix() for p in paths)  # noqa: E731
+    assert isinstance(report, ScanReport) and report.n_utterances == 7
+    assert rel(report.mono) == ["anger/b_1.flac"]
+    assert rel(report.identical_channels) == ["joy/a_2.wav", "joy/b_2.wav", "sadness/b_3.mkv"]
+    assert rel([p for p, _ in report.unreadable]) == ["sadness/c_3.wav"]
+    assert report.unreadable[0][1]  # a reason is given
+    assert report.n_readable == 6
+    expected = (1600 + 3200 + 2400 + 2400 + 320_000 + 1600) / SR
+    assert report.total_duration_s == pytest.approx(expected, abs=1e-3)
+    assert report.max_duration_s == pytest.approx(20.0, abs=1e-3)
+    assert report.min_duration_s == pytest.approx(0.1, abs=1e-3)
+    assert report.label_counts == {"anger": 2, "joy": 2, "sadness": 3}
+    assert report.speaker_counts == {"a": 3, "b": 3, "c": 1}
+    assert report.channel_counts == {1: 1, 2: 5}
+    assert report.sample_rates == {SR: 6}
+
+
+def test_scan_one_worker_matches_two(synthetic):
+    c = corpus("folder", synthetic)
+    one = scan_corpus(c, progress=False, workers=1)
+    two = scan_corpus(c, progress=False, workers=2)
+    for attr in ("mono", "identical_channels", "unreadable", "total_duration_s", "codecs"):
+        assert getattr(one, attr) == getattr(two, attr)
+
+
+def test_scan_fail_mode_raises_naming_the_file(synthetic):
+    with pytest.raises(AudioError) as info:
+        scan_corpus(corpus("folder", synthetic), progress=False, on_error="fail")
+    assert info.value.path.name == "c_3.wav"
+    with pytest.raises(ConfigError):
+        scan_corpus(corpus("folder", synthetic), progress=False, on_error="ignore")
+
+
+def test_scan_file_identical_agrees_with_decoded_comparison(synthetic):
+    for path in sorted(synthetic.rglob("*.wav")) + sorted(synthetic.rglob("*.flac")):
+        if path.name == "c_3.wav":
+            continue
+        data, _ = sf.read(path, always_2d=True, dtype="float64")
+        expected = data.shape[1] == 2 and bool(np.array_equal(data[:, 0], data[:, 1]))
+        assert scan_file(path).identical == expected, path
+
+
+def test_problems_are_carried_and_formatted(synthetic):
+    write(synthetic / "nolabel/x_9.wav", noise(160, 2, 5))
+    report = scan_corpus(corpus("folder", synthetic), progress=False)
+    assert [p.name for p, _ in report.problems] == ["x_9.wav"]
+    text = format_scan(report)
+    assert "anger/b_1.flac" in text and "joy/a_2.wav" in text and "sadness/b_3.mkv" in text
+    assert "sadness/c_3.wav" in text and "nolabel/x_9.wav" in text
+    assert "mono files (Side view all zeros, L = R): 1" in text
+    assert "bit-identical channels (Side view all zeros): 3" in text
+    assert "unreadable files: 1" in text
+    assert "files breaking the naming rule: 1" in text
+    lines = text.splitlines()
+    assert any(line.split()[:2] == ["sadness", "3"] for line in lines)
+
+
+def test_emovo_scan(emovo_root):
+    start = time.perf_counter()
+    report = scan_corpus(corpus("emovo", emovo_root), progress=False)
+    elapsed = time.perf_counter() - start
+    assert report.n_utterances == 588 and not report.unreadable and not report.problems
+    assert len(report.label_counts) == 7 and len(report.speaker_counts) == 6
+    assert [p.relative_to(emovo_root).as_posix() for p in report.mono] == ["f1/rab-f1-b1.flac"]
+    identical = [p.relative_to(emovo_root).as_posix() for p in report.identical_channels]
+    assert len(identical) == 13 and all(p.startswith("f1/neu-f1-") for p in identical)
+    assert report.total_duration_s / 60 == pytest.approx(30.6, abs=0.05)
+    reference = sum(sf.info(str(p)).duration for p in emovo_root.rglob("*.flac"))
+    assert report.total_duration_s == pytest.approx(reference, rel=1e-9)
+    print(f"EMOVO scan: {elapsed:.2f} s")
