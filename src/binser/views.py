@@ -1,0 +1,189 @@
+"""Binaural views of a stereo signal, and channel statistics for ``binser inspect``.
+
+Definitions (``L``, ``R``: the left and right channels, rows 0 and 1 of ``audio`` (C, N);
+``s``: ``side_scale``, the paper's ``s = 1``; ``s = 0.5`` gives the normalised sum/difference):
+
+* ``left  = L``
+* ``right = R``
+* ``mid   = s * (L + R)``
+* ``side  = s * (L - R)``
+* ``mono  = (L + R) / 2``  (the usual mono down-mix, independent of ``s``)
+
+All views are float32 arrays of shape ``(N,)``, computed in float32, so with ``s = 1`` (or any
+power of two) ``mid == left + right`` and ``side == left - right`` hold exactly.
+
+Mono input (``C == 1`` or a 1-D array ``x``): a :class:`MonoInputWarning` is issued, then
+``L = R = x``, so ``mid = 2 s x``, ``side`` is all zeros and ``mono = x``.
+
+:func:`channel_stats` summarises how "binaural" a recording is; its delay sign convention is
+**positive = the right channel lags (arrives after) the left channel**.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .audio import channels_identical
+from .errors import AudioError
+
+VIEWS = ("left", "right", "mid", "side")
+ALL_VIEWS = VIEWS + ("mono",)
+
+_DBFS_FLOOR = 1e-10  # RMS floor (full scale = 1.0) so that silence reads -200 dBFS, not -inf
+
+
+class MonoInputWarning(UserWarning):
+    """A one-channel input was given where stereo is expected (L = R, Side all zeros)."""
+
+
+def _as_channels(audio: np.ndarray, path: str | Path | None) -> np.ndarray:
+    """``audio`` as float32 (C, N) with C in {1, 2}; a 1-D array is one channel."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim == 1:
+        audio = audio[np.newaxis, :]
+    if audio.ndim != 2 or audio.shape[0] not in (1, 2):
+        raise AudioError(path, f"expected audio of shape (1 or 2, N) or (N,), got {audio.shape}")
+    return audio
+
+
+def _warn_mono(path: str | Path | None) -> None:
+    where = f"{path}: " if path is not None else ""
+    warnings.warn(f"{where}mono input (1 channel): using L = R = the mono signal; "
+                  f"the Side view is all zeros", MonoInputWarning, stacklevel=3)
+
+
+def binaural_views(audio: np.ndarray, side_scale: float = 1.0,
+                   path: str | Path | None = None) -> dict[str, np.ndarray]:
+    """The five views of ``audio`` (C, N) or (N,): ``{left, right, mid, side, mono}``, each (N,).
+
+    See the module docstring for the definitions. ``path`` only names the file in the
+    mono warning and in errors.
+    """
+    audio = _as_channels(audio, path)
+    if audio.shape[0] == 1:
+        _warn_mono(path)
+        left = audio[0].copy()
+        right = audio[0].copy()
+    else:
+        left = audio[0].copy()
+        right = audio[1].copy()
+    scale = np.float32(side_scale)
+    return {
+        "left": left,
+        "right": right,
+        "mid": scale * (left + right),
+        "side": scale * (left - right),
+        "mono": (left + right) / np.float32(2.0),
+    }
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
+
+
+def _dbfs(rms: float) -> float:
+    """RMS level in dB relative to full scale 1.0 (a full-scale sine reads -3.01 dBFS)."""
+    return float(20.0 * np.log10(max(rms, _DBFS_FLOOR)))
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two equal-length signals; 0.0 if either is constant."""
+    a = a.astype(np.float64) - a.mean(dtype=np.float64)
+    b = b.astype(np.float64) - b.mean(dtype=np.float64)
+    denom = np.sqrt(np.dot(a, a) * np.dot(b, b))
+    return float(np.dot(a, b) / denom) if denom > 0 else 0.0
+
+
+def _delay_lag(left: np.ndarray, right: np.ndarray, max_lag: int) -> tuple[int, float]:
+    """Lag maximising ``c[k] = sum_n right[n + k] * left[n]`` over ``|k| <= max_lag``.
+
+    Returns the integer lag and a sub-sample refinement of it (parabola through the peak
+    and its two neighbours). A right channel equal to the left one delayed by D samples
+    peaks at k = +D.
+    """
+    from scipy.signal import correlate, correlation_lags
+
+    a = left.astype(np.float64) - left.mean(dtype=np.float64)
+    b = right.astype(np.float64) - right.mean(dtype=np.float64)
+    xcorr = correlate(b, a, mode="full", method="fft")
+    lags = correlation_lags(b.size, a.size, mode="full")
+    window = np.flatnonzero(np.abs(lags) <= max_lag)
+    peak = window[np.argmax(xcorr[window])]
+    return int(lags[peak]), float(lags[peak]) + _parabolic_offset(xcorr, peak)
+
+
+def _parabolic_offset(values: np.ndarray, i: int) -> float:
+    """Offset in (-0.5, 0.5) of the vertex of the parabola through values[i-1 .. i+1]."""
+    if i == 0 or i == values.size - 1:
+        return 0.0
+    left, centre, right = values[i - 1], values[i], values[i + 1]
+    curvature = left - 2.0 * centre + right
+    if curvature >= 0.0:
+        return 0.0
+    return float(np.clip(0.5 * (left - right) / curvature, -0.5, 0.5))
+
+
+def _aligned(left: np.ndarray, right: np.ndarray, lag: int) -> tuple[np.ndarray, np.ndarray]:
+    """Overlapping parts of ``left`` and ``right`` after undoing a right-channel lag ``lag``."""
+    if lag >= 0:
+        return left[: left.size - lag], right[lag:]
+    return left[-lag:], right[: right.size + lag]
+
+
+def channel_stats(audio: np.ndarray, sr: int, max_delay_ms: float = 5.0) -> dict:
+    """Inter-channel statistics of ``audio`` (C, N) or (N,) at ``sr`` Hz.
+
+    Returns a dict with
+
+    * ``channels``: C (1 or 2);
+    * ``correlation``: Pearson correlation of L and R at zero lag (0.0 if a channel is
+      constant, unless the channels are identical);
+    * ``delay_samples``: the integer lag within +-``max_delay_ms`` ms that maximises the
+      cross-correlation of L and R (``scipy.signal.correlate``, FFT); positive = the right
+      channel lags the left;
+    * ``delay_ms``: that lag in ms, refined below one sample by a parabola through the
+      correlation peak and its two neighbours;
+    * ``correlation_at_delay``: Pearson correlation of the overlapping parts of L and R
+      after aligning them by that lag;
+    * ``side_mid_rms_ratio``: RMS(L - R) / RMS(L + R) (independent of the side scale;
+      0.0 when both are zero, ``inf`` when only Mid is zero);
+    * ``identical``: the two channels are bit-identical (Side all zeros);
+    * ``rms_dbfs``: per-channel RMS level, dB re full scale 1.0 (floored at -200 dBFS).
+
+    Mono input gives correlation 1, delay 0, ratio 0 and ``identical`` False.
+    """
+    audio = _as_channels(audio, None)
+    if audio.shape[1] == 0:
+        raise AudioError(None, "channel statistics need at least one sample, got 0")
+    levels = [_dbfs(_rms(channel)) for channel in audio]
+    if audio.shape[0] == 1:
+        return {"channels": 1, "correlation": 1.0, "delay_samples": 0, "delay_ms": 0.0,
+                "correlation_at_delay": 1.0, "side_mid_rms_ratio": 0.0, "identical": False,
+                "rms_dbfs": levels}
+    left, right = audio[0], audio[1]
+    identical = channels_identical(audio)
+    max_lag = int(round(max_delay_ms * sr / 1000.0))
+    lag, fine_lag = (0, 0.0) if identical else _delay_lag(left, right, max_lag)
+    return {
+        "channels": 2,
+        "correlation": 1.0 if identical else _pearson(left, right),
+        "delay_samples": lag,
+        "delay_ms": 1000.0 * fine_lag / sr,
+        "correlation_at_delay": 1.0 if identical else _pearson(*_aligned(left, right, lag)),
+        "side_mid_rms_ratio": _side_mid_ratio(left, right),
+        "identical": identical,
+        "rms_dbfs": levels,
+    }
+
+
+def _side_mid_ratio(left: np.ndarray, right: np.ndarray) -> float:
+    side = _rms(left.astype(np.float64) - right)
+    mid = _rms(left.astype(np.float64) + right)
+    if mid == 0.0:
+        return 0.0 if side == 0.0 else float("inf")
+    return side / mid
