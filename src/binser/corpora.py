@@ -38,6 +38,7 @@ from typing import overload
 
 import numpy as np
 
+from .audio import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, is_video
 from .errors import CorpusError
 
 LABELS: tuple[str, ...] = (
@@ -56,8 +57,6 @@ _SYNONYMS: dict[str, str] = {
     "bored": "boredom",
 }
 
-AUDIO_EXTENSIONS: frozenset[str] = frozenset({".wav", ".flac", ".ogg", ".mp3"})
-VIDEO_EXTENSIONS: frozenset[str] = frozenset({".avi", ".mp4", ".mkv", ".webm"})
 MEDIA_EXTENSIONS: frozenset[str] = AUDIO_EXTENSIONS | VIDEO_EXTENSIONS
 
 DATASETS: dict[str, str] = {
@@ -217,10 +216,6 @@ def media_files(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
-def _is_video(path: Path) -> bool:
-    return path.suffix.lower() in VIDEO_EXTENSIONS
-
-
 Parser = Callable[[Path, Path], Utterance]
 
 
@@ -287,9 +282,9 @@ def _check_ravdess_modality(path: Path, modality: str) -> None:
     """Modality 03 is audio-only, 01 full audio-video, 02 video-only (no sound)."""
     if modality == "02":
         raise _Skip("video-only clip (modality 02) has no audio track")
-    if modality == "03" and _is_video(path):
+    if modality == "03" and is_video(path):
         raise _Problem("modality 03 (audio-only) but the file has a video extension")
-    if modality == "01" and not _is_video(path):
+    if modality == "01" and not is_video(path):
         raise _Problem("modality 01 (audio-video) but the file has an audio extension")
     if modality not in ("01", "03"):
         raise _Problem(f"unknown modality {modality!r} (01 audio-video, 02 video-only, "
