@@ -1,0 +1,404 @@
+"""Per-view linear SVM with C chosen on the training speakers only (SPEC step 8).
+
+:class:`ViewClassifier` is equivalent to::
+
+    GridSearchCV(Pipeline([StandardScaler(), LinearSVC(C, class_weight="balanced")]),
+                 {"C": Cs}, scoring="balanced_accuracy", cv=<speaker-grouped splits>)
+    CalibratedClassifierCV(<best pipeline>, method="sigmoid", cv=<same splits>, ensemble=False)
+
+fitted on the training data only, but computed much faster:
+
+* **One pass over the inner folds.** For every inner fold the fold's scaler is fitted once and
+  every C is trained on it; the out-of-fold decision values of the chosen C are exactly what
+  ``CalibratedClassifierCV(ensemble=False)`` calibrates on, so they are reused.
+* **Row-space reduction.** With an L2 penalty the SVM weight vector lies in the span of the
+  training rows (plus the intercept column), so when ``D > n`` the standardised training rows
+  are mapped onto an orthonormal basis of their span (``n x r``, ``r <= n``; from an
+  eigen-decomposition of the ``n x n`` Gram matrix). This preserves every inner product, so
+  the dual problem and the solution are the same; the weights are mapped back to ``D``
+  dimensions after fitting. Liblinear's dual coordinate descent is then used
+  (``dual=True``; ``dual="auto"`` when no reduction is done).
+
+Choices (documented here, visible as parameters):
+
+* ``class_weight="balanced"``: the corpora are imbalanced and UA is the headline metric.
+* C: the mean over inner folds of the balanced accuracy (UA over the classes present in the
+  fold) decides; ties go to the first C in ``Cs`` (the smallest, i.e. the most regularised,
+  for the default ascending grid), as in ``GridSearchCV``.
+* Inner splits: ``GroupKFold(min(inner_splits, #speakers))`` over ``groups`` (the training
+  speakers); with fewer than 2 speakers ``StratifiedKFold(shuffle=True, random_state)``
+  (``KFold`` if a class has a single utterance).
+* An inner fold whose training part lacks some classes gives those classes a decision value
+  of (the fold's lowest decision value - 1), so they are never predicted there; those filled
+  values are left out when that class's sigmoid is calibrated.
+* Calibration: Platt's sigmoid per class (one-vs-rest) on the out-of-fold decision values,
+  with Platt's target smoothing, then rows normalised to sum to 1 (binary: one sigmoid on the
+  positive class, ``p0 = 1 - p1``) -- the same procedure as scikit-learn's
+  ``CalibratedClassifierCV(method="sigmoid")``.
+* ``predict`` is the arg-max of the calibrated probabilities (as ``CalibratedClassifierCV``),
+  so a single view and a fusion with weight 1 on that view agree.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Mapping, Sequence
+
+import numpy as np
+from scipy.optimize import minimize
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+from threadpoolctl import threadpool_limits
+
+from .errors import ConfigError
+
+_EIG_RTOL = 1e-10   # Gram eigenvalues below this fraction of the largest are treated as 0
+Split = tuple[np.ndarray, np.ndarray]
+
+
+# ----------------------------------------------------------------------------- inner splits
+def inner_splits(y: np.ndarray, groups: Sequence | None, n_splits: int,
+                 random_state: int | None = 0) -> tuple[list[Split], str]:
+    """Inner CV splits of the training data -> ``(splits, kind)``.
+
+    ``kind`` is ``"group"`` (speaker-grouped, used whenever there are >= 2 speakers),
+    ``"stratified"`` or ``"kfold"``. The test parts of the splits partition ``range(len(y))``.
+    """
+    n = len(y)
+    dummy = np.zeros((n, 1))
+    if groups is not None:
+        groups = np.asarray(groups)
+        if len(groups) != n:
+            raise ConfigError(f"{len(groups)} groups for {n} training utterances")
+        n_groups = len(np.unique(groups))
+        if n_groups >= 2:
+            cv = GroupKFold(n_splits=min(n_splits, n_groups))
+            return list(cv.split(dummy, y, groups)), "group"
+    smallest = np.unique(y, return_counts=True)[1].min()
+    if smallest >= 2:
+        cv = StratifiedKFold(min(n_splits, smallest), shuffle=True, random_state=random_state)
+        return list(cv.split(dummy, y)), "stratified"
+    if n < 2:
+        raise ConfigError("need at least 2 training utterances for the inner cross-validation")
+    cv = KFold(min(n_splits, n), shuffle=True, random_state=random_state)
+    return list(cv.split(dummy)), "kfold"
+
+
+# ------------------------------------------------------------------------- linear SVM core
+def row_space_basis(xs: np.ndarray) -> np.ndarray:
+    """Orthonormal basis ``(D, r)`` of the span of the rows of ``xs`` ``(n, D)``."""
+    gram = xs @ xs.T
+    with threadpool_limits(limits=1, user_api="blas"):  # small eigh: threads only contend
+        w, u = np.linalg.eigh(gram)
+    keep = w > max(w.max(), 0.0) * _EIG_RTOL
+    if not keep.any():  # all-zero data: any single direction keeps the shapes valid
+        return np.eye(xs.shape[1], 1)
+    return xs.T @ (u[:, keep] / np.sqrt(w[keep]))
+
+
+def _svc(C: float, reduced: bool, params: "ViewClassifier") -> LinearSVC:
+    return LinearSVC(C=C, class_weight=params.class_weight, dual=True if reduced else "auto",
+                     max_iter=params.max_iter, random_state=params.random_state)
+
+
+def _full_decision(svc: LinearSVC, z: np.ndarray, k: int) -> np.ndarray:
+    """Decision values of ``svc`` (trained on class codes) as ``(n, k)`` in global columns."""
+    present = svc.classes_
+    raw = svc.decision_function(z)
+    part = np.stack([-raw, raw], axis=1) if len(present) == 2 else raw
+    out = np.full((z.shape[0], k), part.min() - 1.0)
+    out[:, present] = part
+    return out
+
+
+class _FoldData:
+    """One inner fold, standardised (on its training part) and, if ``D > n``, reduced."""
+
+    def __init__(self, X: np.ndarray, train: np.ndarray, test: np.ndarray):
+        scaler = StandardScaler().fit(X[train])
+        xtr, xte = scaler.transform(X[train]), scaler.transform(X[test])
+        self.reduced = X.shape[1] > len(train)
+        if self.reduced:
+            basis = row_space_basis(xtr)
+            xtr, xte = xtr @ basis, xte @ basis
+        self.xtr, self.xte = xtr, xte
+
+
+def _fold_decisions(fold: _FoldData, ytr: np.ndarray, C: float, k: int,
+                    params: "ViewClassifier") -> tuple[np.ndarray, bool]:
+    """Out-of-fold decision values ``(n_test, k)`` for one C; also whether liblinear converged."""
+    present = np.unique(ytr)
+    if len(present) < 2:  # a one-class fold: that class wins everywhere
+        out = np.full((fold.xte.shape[0], k), -1.0)
+        out[:, present] = 1.0
+        return out, True
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        svc = _svc(C, fold.reduced, params).fit(fold.xtr, ytr)
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    return _full_decision(svc, fold.xte, k), converged
+
+
+# ----------------------------------------------------------------------- Platt calibration
+def fit_sigmoid(f: np.ndarray, positive: np.ndarray) -> tuple[float, float]:
+    """Platt's sigmoid ``P(pos | f) = 1 / (1 + exp(a*f + b))`` with smoothed targets -> ``(a, b)``."""
+    f = np.asarray(f, dtype=np.float64)
+    scale = max(np.abs(f).max(), 1e-300)
+    scale = scale if scale >= 30 else 1.0  # rescale large decisions (a is rescaled back)
+    fs = f / scale
+    n_pos = float(positive.sum())
+    n_neg = len(positive) - n_pos
+    target = np.where(positive, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
+
+    def loss_grad(ab: np.ndarray) -> tuple[float, np.ndarray]:
+        z = ab[0] * fs + ab[1]
+        loss = np.sum(np.logaddexp(0.0, z) - (1 - target) * z)
+        resid = target - _expit(-z)  # dloss/dz = target - P(pos)
+        return loss, np.array([resid @ fs, resid.sum()])
+
+    start = np.array([0.0, np.log((n_neg + 1) / (n_pos + 1))])
+    res = minimize(loss_grad, start, method="L-BFGS-B", jac=True,
+                   options={"gtol": 1e-6, "ftol": 64 * np.finfo(float).eps})
+    return float(res.x[0] / scale), float(res.x[1])
+
+
+def _expit(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def sigmoid_proba(dec: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Calibrated ``(n, k)`` probabilities from ``(n, k)`` decisions and per-class ``a, b``."""
+    if len(a) == 1:  # binary: one sigmoid on the positive class (column 1)
+        p1 = _expit(-(a[0] * dec[:, 1] + b[0]))
+        return np.stack([1 - p1, p1], axis=1)
+    p = _expit(-(dec * a + b))
+    total = p.sum(axis=1, keepdims=True)
+    uniform = np.full_like(p, 1.0 / p.shape[1])
+    return np.divide(p, total, out=uniform, where=total > 0)
+
+
+def fit_calibration(dec: np.ndarray, codes: np.ndarray, seen: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class Platt parameters from out-of-fold decisions ``(n, k)`` -> ``(a, b)``.
+
+    ``seen`` ``(n, k)``: whether the fold model that scored row ``i`` was trained on class
+    ``c``; class ``c``'s sigmoid is fitted on those rows only. A class with no positive
+    example among its rows (e.g. all its utterances come from one speaker) borrows the mean
+    ``(a, b)`` of the classes that could be calibrated, or ``(-1, 0)`` (the logistic function
+    of the decision value) if none could.
+    """
+    k = dec.shape[1]
+    seen = np.ones(dec.shape, dtype=bool) if seen is None else seen
+    columns = [1] if k == 2 else list(range(k))
+    params: dict[int, tuple[float, float]] = {}
+    for c in columns:
+        rows = seen[:, c]
+        if np.any(codes[rows] == c):
+            params[c] = fit_sigmoid(dec[rows, c], codes[rows] == c)
+    fitted = list(params.values())
+    for c in columns:
+        if c not in params:
+            params[c] = tuple(np.mean(fitted, axis=0)) if fitted else (-1.0, 0.0)
+    return np.array([params[c][0] for c in columns]), np.array([params[c][1] for c in columns])
+
+
+def _balanced_accuracy(codes: np.ndarray, pred: np.ndarray) -> float:
+    """Mean recall over the classes present in ``codes``."""
+    return float(np.mean([np.mean(pred[codes == c] == c) for c in np.unique(codes)]))
+
+
+# ------------------------------------------------------------------------------ estimator
+class ViewClassifier(ClassifierMixin, BaseEstimator):
+    """Standardise -> linear SVM (C by speaker-grouped inner CV) -> calibrated probabilities.
+
+    ``fit(X, y, groups)``: ``X`` ``(N, D)`` utterance features of the TRAINING data, ``y``
+    ``N`` labels, ``groups`` ``N`` speaker ids (optional). Nothing outside these is used.
+    Fitted attributes: ``classes_`` (sorted), ``C_``, ``best_score_`` (mean inner-fold UA at
+    ``C_``), ``cv_scores_`` (one per C), ``split_kind_``, ``n_splits_``, ``scaler_``,
+    ``coef_`` ``(K, D)`` (``(1, D)`` for two classes) and ``intercept_`` on standardised
+    features, ``calib_a_``/``calib_b_`` (Platt parameters), ``n_not_converged_``.
+    See the module docstring for the exact procedure.
+    """
+
+    def __init__(self, Cs: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0), inner_splits: int = 3,
+                 calibration: str = "sigmoid", class_weight: str | None = "balanced",
+                 max_iter: int = 5000, random_state: int | None = 0):
+        self.Cs = Cs
+        self.inner_splits = inner_splits
+        self.calibration = calibration
+        self.class_weight = class_weight
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    # -- checks
+    def _check_params(self) -> None:
+        if self.calibration != "sigmoid":
+            raise ConfigError(f"calibration must be 'sigmoid', got {self.calibration!r}")
+        if len(self.Cs) == 0 or any(not np.isfinite(c) or c <= 0 for c in self.Cs):
+            raise ConfigError(f"Cs must be positive finite numbers, got {self.Cs!r}")
+        if int(self.inner_splits) < 2:
+            raise ConfigError(f"inner_splits must be >= 2, got {self.inner_splits!r}")
+
+    @staticmethod
+    def _check_X(X, d: int | None = None) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2:
+            raise ConfigError(f"expected a 2-D (N, D) feature matrix, got shape {X.shape}")
+        if d is not None and X.shape[1] != d:
+            raise ConfigError(f"features have {X.shape[1]} dimensions, the model expects {d}")
+        if not np.isfinite(X).all():
+            raise ConfigError("features contain NaN or infinite values")
+        return X
+
+    # -- fitting
+    def fit(self, X, y, groups: Sequence | None = None) -> "ViewClassifier":
+        """Choose C by inner CV on ``(X, y, groups)``, calibrate, refit on all of ``X``."""
+        self._check_params()
+        X = self._check_X(X)
+        y = np.asarray(y)
+        if len(y) != len(X):
+            raise ConfigError(f"{len(y)} labels for {len(X)} feature rows")
+        self.classes_, codes = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ConfigError(f"need at least 2 classes to train, found {list(self.classes_)}")
+        splits, self.split_kind_ = inner_splits(codes, groups, int(self.inner_splits),
+                                                self.random_state)
+        self.n_splits_ = len(splits)
+        oof, seen, scores, self.n_not_converged_ = self._grid_search(X, codes, splits)
+        best = int(np.argmax(scores))
+        self.cv_scores_ = scores
+        self.C_, self.best_score_ = float(self.Cs[best]), float(scores[best])
+        self.calib_a_, self.calib_b_ = fit_calibration(oof[best], codes, seen)
+        self._refit(X, codes)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def _grid_search(self, X: np.ndarray, codes: np.ndarray, splits: list[Split]
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """Out-of-fold decisions ``(nC, N, K)``, classes seen by each row's fold model
+        ``(N, K)``, mean fold UA per C ``(nC,)``, number of non-converged fits."""
+        k = len(self.classes_)
+        oof = np.zeros((len(self.Cs), len(codes), k))
+        seen = np.zeros((len(codes), k), dtype=bool)
+        fold_scores = np.zeros((len(self.Cs), len(splits)))
+        not_converged = 0
+        for s, (train, test) in enumerate(splits):
+            fold = _FoldData(X, train, test)
+            present = np.unique(codes[train])
+            if len(present) >= 2:
+                seen[np.ix_(test, present)] = True
+            for i, C in enumerate(self.Cs):
+                dec, ok = _fold_decisions(fold, codes[train], C, k, self)
+                not_converged += not ok
+                oof[i, test] = dec
+                fold_scores[i, s] = _balanced_accuracy(codes[test], dec.argmax(1))
+        return oof, seen, fold_scores.mean(axis=1), not_converged
+
+    def _refit(self, X: np.ndarray, codes: np.ndarray) -> None:
+        """Scaler and SVM at ``C_`` on all of ``X``; weights stored in ``D`` dimensions."""
+        self.scaler_ = StandardScaler().fit(X)
+        xs = self.scaler_.transform(X)
+        reduced = X.shape[1] > X.shape[0]
+        basis = row_space_basis(xs) if reduced else None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            svc = _svc(self.C_, reduced, self).fit(xs @ basis if reduced else xs, codes)
+        self.n_not_converged_ += any(issubclass(w.category, ConvergenceWarning) for w in caught)
+        self.coef_ = svc.coef_ @ basis.T if reduced else svc.coef_.copy()
+        self.intercept_ = svc.intercept_.copy()
+
+    # -- prediction
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "coef_"):
+            raise ConfigError("this ViewClassifier is not fitted yet; call fit first")
+
+    def _decision_matrix(self, X) -> np.ndarray:
+        """``(N, K)`` decision values (binary: ``[-d, d]``)."""
+        self._check_fitted()
+        X = self._check_X(X, self.n_features_in_)
+        raw = self.scaler_.transform(X) @ self.coef_.T + self.intercept_
+        return np.concatenate([-raw, raw], axis=1) if raw.shape[1] == 1 else raw
+
+    def decision_function(self, X) -> np.ndarray:
+        """SVM decision values: ``(N, K)``, or ``(N,)`` for two classes (positive = ``classes_[1]``)."""
+        dec = self._decision_matrix(X)
+        return dec[:, 1] if dec.shape[1] == 2 else dec
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Calibrated probabilities ``(N, K)`` in ``classes_`` order; rows sum to 1."""
+        return sigmoid_proba(self._decision_matrix(X), self.calib_a_, self.calib_b_)
+
+    def predict(self, X) -> np.ndarray:
+        """Arg-max of :meth:`predict_proba` (first class on ties)."""
+        proba = self.predict_proba(X)
+        return self.classes_[proba.argmax(axis=1)]
+
+    # -- nested out-of-fold scores
+    def oof_proba(self, X, y, groups: Sequence | None = None) -> np.ndarray:
+        """Out-of-fold calibrated probabilities ``(N, K)`` for each training utterance.
+
+        The training data are split as in :meth:`fit` (speaker-grouped when there are >= 2
+        speakers); every utterance is predicted by a fresh clone of this estimator fitted
+        (C search and calibration included) on the other inner folds only, i.e. never by a
+        model that saw its speaker. Columns follow ``np.unique(y)``; a class missing from a
+        fold's training part gets probability 0 there. Does not change this estimator.
+        """
+        self._check_params()
+        X = self._check_X(X)
+        y = np.asarray(y)
+        classes, codes = np.unique(y, return_inverse=True)
+        splits, _ = inner_splits(codes, groups, int(self.inner_splits), self.random_state)
+        out = np.zeros((len(y), len(classes)))
+        for train, test in splits:
+            sub_groups = None if groups is None else np.asarray(groups)[train]
+            model = clone(self).fit(X[train], y[train], sub_groups)
+            out[np.ix_(test, np.searchsorted(classes, model.classes_))] = model.predict_proba(X[test])
+        return out
+
+    # -- plain-array state (for saving without pickle)
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Everything needed to predict, as plain numpy arrays (no objects)."""
+        self._check_fitted()
+        return {
+            "classes": np.asarray(self.classes_).astype(str),
+            "mean": self.scaler_.mean_.copy(), "scale": self.scaler_.scale_.copy(),
+            "coef": self.coef_.copy(), "intercept": self.intercept_.copy(),
+            "calib_a": self.calib_a_.copy(), "calib_b": self.calib_b_.copy(),
+            "C": np.array(self.C_), "best_score": np.array(self.best_score_),
+            "Cs": np.asarray(self.Cs, dtype=float),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, np.ndarray]) -> "ViewClassifier":
+        """Rebuild a fitted classifier from :meth:`get_state` output (predict-only)."""
+        model = cls(Cs=tuple(float(c) for c in state["Cs"]))
+        model.classes_ = np.asarray(state["classes"])
+        model.scaler_ = StandardScaler()
+        model.scaler_.mean_ = np.asarray(state["mean"], dtype=np.float64)
+        model.scaler_.scale_ = np.asarray(state["scale"], dtype=np.float64)
+        model.scaler_.var_ = model.scaler_.scale_ ** 2
+        model.scaler_.n_features_in_ = model.n_features_in_ = model.scaler_.mean_.shape[0]
+        model.scaler_.n_samples_seen_ = 0
+        model.coef_ = np.asarray(state["coef"], dtype=np.float64)
+        model.intercept_ = np.asarray(state["intercept"], dtype=np.float64)
+        model.calib_a_ = np.asarray(state["calib_a"], dtype=np.float64)
+        model.calib_b_ = np.asarray(state["calib_b"], dtype=np.float64)
+        model.C_, model.best_score_ = float(state["C"]), float(state["best_score"])
+        return model
+
+
+class FeatureFusionClassifier(ViewClassifier):
+    """Feature-level fusion (paper Table 7): a :class:`ViewClassifier` on concatenated views."""
+
+
+def concat_features(features: Mapping[str, np.ndarray], views: Sequence[str]) -> np.ndarray:
+    """Concatenate per-view ``(N, D_v)`` features in ``views`` order -> ``(N, sum D_v)``."""
+    missing = [v for v in views if v not in features]
+    if missing:
+        raise ConfigError(f"no features for view(s) {', '.join(missing)}")
+    rows = {np.shape(features[v])[0] for v in views}
+    if len(rows) != 1:
+        raise ConfigError(f"views have different numbers of utterances: {sorted(rows)}")
+    return np.concatenate([np.asarray(features[v]) for v in views], axis=1)

@@ -1,0 +1,166 @@
+"""Segment-level features -> utterance-level features (SPEC step 7, paper eqs. 3-7).
+
+Every transformer here takes a list of ``N`` arrays, one per utterance, each of shape
+``(n_i, d)`` (``n_i >= 1`` segments in time order, ``d`` features per segment) and returns
+one ``(N, D)`` float32 matrix. They are stateless scikit-learn transformers: ``fit`` only
+records ``d`` so that ``transform`` can check later inputs.
+
+Exact definitions (all per feature dimension):
+
+* ``dX``, the first-order regression of ``X`` along time:
+  ``dX[t] = (X[t+1] - X[t-1]) / 2`` with edge replication ``X[-1] := X[0]`` and
+  ``X[n] := X[n-1]``; for ``n == 1`` this gives zeros.
+* block ``b`` (0-based) of ``l`` covers segments ``[floor(b*n/l), floor((b+1)*n/l))``; if that
+  range is empty (only possible when ``n < l``) the block is the single segment at
+  ``min(floor(b*n/l), n-1)``. Every block is non-empty, so any ``n >= 1`` is defined.
+* ``BlockTemporalPooling(blocks=l)`` output order:
+  ``[pool(X_1), ..., pool(X_l), pool(dX_1), ..., pool(dX_l)]``, each part ``d`` values,
+  so ``D = 2*l*d``.
+* ``BlockTemporalPooling(levels=L)`` concatenates the single-level outputs for
+  ``l = 1, 2, ..., L`` in that order (``D = 2*d*(1+2+...+L)``); ``blocks`` is ignored.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+
+from .errors import BinserError, ConfigError
+
+POOLINGS = ("global-max", "global-avg", "block-max", "block-avg")
+_KINDS = ("max", "avg")
+
+
+class PoolingInputError(BinserError, ValueError):
+    """The segment features handed to a pooling transformer are malformed (e.g. empty)."""
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in _KINDS:
+        raise ConfigError(f"pooling kind must be one of {_KINDS}, got {kind!r}")
+
+
+def _check_segments(X: Sequence[np.ndarray], d: int | None = None) -> list[np.ndarray]:
+    """Validate a list of ``(n_i, d)`` arrays (``n_i >= 1``, same ``d``); return float64 copies."""
+    if isinstance(X, np.ndarray) and X.ndim == 2:
+        raise PoolingInputError("expected a list of (n_i, d) arrays, one per utterance, "
+                                "got a single 2-D array")
+    out = []
+    for i, x in enumerate(X):
+        a = np.asarray(x, dtype=np.float64)
+        if a.ndim != 2:
+            raise PoolingInputError(f"utterance {i}: expected a 2-D (n, d) array, got shape {a.shape}")
+        if a.shape[0] == 0:
+            raise PoolingInputError(f"utterance {i}: no segments (n == 0), cannot pool")
+        if d is not None and a.shape[1] != d:
+            raise PoolingInputError(f"utterance {i}: feature size {a.shape[1]}, expected {d}")
+        d = a.shape[1]
+        out.append(a)
+    if not out:
+        raise PoolingInputError("no utterances to pool")
+    return out
+
+
+def temporal_delta(x: np.ndarray) -> np.ndarray:
+    """First-order regression along time: ``(X[t+1] - X[t-1]) / 2``, edges replicated.
+
+    ``x``: ``(n, d)``; returns ``(n, d)`` (zeros when ``n == 1``).
+    """
+    padded = np.concatenate([x[:1], x, x[-1:]], axis=0)
+    return (padded[2:] - padded[:-2]) / 2.0
+
+
+def block_bounds(n: int, l: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of the ``l`` consecutive blocks of ``n >= 1`` segments (never empty)."""
+    bounds = []
+    for b in range(l):
+        start, stop = (b * n) // l, ((b + 1) * n) // l
+        if stop <= start:
+            start = min(start, n - 1)
+            stop = start + 1
+        bounds.append((start, stop))
+    return bounds
+
+
+def _pool(x: np.ndarray, kind: str) -> np.ndarray:
+    """Pool ``(m, d)`` over its rows -> ``(d,)``."""
+    return x.max(axis=0) if kind == "max" else x.mean(axis=0)
+
+
+def block_pool(x: np.ndarray, l: int, kind: str) -> np.ndarray:
+    """One utterance ``(n, d)`` -> ``(2*l*d,)``: blocks of ``X`` then blocks of ``dX``."""
+    dx = temporal_delta(x)
+    bounds = block_bounds(x.shape[0], l)
+    parts = [_pool(x[s:e], kind) for s, e in bounds] + [_pool(dx[s:e], kind) for s, e in bounds]
+    return np.concatenate(parts)
+
+
+class _SegmentPooling(TransformerMixin, BaseEstimator):
+    """Shared ``fit`` / input checks; subclasses implement ``_pool_one``."""
+
+    def fit(self, X: Sequence[np.ndarray], y=None) -> "_SegmentPooling":
+        """Check the inputs and record the segment feature size ``segment_dim_``."""
+        self._check_params()
+        self.segment_dim_ = _check_segments(X)[0].shape[1]
+        return self
+
+    def transform(self, X: Sequence[np.ndarray]) -> np.ndarray:
+        """List of ``(n_i, d)`` arrays -> ``(N, D)`` float32 (works without ``fit`` too)."""
+        self._check_params()
+        arrays = _check_segments(X, getattr(self, "segment_dim_", None))
+        return np.stack([self._pool_one(a) for a in arrays]).astype(np.float32)
+
+    def _check_params(self) -> None:
+        _check_kind(self.kind)
+
+    def _pool_one(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class GlobalPooling(_SegmentPooling):
+    """Max or mean over all segments of an utterance, per dimension (``D = d``)."""
+
+    def __init__(self, kind: str = "max"):
+        self.kind = kind
+
+    def _pool_one(self, x: np.ndarray) -> np.ndarray:
+        return _pool(x, self.kind)
+
+
+class BlockTemporalPooling(_SegmentPooling):
+    """Block-based temporal pooling (paper eqs. 3-7); see the module docstring for the order.
+
+    ``blocks=l`` gives ``D = 2*l*d``; ``levels=L`` gives ``D = 2*d*(1+...+L)``.
+    """
+
+    def __init__(self, kind: str = "max", blocks: int = 2, levels: int | None = None):
+        self.kind = kind
+        self.blocks = blocks
+        self.levels = levels
+
+    def _check_params(self) -> None:
+        _check_kind(self.kind)
+        for name in ("blocks", "levels"):
+            value = getattr(self, name)
+            if value is None and name == "levels":
+                continue
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+
+    def block_counts(self) -> list[int]:
+        """The ``l`` values whose outputs are concatenated, in output order."""
+        return list(range(1, self.levels + 1)) if self.levels is not None else [self.blocks]
+
+    def _pool_one(self, x: np.ndarray) -> np.ndarray:
+        return np.concatenate([block_pool(x, l, self.kind) for l in self.block_counts()])
+
+
+def make_pooling(name: str, blocks: int = 2, levels: int | None = None) -> _SegmentPooling:
+    """Pooling transformer by run name: one of :data:`POOLINGS`."""
+    if name not in POOLINGS:
+        raise ConfigError(f"unknown pooling {name!r}; choose one of {', '.join(POOLINGS)}")
+    family, kind = name.split("-")
+    if family == "global":
+        return GlobalPooling(kind=kind)
+    return BlockTemporalPooling(kind=kind, blocks=blocks, levels=levels)

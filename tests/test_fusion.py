@@ -1,0 +1,125 @@
+"""Score-level fusion: eqs. 8-10 by hand, planted best weights, documented tie-breaking."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from sklearn.metrics import balanced_accuracy_score
+
+from binser.errors import ConfigError
+from binser.fusion import FUSIONS, GRID, fuse, select_weights, two_stage_fusion
+
+CLASSES = ["anger", "joy"]
+
+
+def _two_class(d: list[float]) -> np.ndarray:
+    """Probabilities [p, 1-p] whose difference p - (1-p) is ``d``."""
+    p = (np.asarray(d, dtype=float) + 1) / 2
+    return np.stack([p, 1 - p], axis=1)
+
+
+def test_grid_has_eleven_points():
+    assert len(GRID) == 11 and GRID[0] == 0.0 and GRID[-1] == 1.0 and GRID[3] == 0.3
+    assert FUSIONS["left+right+mid+side"] == ("left", "right", "mid", "side")
+
+
+def test_two_stage_fusion_by_hand():
+    sl = np.array([[1.0, 0.0], [0.5, 0.5]])
+    sr = np.array([[0.0, 1.0], [0.2, 0.8]])
+    sm = np.array([[0.4, 0.6], [1.0, 0.0]])
+    ss = np.array([[0.6, 0.4], [0.0, 1.0]])
+    # a=0.25: s1 = [[.25,.75],[.275,.725]]; b=0.5: s2 = [[.5,.5],[.5,.5]]; g=0.5 -> mean
+    expected = np.array([[0.375, 0.625], [0.3875, 0.6125]])
+    np.testing.assert_allclose(two_stage_fusion(sl, sr, sm, ss, 0.25, 0.5, 0.5), expected)
+    scores = {"left": sl, "right": sr, "mid": sm, "side": ss}
+    np.testing.assert_allclose(
+        fuse(scores, "left+right+mid+side", {"alpha": 0.25, "beta": 0.5, "gamma": 0.5}), expected)
+    np.testing.assert_allclose(fuse(scores, "left+right", {"alpha": 0.25}),
+                               [[0.25, 0.75], [0.275, 0.725]])
+    np.testing.assert_allclose(fuse(scores, "mid+side", {"beta": 1.0}), sm)
+    # g=1 keeps only the first stage, g=0 only the second
+    np.testing.assert_allclose(two_stage_fusion(sl, sr, sm, ss, 1.0, 0.3, 1.0), sl)
+    np.testing.assert_allclose(two_stage_fusion(sl, sr, sm, ss, 0.7, 0.0, 0.0), ss)
+
+
+def _planted_pair():
+    """Only alpha = 0.3 classifies both utterances correctly (margins of 0.05)."""
+    # fused difference f(a) = dR + a*(dL - dR): utterance 0 (anger) needs f > 0 <=> a > 0.25,
+    # utterance 1 (joy) needs f < 0 <=> a < 0.35
+    left = _two_class([0.75, 0.65])
+    right = _two_class([-0.25, -0.35])
+    return left, right, ["anger", "joy"]
+
+
+def test_select_weights_finds_planted_alpha():
+    left, right, y = _planted_pair()
+    weights, ua = select_weights({"left": left, "right": right}, y, "left+right", CLASSES)
+    assert weights == {"alpha": 0.3} and ua == 1.0
+    weights, ua = select_weights({"mid": left, "side": right}, y, "mid+side", CLASSES)
+    assert weights == {"beta": 0.3} and ua == 1.0
+
+
+def test_four_view_planted_and_tie_break_to_half():
+    left, right, y = _planted_pair()
+    flat = np.full_like(left, 0.5)       # mid/side carry no information
+    scores = {"left": left, "right": right, "mid": flat, "side": flat}
+    weights, ua = select_weights(scores, y, "left+right+mid+side", CLASSES)
+    # every gamma > 0 and every beta are perfect with alpha = 0.3: ties go to 0.5
+    assert weights == {"alpha": 0.3, "beta": 0.5, "gamma": 0.5} and ua == 1.0
+
+
+def test_pair_ties_prefer_closest_to_half_then_smallest():
+    # anger utterances: one right iff a < 0.45, one right iff a > 0.55; joy always right.
+    left = _two_class([-0.55, 0.45, -1.0])
+    right = _two_class([0.45, -0.55, -1.0])
+    y = ["anger", "anger", "joy"]
+    weights, ua = select_weights({"left": left, "right": right}, y, "left+right", CLASSES)
+    assert weights == {"alpha": 0.4} and ua == pytest.approx(0.75)
+    same = _two_class([0.2, -0.1, 0.3])
+    weights, _ = select_weights({"left": same, "right": same}, y, "left+right", CLASSES)
+    assert weights == {"alpha": 0.5}
+
+
+def _reference_search(scores, y, classes):
+    """Brute force over all 1331 weights with scikit-learn's balanced accuracy."""
+    best = None
+    for ia, ib, ig in itertools.product(range(11), repeat=3):
+        w = {"alpha": GRID[ia], "beta": GRID[ib], "gamma": GRID[ig]}
+        pred = np.asarray(classes)[fuse(scores, "left+right+mid+side", w).argmax(1)]
+        ua = balanced_accuracy_score(y, pred)
+        key = (-round(ua, 12), abs(ia - 5) + abs(ib - 5) + abs(ig - 5), (ia, ib, ig))
+        if best is None or key < best[0]:
+            best = (key, w, ua)
+    return best[1], best[2]
+
+
+def test_four_view_search_matches_brute_force_reference():
+    rng = np.random.default_rng(3)
+    classes = ["anger", "fear", "joy", "sadness"]
+    n = 60
+    y = rng.choice(classes, size=n)
+    codes = np.searchsorted(classes, y)
+    scores = {}
+    for v, strength in zip(("left", "right", "mid", "side"), (1.0, 0.3, 0.6, 0.1)):
+        logits = rng.standard_normal((n, 4)) + strength * np.eye(4)[codes]
+        scores[v] = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    weights, ua = select_weights(scores, y, "left+right+mid+side", classes)
+    ref_weights, ref_ua = _reference_search(scores, y, classes)
+    assert weights == ref_weights
+    assert ua == pytest.approx(ref_ua, abs=1e-12)
+    pred = np.asarray(classes)[fuse(scores, "left+right+mid+side", weights).argmax(1)]
+    assert balanced_accuracy_score(y, pred) == pytest.approx(ua, abs=1e-12)
+
+
+def test_bad_inputs():
+    left, right, y = _planted_pair()
+    with pytest.raises(ConfigError, match="unknown fusion"):
+        fuse({"left": left}, "left+mono", {"alpha": 0.5})
+    with pytest.raises(ConfigError, match="right"):
+        select_weights({"left": left}, y, "left+right", CLASSES)
+    with pytest.raises(ConfigError, match="gamma"):
+        fuse({"left": left, "right": right, "mid": left, "side": right}, "left+right+mid+side",
+             {"alpha": 0.5, "beta": 0.5})
+    with pytest.raises(ConfigError, match="surprise"):
+        select_weights({"left": left, "right": right}, ["anger", "surprise"], "left+right", CLASSES)
