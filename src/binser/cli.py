@@ -1,0 +1,193 @@
+"""The `binser` command: a thin layer over the Python API (each command is a few calls)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .errors import BinserError
+
+
+def default_cache_dir() -> Path:
+    """$BINSER_CACHE_DIR, else $XDG_CACHE_HOME/binser, else ~/.cache/binser."""
+    if os.environ.get("BINSER_CACHE_DIR"):
+        return Path(os.environ["BINSER_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "binser"
+
+
+def _csv_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def add_experiment_options(p: argparse.ArgumentParser) -> None:
+    from .experiment import ExperimentSettings
+
+    d = ExperimentSettings(dataset="", root="")
+    p.add_argument("--protocol", default=d.protocol,
+                   help="loso | losgo:K | split (default: %(default)s)")
+    p.add_argument("--backbone", default=d.backbone, help="efficientnet_lite0 | alexnet")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="backbone input size in pixels (default: the backbone's)")
+    p.add_argument("--weights", default=None, help="backbone weights file (.pth or .safetensors)")
+    p.add_argument("--allow-random", action="store_true",
+                   help="allow a randomly initialised backbone when no weights are available")
+    p.add_argument("--mode", default=d.mode, help="frozen (default)")
+    p.add_argument("--views", type=_csv_list, default=d.views,
+                   help="comma-separated views (default: left,right,mid,side)")
+    p.add_argument("--poolings", type=_csv_list, default=d.poolings,
+                   help="comma-separated poolings (default: all four)")
+    p.add_argument("--blocks", type=int, default=d.blocks, help="blocks l (default: 2)")
+    p.add_argument("--levels", type=int, default=None, help="multi-level pooling 1..L")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--n-boot", type=int, default=d.n_boot, help="bootstrap resamples for the UA CI")
+    p.add_argument("--cache-dir", default=None,
+                   help="feature cache (default: $BINSER_CACHE_DIR or ~/.cache/binser)")
+    p.add_argument("--no-report", action="store_true", help="write results.json only")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def settings_from_args(args: argparse.Namespace, dataset: str, root: str,
+                       synthetic: bool = False):
+    from .experiment import ExperimentSettings
+
+    return ExperimentSettings(
+        dataset=dataset, root=str(root), protocol=args.protocol, backbone=args.backbone,
+        input_size=args.input_size, weights=args.weights, allow_random=args.allow_random,
+        mode=args.mode, views=tuple(args.views), poolings=tuple(args.poolings),
+        blocks=args.blocks, levels=args.levels, manifest=getattr(args, "manifest", None),
+        cache_dir=str(args.cache_dir or default_cache_dir()), batch_size=args.batch_size,
+        n_boot=args.n_boot, seed=args.seed, synthetic=synthetic)
+
+
+def print_summary(results: dict) -> None:
+    """The headline numbers of an experiment, one run a line."""
+    print(f"\n{results['dataset']} ({'SYNTHETIC, ' if results.get('synthetic') else ''}"
+          f"{results['protocol']}, {results['n_utterances']} utterances, "
+          f"backbone {results['backbone']}):")
+    print(f"{'run':<42}{'UA %':>8}{'WA %':>8}{'F1 %':>8}   UA 95% CI")
+    for r in results["runs"]:
+        lo, hi = r["ua_ci95"]
+        print(f"{r['name']:<42}{100 * r['ua']:>8.2f}{100 * r['wa']:>8.2f}"
+              f"{100 * r['macro_f1']:>8.2f}   {100 * lo:.1f}-{100 * hi:.1f}")
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from .corpora import DATASETS
+
+    for name, description in DATASETS.items():
+        print(f"{name:<10}{description}")
+    return 0
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from .corpora import corpus
+    from .scan import format_scan, scan_corpus
+
+    found = corpus(args.dataset, args.root, manifest=args.manifest)
+    report = scan_corpus(found, progress=not args.quiet, on_error=args.on_error)
+    print(format_scan(report))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspection import format_inspection, inspect_file
+
+    figure = args.output
+    result = inspect_file(args.file, figure=figure)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(format_inspection(result))
+        if figure:
+            print(f"figure:        {figure}")
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from .experiment import run_experiment
+
+    settings = settings_from_args(args, args.dataset, args.root)
+    results = run_experiment(settings, out=args.out, progress=not args.quiet,
+                             report=not args.no_report)
+    print_summary(results)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import make_demo_corpus
+    from .experiment import run_experiment
+
+    start = time.perf_counter()
+    out = Path(args.out)
+    root = make_demo_corpus(out / "corpus")
+    print(f"[binser] synthetic stereo demo corpus in {root}")
+    settings = settings_from_args(args, "folder", root, synthetic=True)
+    results = run_experiment(settings, out=out, progress=not args.quiet,
+                             report=not args.no_report)
+    print_summary(results)
+    print(f"\nSYNTHETIC demo finished in {time.perf_counter() - start:.0f} s. Open "
+          f"{out / 'report.html'} (or report.md); raw numbers in {out / 'results.json'}.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="binser", description="Binaural speech emotion recognition (Zhang et al. 2020).")
+    parser.add_argument("--version", action="version", version=f"binser {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="run the whole study on a small synthetic stereo corpus")
+    p.add_argument("--out", default="demo_out", help="output folder (default: %(default)s)")
+    add_experiment_options(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("datasets", help="list the corpora binser knows by name")
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("scan", help="count a corpus's utterances, labels, speakers; flag mono files")
+    p.add_argument("dataset")
+    p.add_argument("root")
+    p.add_argument("--manifest", default=None, help="CSV manifest (csv and baum1s corpora)")
+    p.add_argument("--on-error", choices=("skip", "fail"), default="skip")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("inspect", help="facts about one audio/video file and its four views")
+    p.add_argument("file")
+    p.add_argument("-o", "--output", default=None, help="save the four-view spectrogram PNG here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("experiment", help="the paper's experiments on a corpus")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--root", required=True)
+    p.add_argument("--manifest", default=None)
+    p.add_argument("--out", required=True, help="output folder for results.json and the report")
+    add_experiment_options(p)
+    p.set_defaults(func=cmd_experiment)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except BinserError as error:
+        print(f"binser: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("binser: interrupted; finished work is kept in the cache, rerun to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
