@@ -20,7 +20,8 @@ def tiny_study(tmp_path_factory):
                                                       max_duration_s=1.6))
     settings = ExperimentSettings(dataset="folder", root=str(root), protocol="loso",
                                   input_size=64, cache_dir=str(base / "cache"), n_boot=200,
-                                  synthetic=True)
+                                  synthetic=True, baselines=("opensmile",),
+                                  baseline_sets=("egemaps",))
     results = run_experiment(settings, out=base / "out", progress=False)
     return base, settings, results
 
@@ -39,6 +40,7 @@ def test_results_follow_the_contract(tiny_study):
         assert f"score-fusion/{fusion}" in names and f"score-fusion/{fusion}@oracle" in names
         assert f"feature-fusion/{fusion}" in names
     runs = {r["name"]: r for r in on_disk["runs"]}
+    assert "opensmile/egemaps" in runs                           # --baselines opensmile
     assert len(runs["left/block-max"]["fold_ua"]) == 4          # one per test speaker
     assert runs["score-fusion/left+right+mid+side"]["selection"] == "nested"
     assert len(runs["score-fusion/left+right+mid+side"]["weights"]) == 4  # per fold
@@ -62,6 +64,7 @@ def test_report_and_figures_are_written(tiny_study):
     base, _, _ = tiny_study
     md = (base / "out" / "report.md").read_text()
     assert "SYNTHETIC" in md and "Table 1" in md and "two-stage score-level fusion" in md
+    assert "hand-crafted baselines" in md and "opensmile/egemaps" in md
     assert (base / "out" / "report.html").read_text().startswith("<!DOCTYPE html>")
     assert (base / "out" / "figures" / "fig1_views.png").stat().st_size > 10_000
     assert list((base / "out" / "figures").glob("confusion_*.png"))

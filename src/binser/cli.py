@@ -49,6 +49,11 @@ def add_experiment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-boot", type=int, default=d.n_boot, help="bootstrap resamples for the UA CI")
     p.add_argument("--cache-dir", default=None,
                    help="feature cache (default: $BINSER_CACHE_DIR or ~/.cache/binser)")
+    p.add_argument("--baselines", type=_csv_list, default=(),
+                   help="add hand-crafted baselines: opensmile (IS10, ComParE 2016, eGeMAPS "
+                        "functionals + the same SVM; needs binser[opensmile])")
+    p.add_argument("--baseline-views", type=_csv_list, default=d.baseline_views,
+                   help="views for the baselines (default: left, the paper's practice)")
     p.add_argument("--no-report", action="store_true", help="write results.json only")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -63,7 +68,8 @@ def settings_from_args(args: argparse.Namespace, dataset: str, root: str,
         mode=args.mode, views=tuple(args.views), poolings=tuple(args.poolings),
         blocks=args.blocks, levels=args.levels, manifest=getattr(args, "manifest", None),
         cache_dir=str(args.cache_dir or default_cache_dir()), batch_size=args.batch_size,
-        n_boot=args.n_boot, seed=args.seed, synthetic=synthetic)
+        n_boot=args.n_boot, seed=args.seed, synthetic=synthetic,
+        baselines=tuple(args.baselines), baseline_views=tuple(args.baseline_views))
 
 
 def print_summary(results: dict) -> None:

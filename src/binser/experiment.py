@@ -31,6 +31,7 @@ from .pooling import POOLINGS, make_pooling
 from .views import VIEWS
 
 MODES = ("frozen",)
+BASELINES = ("opensmile",)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ class ExperimentSettings:
     n_boot: int = 1000
     seed: int = 0
     synthetic: bool = False
+    baselines: tuple[str, ...] = ()           # "opensmile": functionals + the same linear SVM
+    baseline_sets: tuple[str, ...] = ("is10", "compare2016", "egemaps")
+    baseline_views: tuple[str, ...] = ("left",)   # the paper's practice: the left channel
     frontend: FrontEndConfig = field(default_factory=FrontEndConfig)
 
     def validate(self) -> None:
@@ -67,6 +71,9 @@ class ExperimentSettings:
         bad = [p for p in self.poolings if p not in POOLINGS]
         if bad:
             raise ConfigError(f"unknown pooling(s) {bad}; choose from {', '.join(POOLINGS)}")
+        unknown = [b for b in self.baselines if b not in BASELINES]
+        if unknown:
+            raise ConfigError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
         if self.fusion_pooling not in self.poolings:
             raise ConfigError(f"fusion pooling {self.fusion_pooling!r} is not among the poolings run")
 
@@ -74,6 +81,8 @@ class ExperimentSettings:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "frontend"}
         out["views"] = list(self.views)
         out["poolings"] = list(self.poolings)
+        for key in ("baselines", "baseline_sets", "baseline_views"):
+            out[key] = list(getattr(self, key))
         out["frontend"] = self.frontend.to_dict()
         return out
 
@@ -115,6 +124,20 @@ def pool_features(features: dict[str, list[np.ndarray]], settings: ExperimentSet
     return {(view, name): make_pooling(name, blocks=settings.blocks, levels=settings.levels)
             .fit_transform(features[view])
             for view in settings.views for name in settings.poolings}
+
+
+def baseline_features(corpus: Corpus, settings: ExperimentSettings, progress: bool = True
+                      ) -> dict[tuple[str, str], np.ndarray]:
+    """Utterance-level baseline features keyed like pooled features: ("opensmile", "is10")
+    becomes the run ``opensmile/is10``. Classified with the same SVM and folds."""
+    if "opensmile" not in settings.baselines:
+        return {}
+    from .baselines import opensmile_baselines
+
+    matrices = opensmile_baselines([u.path for u in corpus], settings.baseline_sets,
+                                   settings.baseline_views, settings.frontend,
+                                   cache_dir=settings.cache_dir, progress=progress)
+    return {tuple(name.split("/", 1)): X for name, X in matrices.items()}
 
 
 def full_columns(proba: np.ndarray, classes_seen: np.ndarray, n_classes: int) -> np.ndarray:
@@ -323,6 +346,10 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
     t = time.perf_counter()
     pooled = pool_features(features, settings)
     timing["pooling_s"] = time.perf_counter() - t
+    if settings.baselines:
+        t = time.perf_counter()
+        pooled.update(baseline_features(corpus, settings, progress))
+        timing["baselines_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     runs, test_proba = run_folds(pooled, y, speakers, fold_list, settings, len(classes), progress)
