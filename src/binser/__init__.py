@@ -33,6 +33,10 @@ _LAZY = {
     "ViewClassifier": ("classifier", "ViewClassifier"),
     "two_stage_fusion": ("fusion", "two_stage_fusion"),
     "run_experiment": ("experiment", "run_experiment"),
+    "ExperimentSettings": ("experiment", "ExperimentSettings"),
+    "Model": ("model", "Model"),
+    "train_model": ("model", "train_model"),
+    "Prediction": ("model", "Prediction"),
 }
 
 
