@@ -105,7 +105,11 @@ def load_audio(path: str | Path, sr: int = 16000, channels: Sequence[int] | None
     audio = _select_channels(audio, channels, path)
     _check_samples(audio, rate, path, max_duration_s)
     if rate != sr:
+        n_native = audio.shape[1]
         audio = _resample(audio, rate, sr)
+        if audio.shape[1] == 0:  # found by fuzzing: 1 sample at 44.1 kHz -> 0 at 16 kHz
+            raise AudioError(path, f"too short: {n_native} sample(s) at {rate} Hz leave none "
+                                   f"after resampling to {sr} Hz")
     return audio
 
 

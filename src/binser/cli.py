@@ -54,6 +54,10 @@ def add_experiment_options(p: argparse.ArgumentParser) -> None:
                         "functionals + the same SVM; needs binser[opensmile])")
     p.add_argument("--baseline-views", type=_csv_list, default=d.baseline_views,
                    help="views for the baselines (default: left, the paper's practice)")
+    p.add_argument("--on-error", choices=("skip", "fail"), default=d.on_error,
+                   help="bad input files (unreadable, silent, too short ...): fail lists them "
+                        "all before any work; skip leaves them out and lists them in "
+                        "results.json (default: %(default)s)")
     p.add_argument("--no-report", action="store_true", help="write results.json only")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -69,7 +73,8 @@ def settings_from_args(args: argparse.Namespace, dataset: str, root: str,
         blocks=args.blocks, levels=args.levels, manifest=getattr(args, "manifest", None),
         cache_dir=str(args.cache_dir or default_cache_dir()), batch_size=args.batch_size,
         n_boot=args.n_boot, seed=args.seed, synthetic=synthetic,
-        baselines=tuple(args.baselines), baseline_views=tuple(args.baseline_views))
+        on_error=getattr(args, "on_error", "fail"), baselines=tuple(args.baselines),
+        baseline_views=tuple(args.baseline_views))
 
 
 def print_summary(results: dict) -> None:
@@ -94,18 +99,25 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     from .corpora import corpus
+    from .preflight import apply_on_error, check_corpus, format_problems
     from .scan import format_scan, scan_corpus
 
     found = corpus(args.dataset, args.root, manifest=args.manifest)
+    checked = check_corpus(found, progress=not args.quiet)
+    apply_on_error(checked, args.on_error)   # fail: every bad file listed, before the scan
     report = scan_corpus(found, progress=not args.quiet, on_error=args.on_error)
     print(format_scan(report))
+    print(f"files an experiment cannot use (left out with --on-error skip): "
+          f"{checked.n_bad}\n{format_problems(checked.problems)}".rstrip())
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .inspection import format_inspection, inspect_file
+    from .preflight import check_file
 
     figure = args.output
+    check_file(args.file)   # AudioError naming the file and cause (silent, too short ...)
     result = inspect_file(args.file, figure=figure)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -124,6 +136,38 @@ def cmd_experiment(args: argparse.Namespace) -> int:
                              report=not args.no_report)
     print_summary(results)
     return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .experiment import with_overrides
+    from .model import train_model
+
+    settings = with_overrides(settings_from_args(args, args.dataset, args.root),
+                              fusion_pooling=args.pooling)
+    fusion = None if args.fusion == "none" else args.fusion
+    model = train_model(settings, args.out, fusion=fusion, progress=not args.quiet,
+                        cross_validate=args.cross_validate, overwrite=args.overwrite)
+    print(f"model saved to {args.out}: labels {', '.join(model.labels)}; views "
+          f"{', '.join(model.views)}; fusion {model.fusion or 'none'} {model.weights}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .model import Model, format_prediction
+
+    model = Model.load(args.model)
+    predictions = model.predict(args.files, timeline=args.timeline, batch_size=args.batch_size,
+                                progress=not args.quiet, on_error=args.on_error)
+    if args.json:
+        print(json.dumps([p.to_dict() for p in predictions], indent=2))
+    else:
+        for prediction in predictions:
+            print(format_prediction(prediction))
+    failed = sum(p.error is not None for p in predictions)
+    if failed:
+        print(f"binser: {failed} of {len(predictions)} file(s) could not be read (see above)",
+              file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -178,6 +222,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for results.json and the report")
     add_experiment_options(p)
     p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser("train", help="train the final system on a whole corpus; save a model")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--root", required=True)
+    p.add_argument("--manifest", default=None)
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--fusion", default="left+right+mid+side",
+                   choices=("left+right", "mid+side", "left+right+mid+side", "none"),
+                   help="score fusion (none: train the single view given by --views)")
+    p.add_argument("--pooling", default=None, help="pooling (default: block-max)")
+    p.add_argument("--cross-validate", action="store_true",
+                   help="also cross-validate (--protocol) for the model card's scores")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
+    add_experiment_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="predict the emotion of audio/video files with a model")
+    p.add_argument("model", help="model folder written by 'binser train'")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.add_argument("--timeline", action="store_true", help="scores per segment over time")
+    p.add_argument("--on-error", choices=("skip", "fail"), default="skip",
+                   help="skip: report unreadable files and go on (exit code 1); fail: stop")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

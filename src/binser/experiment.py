@@ -28,6 +28,7 @@ from .errors import ConfigError
 from .evaluation import bootstrap_ua_ci, folds as make_folds, metrics
 from .fusion import FUSIONS, fuse, select_weights
 from .pooling import POOLINGS, make_pooling
+from .preflight import screen_corpus
 from .views import VIEWS
 
 MODES = ("frozen",)
@@ -57,6 +58,7 @@ class ExperimentSettings:
     n_boot: int = 1000
     seed: int = 0
     synthetic: bool = False
+    on_error: str = "fail"                    # bad input files: "fail" before any work, or "skip"
     baselines: tuple[str, ...] = ()           # "opensmile": functionals + the same linear SVM
     baseline_sets: tuple[str, ...] = ("is10", "compare2016", "egemaps")
     baseline_views: tuple[str, ...] = ("left",)   # the paper's practice: the left channel
@@ -76,6 +78,8 @@ class ExperimentSettings:
             raise ConfigError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
         if self.fusion_pooling not in self.poolings:
             raise ConfigError(f"fusion pooling {self.fusion_pooling!r} is not among the poolings run")
+        if self.on_error not in ("skip", "fail"):
+            raise ConfigError(f"on_error must be 'skip' or 'fail', got {self.on_error!r}")
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "frontend"}
@@ -306,7 +310,7 @@ def write_predictions_csv(corpus: Corpus, fold_of: np.ndarray, runs: dict[str, R
     import csv
 
     names = sorted(runs, key=_run_order)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")   # concurrent runs: own temp
     with open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "speaker", "label", "fold", *names])
@@ -328,6 +332,8 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
     corpus = corpus_loader(settings.dataset, settings.root, manifest=settings.manifest)
+    # Every file is checked (decoded once) before any expensive work; see binser.preflight.
+    corpus, skipped = screen_corpus(corpus, settings.on_error, settings.frontend, progress=progress)
     classes = list(corpus.labels)
     y = np.array([classes.index(u.label) for u in corpus])
     speakers = np.array([u.speaker for u in corpus])
@@ -336,8 +342,8 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
     _progress(f"{settings.dataset}: {len(corpus)} utterances, {len(classes)} classes, "
               f"{len(corpus.speakers)} speakers, protocol {settings.protocol} "
               f"({len(fold_list)} folds)", progress)
-    if corpus.problems:
-        _progress(f"{len(corpus.problems)} file(s) not used (see 'skipped' in results.json)",
+    if skipped:
+        _progress(f"{len(skipped)} file(s) not used (see 'skipped' in results.json)",
                   progress)
 
     t = time.perf_counter()
@@ -378,7 +384,7 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
         "mode": settings.mode,
         "segments_per_view": int(sum(len(f) for f in features[settings.views[0]])),
         "settings": settings.to_dict(),
-        "skipped": [{"path": str(p), "reason": why} for p, why in corpus.problems],
+        "skipped": [{"path": str(p), "reason": why} for p, why in skipped],
         "runs": [summarise_run(runs[name], y, classes, fold_list, settings.n_boot, settings.seed)
                  for name in sorted(runs, key=_run_order)],
     }

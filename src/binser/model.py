@@ -792,6 +792,7 @@ def train_model(settings, out_dir: str | Path | None = None, fusion: str | None 
     """
     from .classifier import ViewClassifier
     from .corpora import corpus as load_corpus
+    from .preflight import screen_corpus
 
     settings.validate()
     if settings.mode != "frozen" and finetuned_backbones is None:
@@ -801,6 +802,9 @@ def train_model(settings, out_dir: str | Path | None = None, fusion: str | None 
     spec = PoolingSpec(pooling or settings.fusion_pooling, settings.blocks, settings.levels)
     corpus = (corpus_loader or load_corpus)(settings.dataset, settings.root,
                                             manifest=settings.manifest)
+    # Bad files: stop before any expensive work, or leave them out (settings.on_error).
+    corpus, _skipped = screen_corpus(corpus, settings.on_error, settings.frontend,
+                                     progress=progress)
     labels = list(corpus.labels)
     y = np.array([u.label for u in corpus])
     groups = np.array([u.speaker for u in corpus])

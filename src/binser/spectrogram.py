@@ -37,6 +37,8 @@ __all__ = [
 ]
 
 _DEFAULT = FrontEndConfig()
+_MAX_AMPLITUDE = 1e15  # |sample| above this overflows the float32 power spectrum (not audio)
+_MAX_SEGMENT_VALUE = 1e30  # |log-Mel value| above this overflows float32 deltas
 
 
 # --------------------------------------------------------------------------- log-Mel
@@ -73,6 +75,9 @@ def _check_signals(signals: np.ndarray, sr: int, config: FrontEndConfig) -> np.n
         raise BinserError(f"expected signal(s) of shape (N,) or (V, N), got {x.shape}")
     if not np.isfinite(x).all():
         raise BinserError("signal holds NaN or infinite samples")
+    if x.size and np.abs(x).max() > _MAX_AMPLITUDE:
+        raise BinserError(f"signal amplitude {np.abs(x).max():.3g} exceeds {_MAX_AMPLITUDE:g} "
+                          "(full scale is 1.0): its float32 power spectrum would overflow")
     return x
 
 
@@ -251,7 +256,8 @@ def _windows(logmel: np.ndarray, frames: int, hop: int) -> np.ndarray:
     n_bands, T = logmel.shape
     n = n_segments(T, frames, hop)
     if T < frames:
-        padded = np.full((1, n_bands, frames), logmel.min(), dtype=np.float32)
+        fill = logmel.min() if logmel.size else 0.0   # F = 0: nothing to fill (fuzzing)
+        padded = np.full((1, n_bands, frames), fill, dtype=np.float32)
         padded[0, :, :T] = logmel
         return padded
     view = np.lib.stride_tricks.sliding_window_view(logmel, frames, axis=1)  # (F, W, frames)
@@ -314,6 +320,10 @@ def segment_images(segments: np.ndarray, width: int = 9) -> np.ndarray:
     segments = np.asarray(segments, dtype=np.float32)
     if segments.ndim != 3:
         raise BinserError(f"expected segments of shape (n, F, L), got {segments.shape}")
+    peak = np.abs(segments).max() if segments.size else 0.0
+    if not peak <= _MAX_SEGMENT_VALUE:  # NaN fails this test too
+        raise BinserError(f"segment values must be finite and within +-{_MAX_SEGMENT_VALUE:g} "
+                          f"(log-Mel dB); got a peak of {peak}")
     images = np.empty((segments.shape[0], 3) + segments.shape[1:], dtype=np.float32)
     images[:, 0] = segments
     return _complete_images(images, width)

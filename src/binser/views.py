@@ -32,6 +32,7 @@ VIEWS = ("left", "right", "mid", "side")
 ALL_VIEWS = VIEWS + ("mono",)
 
 _DBFS_FLOOR = 1e-10  # RMS floor (full scale = 1.0) so that silence reads -200 dBFS, not -inf
+MAX_AMPLITUDE = 1e15  # |sample| above this is not audio (float32 sums and spectra overflow)
 
 
 class MonoInputWarning(UserWarning):
@@ -45,6 +46,10 @@ def _as_channels(audio: np.ndarray, path: str | Path | None) -> np.ndarray:
         audio = audio[np.newaxis, :]
     if audio.ndim != 2 or audio.shape[0] not in (1, 2):
         raise AudioError(path, f"expected audio of shape (1 or 2, N) or (N,), got {audio.shape}")
+    peak = np.abs(audio).max() if audio.size else 0.0
+    if peak > MAX_AMPLITUDE:
+        raise AudioError(path, f"sample values up to {peak:.3g} (full scale is 1.0) exceed "
+                               f"{MAX_AMPLITUDE:g}: not audio samples")
     return audio
 
 
