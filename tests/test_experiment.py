@@ -119,3 +119,30 @@ def test_second_run_reuses_the_feature_cache(tiny_study, monkeypatch):
     again = run_experiment(settings, out=None, progress=False)
     assert calls == []
     assert [r["ua"] for r in again["runs"]] == [r["ua"] for r in results["runs"]]
+
+
+def test_finetune_mode_trains_per_fold_on_training_speakers_only(tmp_path):
+    """Mode finetune: every fold fine-tunes its own network per view on its training
+    speakers; the fold's test speaker is never among the speakers a network saw."""
+    root = make_demo_corpus(tmp_path / "corpus", DemoSpec(n_speakers=3, per_emotion=2,
+                                                          max_duration_s=1.2))
+    settings = ExperimentSettings(dataset="folder", root=str(root), protocol="loso",
+                                  mode="finetune", finetune_preset="cpu", finetune_epochs=1,
+                                  input_size=32, views=("left", "right"),
+                                  poolings=("block-max",), cache_dir=str(tmp_path / "cache"),
+                                  n_boot=20)
+    results = run_experiment(settings, out=None, progress=False)
+    assert validate_results(results) == []
+    assert results["mode"] == "finetune"
+    folds_info = results["finetune"]["folds"]
+    assert len(folds_info) == 3
+    frozen_id = results["backbone_weights_id"]
+    for k, fold in enumerate(folds_info):
+        test_speakers = set(results["fold_test_speakers"][k])
+        for view in ("left", "right"):
+            record = fold[view]
+            seen = set(record["train_speakers"]) | set(record["val_speakers"])
+            assert seen and not (seen & test_speakers)
+            assert record["weights_id"] != frozen_id
+    names = {r["name"] for r in results["runs"]}
+    assert {"left/block-max", "score-fusion/left+right", "feature-fusion/left+right"} <= names

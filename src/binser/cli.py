@@ -37,7 +37,12 @@ def add_experiment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None, help="backbone weights file (.pth or .safetensors)")
     p.add_argument("--allow-random", action="store_true",
                    help="allow a randomly initialised backbone when no weights are available")
-    p.add_argument("--mode", default=d.mode, help="frozen (default)")
+    p.add_argument("--mode", default=d.mode, choices=("frozen", "finetune"),
+                   help="frozen ImageNet features (default) or per-view fine-tuning per fold")
+    p.add_argument("--finetune-preset", default=d.finetune_preset, choices=("paper", "cpu"),
+                   help="paper: SGD, batch 30, lr 0.001, up to 300 epochs with early stopping; "
+                        "cpu: reduced (96 px, last blocks only, 8 epochs) for a 2-core CPU")
+    p.add_argument("--epochs", type=int, default=None, help="maximum fine-tuning epochs")
     p.add_argument("--views", type=_csv_list, default=d.views,
                    help="comma-separated views (default: left,right,mid,side)")
     p.add_argument("--poolings", type=_csv_list, default=d.poolings,
@@ -74,7 +79,8 @@ def settings_from_args(args: argparse.Namespace, dataset: str, root: str,
         cache_dir=str(args.cache_dir or default_cache_dir()), batch_size=args.batch_size,
         n_boot=args.n_boot, seed=args.seed, synthetic=synthetic,
         on_error=getattr(args, "on_error", "fail"), baselines=tuple(args.baselines),
-        baseline_views=tuple(args.baseline_views))
+        baseline_views=tuple(args.baseline_views), finetune_preset=args.finetune_preset,
+        finetune_epochs=args.epochs)
 
 
 def print_summary(results: dict) -> None:

@@ -31,7 +31,8 @@ from .pooling import POOLINGS, make_pooling
 from .preflight import screen_corpus
 from .views import VIEWS
 
-MODES = ("frozen",)
+MODES = ("frozen", "finetune")
+FINETUNE_PRESETS = ("paper", "cpu")
 BASELINES = ("opensmile",)
 
 
@@ -62,6 +63,8 @@ class ExperimentSettings:
     baselines: tuple[str, ...] = ()           # "opensmile": functionals + the same linear SVM
     baseline_sets: tuple[str, ...] = ("is10", "compare2016", "egemaps")
     baseline_views: tuple[str, ...] = ("left",)   # the paper's practice: the left channel
+    finetune_preset: str = "paper"            # mode finetune: "paper" (SGD, 300 epochs) or "cpu"
+    finetune_epochs: int | None = None        # override the preset's maximum epochs
     frontend: FrontEndConfig = field(default_factory=FrontEndConfig)
 
     def validate(self) -> None:
@@ -78,6 +81,9 @@ class ExperimentSettings:
             raise ConfigError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
         if self.fusion_pooling not in self.poolings:
             raise ConfigError(f"fusion pooling {self.fusion_pooling!r} is not among the poolings run")
+        if self.finetune_preset not in FINETUNE_PRESETS:
+            raise ConfigError(f"unknown fine-tuning preset {self.finetune_preset!r}; choose "
+                              f"from {', '.join(FINETUNE_PRESETS)}")
         if self.on_error not in ("skip", "fail"):
             raise ConfigError(f"on_error must be 'skip' or 'fail', got {self.on_error!r}")
 
@@ -119,6 +125,41 @@ def extract_features(corpus: Corpus, settings: ExperimentSettings, progress: boo
                                         batch_size=settings.batch_size, progress=progress)
     features = extractor.extract([u.path for u in corpus])
     return features, backbone
+
+
+def finetune_settings(settings: ExperimentSettings):
+    """The :class:`~binser.finetune.FinetuneSettings` of an experiment in mode ``finetune``."""
+    from .finetune import FinetuneSettings
+
+    changes: dict[str, Any] = {"seed": settings.seed}
+    if settings.finetune_epochs is not None:
+        changes["max_epochs"] = settings.finetune_epochs
+    if settings.input_size is not None:
+        changes["input_size"] = settings.input_size
+    if settings.cache_dir is not None:
+        changes["checkpoint_dir"] = str(Path(settings.cache_dir) / "finetuned")
+    if settings.finetune_preset == "cpu":
+        return FinetuneSettings.cpu_reduced(**changes)
+    return FinetuneSettings(**changes)
+
+
+def finetuned_features(corpus: Corpus, y: np.ndarray, fold_list, settings: ExperimentSettings,
+                       n_classes: int, progress: bool = True):
+    """Mode ``finetune``: per fold, one network per view fine-tuned on the fold's training
+    speakers only; returns (features per fold, fine-tuning records per fold, the base
+    backbone)."""
+    from .backbones import get_backbone
+    from .finetune import finetuned_fold_features
+
+    ft = finetune_settings(settings)
+    base = get_backbone(settings.backbone, weights=settings.weights, input_size=ft.input_size,
+                        allow_random=settings.allow_random)
+    features, records = finetuned_fold_features(
+        [u.path for u in corpus], y, [u.speaker for u in corpus], fold_list, settings.backbone,
+        settings.weights, settings.views, settings.frontend, ft, cache_dir=settings.cache_dir,
+        batch_size=settings.batch_size, progress=progress, allow_random=settings.allow_random,
+        n_classes=n_classes)
+    return features, records, base
 
 
 def pool_features(features: dict[str, list[np.ndarray]], settings: ExperimentSettings
@@ -203,13 +244,16 @@ def default_jobs(n_folds: int) -> int:
     return max(1, min(os.cpu_count() or 1, n_folds))
 
 
-def run_folds(pooled: dict[tuple[str, str], np.ndarray], y: np.ndarray, groups: np.ndarray,
+def run_folds(pooled: dict[tuple[str, str], np.ndarray] | Sequence[dict[tuple[str, str], np.ndarray]],
+              y: np.ndarray, groups: np.ndarray,
               fold_list: Sequence[tuple[np.ndarray, np.ndarray]], settings: ExperimentSettings,
               n_classes: int, progress: bool = True, n_jobs: int | None = None
               ) -> tuple[dict[str, RunPredictions], dict[str, np.ndarray]]:
     """Cross-validate every single view x pooling, nested score fusion and feature fusion,
     folds in parallel processes.
 
+    ``pooled``: one dict of utterance features for all folds (frozen mode), or one dict per
+    fold (fine-tuned mode: each fold's networks saw only its training speakers).
     Returns the runs (keyed by run name) and, for the oracle fusion, the pooled test
     probabilities of each view at the fusion pooling.
     """
@@ -220,9 +264,10 @@ def run_folds(pooled: dict[tuple[str, str], np.ndarray], y: np.ndarray, groups: 
     runs: dict[str, RunPredictions] = {}
     test_proba: dict[str, np.ndarray] = {}
     jobs = n_jobs or default_jobs(len(fold_list))
+    per_fold = list(pooled) if isinstance(pooled, (list, tuple)) else [pooled] * len(fold_list)
     outcomes = Parallel(n_jobs=jobs, return_as="generator")(
-        delayed(evaluate_fold)(pooled, y, groups, train, test, settings, n_classes)
-        for train, test in fold_list)
+        delayed(evaluate_fold)(fold_pooled, y, groups, train, test, settings, n_classes)
+        for fold_pooled, (train, test) in zip(per_fold, fold_list))
     bar = tqdm(total=len(fold_list), desc="folds", unit="fold", disable=not progress)
     for (train, test), (fold_runs, fold_proba) in zip(fold_list, outcomes):
         for name, (predicted, chosen) in fold_runs.items():
@@ -347,14 +392,25 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
                   progress)
 
     t = time.perf_counter()
-    features, backbone = extract_features(corpus, settings, progress)
+    finetune_records = None
+    if settings.mode == "finetune":
+        fold_features, finetune_records, backbone = finetuned_features(
+            corpus, y, fold_list, settings, len(classes), progress)
+        features = fold_features[0]
+    else:
+        features, backbone = extract_features(corpus, settings, progress)
     timing["features_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    pooled = pool_features(features, settings)
+    if finetune_records is not None:
+        pooled: Any = [pool_features(f, settings) for f in fold_features]
+    else:
+        pooled = pool_features(features, settings)
     timing["pooling_s"] = time.perf_counter() - t
     if settings.baselines:
         t = time.perf_counter()
-        pooled.update(baseline_features(corpus, settings, progress))
+        extra = baseline_features(corpus, settings, progress)
+        for fold_pooled in (pooled if isinstance(pooled, list) else [pooled]):
+            fold_pooled.update(extra)
         timing["baselines_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -384,6 +440,8 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
         "mode": settings.mode,
         "segments_per_view": int(sum(len(f) for f in features[settings.views[0]])),
         "settings": settings.to_dict(),
+        **({"finetune": {"settings": finetune_settings(settings).to_dict(),
+                         "folds": finetune_records}} if finetune_records is not None else {}),
         "skipped": [{"path": str(p), "reason": why} for p, why in skipped],
         "runs": [summarise_run(runs[name], y, classes, fold_list, settings.n_boot, settings.seed)
                  for name in sorted(runs, key=_run_order)],
