@@ -25,6 +25,14 @@ def _csv_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def add_corpus_options(p: argparse.ArgumentParser, out_help: str) -> None:
+    """--dataset, --root, --manifest and --out, shared by experiment and train."""
+    p.add_argument("--dataset", required=True, help="corpus name (see 'binser datasets')")
+    p.add_argument("--root", required=True, help="corpus folder")
+    p.add_argument("--manifest", default=None, help="CSV manifest (csv and baum1s corpora)")
+    p.add_argument("--out", required=True, help=out_help)
+
+
 def add_experiment_options(p: argparse.ArgumentParser) -> None:
     from .experiment import ExperimentSettings
 
@@ -222,18 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("experiment", help="the paper's experiments on a corpus")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--root", required=True)
-    p.add_argument("--manifest", default=None)
-    p.add_argument("--out", required=True, help="output folder for results.json and the report")
+    add_corpus_options(p, out_help="output folder for results.json and the report")
     add_experiment_options(p)
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("train", help="train the final system on a whole corpus; save a model")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--root", required=True)
-    p.add_argument("--manifest", default=None)
-    p.add_argument("--out", required=True, help="model folder to write")
+    add_corpus_options(p, out_help="model folder to write")
     p.add_argument("--fusion", default="left+right+mid+side",
                    choices=("left+right", "mid+side", "left+right+mid+side", "none"),
                    help="score fusion (none: train the single view given by --views)")

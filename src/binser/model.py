@@ -58,13 +58,13 @@ import numpy as np
 from . import __version__
 from .config import FrontEndConfig
 from .errors import AudioError, BinserError, ConfigError, ModelError
+from .features import file_sha256  # noqa: F401  (one streaming file hash for caches and models)
 
 FORMAT = "binser-model"
 FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
 MODEL_CARD = "MODEL_CARD.md"
 MAX_JSON_BYTES = 16 << 20     # a model.json larger than this is refused unread
-HASH_CHUNK = 1 << 20          # bytes hashed at a time
 MAX_BLOCKS = 64               # pooling blocks / levels a model may ask for
 MAX_INPUT_SIZE = 1024         # backbone input side, pixels
 DEFAULT_FUSION = "left+right+mid+side"
@@ -121,15 +121,6 @@ class PoolingSpec:
 # --------------------------------------------------------------------------------------
 # checksums and safe file names
 # --------------------------------------------------------------------------------------
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(HASH_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def content_sha256(document: Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON of ``document`` without its ``content_sha256`` field."""
