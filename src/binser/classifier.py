@@ -14,9 +14,9 @@ fitted on the training data only, but computed much faster:
 * **Row-space reduction.** With an L2 penalty the SVM weight vector lies in the span of the
   training rows (plus the intercept column), so when ``D > n`` the standardised training rows
   are mapped onto an orthonormal basis of their span (``n x r``, ``r <= n``; from an
-  eigen-decomposition of the ``n x n`` Gram matrix). This preserves every inner product, so
-  the dual problem and the solution are the same; the weights are mapped back to ``D``
-  dimensions after fitting. Liblinear's dual coordinate descent is then used
+  eigen-decomposition of the ``n x n`` Gram matrix, without forming the ``D x r`` basis).
+  This preserves every inner product, so the dual problem and the solution are the same; the
+  weights are mapped back to ``D`` dimensions after fitting. Liblinear's dual coordinate descent is then used
   (``dual=True``; ``dual="auto"`` when no reduction is done).
 
 Choices (documented here, visible as parameters):
@@ -87,15 +87,30 @@ def inner_splits(y: np.ndarray, groups: Sequence | None, n_splits: int,
 
 
 # ------------------------------------------------------------------------- linear SVM core
-def row_space_basis(xs: np.ndarray) -> np.ndarray:
-    """Orthonormal basis ``(D, r)`` of the span of the rows of ``xs`` ``(n, D)``."""
+def row_space_map(xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row-space reduction of ``xs`` ``(n, D)`` from its Gram matrix -> ``(coords, m)``.
+
+    ``basis = xs.T @ m`` ``(D, r)`` is an orthonormal basis of the span of the rows;
+    ``coords = xs @ basis`` ``(n, r)`` are computed as ``u * sqrt(w)`` from the eigen-pairs of
+    ``xs @ xs.T``, so the ``D``-dimensional basis is never formed (cost ``n^2 D``, not
+    ``n^2 D + n r D``). Other rows ``x`` map to ``(x @ xs.T) @ m``.
+    """
     gram = xs @ xs.T
     with threadpool_limits(limits=1, user_api="blas"):  # small eigh: threads only contend
         w, u = np.linalg.eigh(gram)
     keep = w > max(w.max(), 0.0) * _EIG_RTOL
-    if not keep.any():  # all-zero data: any single direction keeps the shapes valid
+    if not keep.any():  # all-zero data: one zero coordinate keeps the shapes valid
+        return np.zeros((xs.shape[0], 1)), np.zeros((xs.shape[0], 1))
+    root = np.sqrt(w[keep])
+    return u[:, keep] * root, u[:, keep] / root
+
+
+def row_space_basis(xs: np.ndarray) -> np.ndarray:
+    """Orthonormal basis ``(D, r)`` of the span of the rows of ``xs`` ``(n, D)``."""
+    coords, m = row_space_map(xs)
+    if not coords.any():
         return np.eye(xs.shape[1], 1)
-    return xs.T @ (u[:, keep] / np.sqrt(w[keep]))
+    return xs.T @ m
 
 
 def _svc(C: float, reduced: bool, params: "ViewClassifier") -> LinearSVC:
@@ -121,8 +136,8 @@ class _FoldData:
         xtr, xte = scaler.transform(X[train]), scaler.transform(X[test])
         self.reduced = X.shape[1] > len(train)
         if self.reduced:
-            basis = row_space_basis(xtr)
-            xtr, xte = xtr @ basis, xte @ basis
+            coords, m = row_space_map(xtr)
+            xtr, xte = coords, (xte @ xtr.T) @ m
         self.xtr, self.xte = xtr, xte
 
 
@@ -301,12 +316,13 @@ class ViewClassifier(ClassifierMixin, BaseEstimator):
         self.scaler_ = StandardScaler().fit(X)
         xs = self.scaler_.transform(X)
         reduced = X.shape[1] > X.shape[0]
-        basis = row_space_basis(xs) if reduced else None
+        coords, m = row_space_map(xs) if reduced else (xs, None)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
-            svc = _svc(self.C_, reduced, self).fit(xs @ basis if reduced else xs, codes)
+            svc = _svc(self.C_, reduced, self).fit(coords, codes)
         self.n_not_converged_ += any(issubclass(w.category, ConvergenceWarning) for w in caught)
-        self.coef_ = svc.coef_ @ basis.T if reduced else svc.coef_.copy()
+        # back to D dimensions: coef @ basis.T = (coef @ m.T) @ xs
+        self.coef_ = (svc.coef_ @ m.T) @ xs if reduced else svc.coef_.copy()
         self.intercept_ = svc.intercept_.copy()
 
     # -- prediction
