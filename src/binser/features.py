@@ -14,9 +14,6 @@ recomputed, never returned. Fine-tuned weights have another ``weights_id``, henc
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -26,33 +23,13 @@ import torch
 
 from .audio import load_audio
 from .backbones import Backbone, set_threads
+from .cache import HASH_CHUNK, CacheWarning, FeatureCache, file_sha256  # noqa: F401
 from .config import FrontEndConfig
-from .errors import AudioError, ConfigError
+from .errors import ConfigError
 from .spectrogram import views_images
 from .views import ALL_VIEWS, VIEWS, binaural_views
 
 CACHE_FORMAT = "binser-segment-features-v1"  # bump when the feature computation changes
-HASH_CHUNK = 1 << 20  # bytes read at a time when hashing a file
-
-
-class CacheWarning(UserWarning):
-    """A cache entry was unreadable or inconsistent and is being recomputed."""
-
-
-# --------------------------------------------------------------------------------------
-# cache
-# --------------------------------------------------------------------------------------
-
-def file_sha256(path: str | Path, chunk: int = HASH_CHUNK) -> str:
-    """Hex sha256 of a file's bytes, read in ``chunk``-byte pieces (1 MiB by default)."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(chunk), b""):
-                digest.update(block)
-    except OSError as exc:
-        raise AudioError(path, f"cannot read file ({exc.strerror or exc})") from exc
-    return digest.hexdigest()
 
 
 def cache_key(file_digest: str, view: str, config_digest: str, backbone_name: str,
@@ -68,64 +45,6 @@ def backbone_cache_key(file_digest: str, view: str, config: FrontEndConfig,
     """:func:`cache_key` with the config's digest and the backbone's identity filled in."""
     return cache_key(file_digest, view, config.digest(), backbone.name, backbone.weights_id,
                      backbone.input_size)
-
-
-class FeatureCache:
-    """Folder of ``<2 hex>/<key>.npy`` float32 arrays ``(n, d)``; atomic writes."""
-
-    def __init__(self, cache_dir: str | Path):
-        self.root = Path(cache_dir)
-
-    def path(self, key: str) -> Path:
-        """File that holds (or would hold) entry ``key``."""
-        if len(key) < 3 or not all(c in "0123456789abcdef" for c in key):
-            raise ConfigError(f"cache key must be lower-case hex, got {key!r}")
-        return self.root / key[:2] / f"{key}.npy"
-
-    def get(self, key: str, feature_dim: int | None = None) -> np.ndarray | None:
-        """The stored ``(n, d)`` float32 array, or None if absent, unreadable or mis-shaped.
-
-        ``feature_dim``: expected ``d``; an entry of another width counts as corrupt.
-        """
-        path = self.path(key)
-        if not path.is_file():
-            return None
-        try:
-            array = np.load(path, allow_pickle=False)
-        except Exception as exc:  # truncated or overwritten: recompute
-            warnings.warn(f"{path}: unreadable cache entry ({type(exc).__name__}); "
-                          "recomputing", CacheWarning, stacklevel=2)
-            return None
-        if not _plausible(array, feature_dim):
-            warnings.warn(f"{path}: cache entry has shape {array.shape} dtype {array.dtype}; "
-                          "recomputing", CacheWarning, stacklevel=2)
-            return None
-        return array
-
-    def put(self, key: str, features: np.ndarray) -> Path:
-        """Store ``features`` (n, d) atomically; returns the entry's path."""
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        array = np.ascontiguousarray(features, dtype=np.float32)
-        handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{key}.",
-                                             suffix=".tmp", delete=False)
-        try:
-            with handle:
-                np.save(handle, array, allow_pickle=False)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(handle.name, path)
-        except BaseException:
-            Path(handle.name).unlink(missing_ok=True)
-            raise
-        return path
-
-
-def _plausible(array: np.ndarray, feature_dim: int | None) -> bool:
-    """A 2-D float32 array of finite values with ``feature_dim`` columns (if given)."""
-    return (array.ndim == 2 and array.dtype == np.float32
-            and (feature_dim is None or array.shape[1] == feature_dim)
-            and bool(np.isfinite(array).all()))
 
 
 # --------------------------------------------------------------------------------------
