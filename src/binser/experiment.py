@@ -11,6 +11,7 @@ paper's choice of weights on the test data) is reported too, named as such.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -21,6 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import __version__
+from .cache import FeatureCache, file_sha256, update_with_array
 from .classifier import ViewClassifier, concat_features
 from .config import FrontEndConfig
 from .corpora import Corpus, corpus as load_corpus
@@ -200,6 +202,77 @@ def _fit_predict(X: np.ndarray, y: np.ndarray, groups: np.ndarray, train: np.nda
     return full_columns(clf.predict_proba(X[test]), clf.classes_, n_classes), clf
 
 
+class FoldResultCache:
+    """Classifier outputs of one outer fold, cached on disk (float64, bit-exact reruns).
+
+    An entry's key hashes everything its value depends on: the feature matrix, the labels,
+    the speakers, the fold's train/test indices, the classifier's parameters and seed and the
+    source of :mod:`binser.classifier`; so a rerun with the same inputs skips the SVMs and
+    any change recomputes. Entries live under ``<cache_dir>/classifier``; ``cache_dir=None``
+    disables caching.
+    """
+
+    FORMAT = "binser-fold-results-v1"
+
+    def __init__(self, cache_dir: str | Path | None, y: np.ndarray, groups: np.ndarray,
+                 train: np.ndarray, test: np.ndarray, seed: int, n_classes: int):
+        from . import classifier
+
+        self.y, self.groups, self.train, self.test = y, groups, train, test
+        self.seed, self.n_classes = seed, n_classes
+        self.store = (FeatureCache(Path(cache_dir) / "classifier", dtype=np.float64)
+                      if cache_dir is not None else None)
+        self._context = hashlib.sha256()
+        if self.store is not None:
+            params = ViewClassifier(random_state=seed).get_params()
+            self._context.update(json.dumps([self.FORMAT, file_sha256(classifier.__file__),
+                                             repr(sorted(params.items())), n_classes]).encode())
+            for array in (y, np.asarray(groups).astype(str), train, test):
+                update_with_array(self._context, array)
+
+    def _key(self, what: str, X: np.ndarray) -> str:
+        digest = self._context.copy()
+        digest.update(what.encode())
+        update_with_array(digest, X)
+        return digest.hexdigest()[:40]
+
+    def _cached(self, what: str, X: np.ndarray, rows: int, compute: Callable[[], np.ndarray]
+                ) -> np.ndarray:
+        if self.store is None:
+            return compute()
+        key = self._key(what, X)
+        value = self.store.get(key, self.n_classes)
+        if value is None or len(value) != rows:
+            value = compute()
+            self.store.put(key, value)
+        return value
+
+    def fit_predict(self, X: np.ndarray) -> tuple[np.ndarray, float]:
+        """Test probabilities ``(n_test, K)`` of a classifier fitted on the training fold, and
+        its C."""
+        def compute() -> np.ndarray:
+            proba, clf = _fit_predict(X, self.y, self.groups, self.train, self.test, self.seed,
+                                      self.n_classes)
+            first = np.zeros((1, self.n_classes))
+            first[0, 0] = clf.C_          # row 0 carries C; the rest are the probabilities
+            return np.vstack([first, proba])
+
+        value = self._cached("fit_predict", X, len(self.test) + 1, compute)
+        return value[1:], float(value[0, 0])
+
+    def oof_proba(self, X: np.ndarray) -> np.ndarray:
+        """Out-of-fold probabilities ``(n_train, K)`` over the training speakers (nested
+        fusion weights)."""
+        train = self.train
+
+        def compute() -> np.ndarray:
+            proba = ViewClassifier(random_state=self.seed).oof_proba(
+                X[train], self.y[train], self.groups[train])
+            return full_columns(proba, np.unique(self.y[train]), self.n_classes)
+
+        return self._cached("oof_proba", X, len(train), compute)
+
+
 def fusions_for(views: Sequence[str]) -> dict[str, tuple[str, ...]]:
     """The score/feature fusions whose views were all computed."""
     return {name: vs for name, vs in FUSIONS.items() if all(v in views for v in vs)}
@@ -218,24 +291,23 @@ def evaluate_fold(pooled: dict[tuple[str, str], np.ndarray], y: np.ndarray, grou
     out: dict[str, tuple[np.ndarray, dict]] = {}
     test_proba: dict[str, np.ndarray] = {}
     fusion_views = [v for v in VIEWS if v in settings.views]
+    cache = FoldResultCache(settings.cache_dir, y, groups, train, test, settings.seed, n_classes)
     with threadpool_limits(1):    # liblinear is serial; folds run in parallel instead
         for (view, pooling), X in pooled.items():
-            proba, clf = _fit_predict(X, y, groups, train, test, settings.seed, n_classes)
-            out[f"{view}/{pooling}"] = (proba.argmax(axis=1), {"C": float(clf.C_)})
+            proba, C = cache.fit_predict(X)
+            out[f"{view}/{pooling}"] = (proba.argmax(axis=1), {"C": C})
             if pooling == settings.fusion_pooling and view in fusion_views:
                 test_proba[view] = proba
         # Nested fusion weights: out-of-fold scores over the training speakers only.
-        oof = {view: full_columns(ViewClassifier(random_state=settings.seed).oof_proba(
-                   pooled[(view, settings.fusion_pooling)][train], y[train], groups[train]),
-                   np.unique(y[train]), n_classes)
+        oof = {view: cache.oof_proba(pooled[(view, settings.fusion_pooling)])
                for view in fusion_views}
         for name, views in fusions_for(settings.views).items():
             weights, _ = select_weights(oof, y[train], name, list(range(n_classes)))
             fused = fuse({v: test_proba[v] for v in views}, name, weights)
             out[f"score-fusion/{name}"] = (fused.argmax(axis=1), {"weights": weights})
             Xcat = concat_features({v: pooled[(v, settings.fusion_pooling)] for v in views}, views)
-            proba, clf = _fit_predict(Xcat, y, groups, train, test, settings.seed, n_classes)
-            out[f"feature-fusion/{name}"] = (proba.argmax(axis=1), {"C": float(clf.C_)})
+            proba, C = cache.fit_predict(Xcat)
+            out[f"feature-fusion/{name}"] = (proba.argmax(axis=1), {"C": C})
     return out, test_proba
 
 
