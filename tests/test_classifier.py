@@ -16,6 +16,7 @@ from binser.classifier import (
     concat_features,
     fit_calibration,
     fit_sigmoid,
+    fit_temperature,
     inner_splits,
     row_space_basis,
 )
@@ -51,7 +52,7 @@ def _sklearn_reference(X, y, splits, Cs):
 def test_matches_gridsearch_and_calibrated_sklearn(d):
     X, y, spk = _problem(d=d, signal=0.25)
     Cs = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-    model = ViewClassifier(Cs=Cs).fit(X, y, spk)
+    model = ViewClassifier(Cs=Cs, calibration="sigmoid").fit(X, y, spk)
     splits, kind = inner_splits(np.unique(y, return_inverse=True)[1], spk, 3)
     assert kind == "group" and model.n_splits_ == 3
     gs, cal = _sklearn_reference(X, y, splits, Cs)
@@ -211,14 +212,66 @@ def test_split_fallbacks():
     assert kind == "kfold"
 
 
-def test_state_round_trip():
+@pytest.mark.parametrize("calibration", ["temperature", "sigmoid"])
+def test_state_round_trip(calibration):
     X, y, spk = _problem(d=30)
-    model = ViewClassifier(Cs=(1e-2, 1.0)).fit(X, y, spk)
+    model = ViewClassifier(Cs=(1e-2, 1.0), calibration=calibration).fit(X, y, spk)
     state = model.get_state()
     assert all(isinstance(v, np.ndarray) and v.dtype != object for v in state.values())
     again = ViewClassifier.from_state(state)
+    assert again.calibration == calibration
     np.testing.assert_array_equal(again.predict_proba(X), model.predict_proba(X))
     np.testing.assert_array_equal(again.predict(X), model.predict(X))
+
+
+def test_state_without_calibration_field_is_platt():
+    """States written before temperature scaling existed carry Platt parameters."""
+    X, y, spk = _problem(d=30)
+    model = ViewClassifier(Cs=(1e-2,), calibration="sigmoid").fit(X, y, spk)
+    state = {k: v for k, v in model.get_state().items() if k != "calibration"}
+    np.testing.assert_array_equal(ViewClassifier.from_state(state).predict_proba(X),
+                                  model.predict_proba(X))
+
+
+@pytest.mark.parametrize("d", [12, 200])
+def test_temperature_keeps_the_svm_prediction(d):
+    X, y, spk = _problem(d=d, signal=0.25)
+    Cs = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+    model = ViewClassifier(Cs=Cs).fit(X, y, spk)
+    assert model.calibration == "temperature"
+    splits, _ = inner_splits(np.unique(y, return_inverse=True)[1], spk, 3)
+    gs, _ = _sklearn_reference(X, y, splits, Cs)
+    Xt, _, _ = _problem(d=d, speakers=2, seed=9)
+    np.testing.assert_array_equal(model.predict(Xt), gs.predict(Xt))
+    proba = model.predict_proba(Xt)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(proba.argmax(1), model.decision_function(Xt).argmax(1))
+
+
+def test_fit_temperature_minimises_the_log_loss():
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 3, 80)
+    dec = rng.normal(size=(80, 3)) + 1.5 * np.eye(3)[codes]
+    t = fit_temperature(dec, codes)
+
+    def loss(tt):
+        z = tt * dec
+        z = z - z.max(axis=1, keepdims=True)
+        return np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(80), codes])
+
+    grid = np.linspace(0.01, 10, 5000)
+    best = grid[np.argmin([loss(g) for g in grid])]
+    assert t == pytest.approx(best, abs=3e-3)
+    assert loss(t) <= loss(best) + 1e-9
+    # a class the scoring model never saw: its column is ignored, rows of that class dropped
+    seen = np.ones((80, 3), dtype=bool)
+    seen[:40, 2] = False
+    dec2 = dec.copy()
+    dec2[:40, 2] = 1e6                      # would dominate if it were not masked
+    keep = ~((np.arange(80) < 40) & (codes == 2))
+    assert fit_temperature(dec2, codes, seen) == pytest.approx(
+        fit_temperature(np.where(seen, dec, -50.0)[keep], codes[keep]), rel=1e-3)
+    assert fit_temperature(dec, codes, np.zeros((80, 3), dtype=bool)) == 1.0
 
 
 def test_errors():

@@ -280,7 +280,7 @@ def test_wrong_version_and_format_refused(model_copy):
 
 def test_edited_model_json_refused(model_copy):
     doc = json.loads((model_copy / MODEL_JSON).read_text())
-    doc["fusion"]["weights"]["gamma"] = 1.0 - doc["fusion"]["weights"]["gamma"]
+    doc["fusion"]["weights"]["gamma"] = 0.55   # off the 0.1 grid: always a change
     (model_copy / MODEL_JSON).write_text(json.dumps(doc))
     with pytest.raises(ModelError, match="checksum"):
         Model.load(model_copy)

@@ -472,7 +472,8 @@ def _save_classifier(clf, labels: list[str], view: str, path: Path) -> None:
 def _classifier_scalars(clf) -> dict[str, Any]:
     state = clf.get_state()
     return {"C": float(state["C"]), "best_score": float(state["best_score"]),
-            "Cs": [float(c) for c in state["Cs"]], "n_features": int(state["mean"].shape[0])}
+            "Cs": [float(c) for c in state["Cs"]], "n_features": int(state["mean"].shape[0]),
+            "calibration": str(state["calibration"])}
 
 
 # --------------------------------------------------------------------------------------
@@ -602,7 +603,7 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
 
 def _load_classifier(path: Path, labels: list[str], d: int, scalars: Mapping[str, Any]):
     """A predict-only ViewClassifier from its safetensors arrays, every shape checked."""
-    from .classifier import ViewClassifier
+    from .classifier import CALIBRATIONS, ViewClassifier
 
     arrays = _read_arrays(path)
     _check_classifier_arrays(path, arrays, len(labels), d)
@@ -611,6 +612,10 @@ def _load_classifier(path: Path, labels: list[str], d: int, scalars: Mapping[str
     state["C"] = np.array(float(scalars["C"]))
     state["best_score"] = np.array(float(scalars["best_score"]))
     state["Cs"] = np.asarray([float(c) for c in scalars["Cs"]])
+    calibration = scalars.get("calibration", "sigmoid")   # models before temperature scaling
+    if calibration not in CALIBRATIONS:
+        raise ModelError(f"{path}: unknown calibration {calibration!r}")
+    state["calibration"] = np.array(calibration)
     return ViewClassifier.from_state(state)
 
 
@@ -908,7 +913,7 @@ def _card_system(model: Model) -> list[str]:
             f"{model.mode} ({how})",
             f"- views: {', '.join(model.views)}; pooling: {model.pooling.name} "
             f"(blocks {model.pooling.blocks}, levels {model.pooling.levels})",
-            "- per view: standardisation + linear SVM (class-balanced) + Platt calibration",
+            "- per view: standardisation + linear SVM (class-balanced) + calibrated scores",
             f"- fusion: {model.fusion or 'none (single view)'} with weights {model.weights}",
             ""]
 
