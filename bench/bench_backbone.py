@@ -11,6 +11,9 @@ For each backbone and input size, with the same batch size and thread count:
 Each is measured in NCHW and channels-last memory format. Usage::
 
     python bench/bench_backbone.py [--batch 64] [--threads N] [--seconds 3] [--files 0]
+
+``binser bench`` reports the headline figures; this script adds both layouts side by side
+and the end-to-end extraction rate.
 """
 from __future__ import annotations
 
@@ -22,31 +25,12 @@ from pathlib import Path
 import torch
 
 from binser.backbones import get_backbone, set_threads
+from binser.benchmark import best_rates
 from binser.features import SegmentFeatureExtractor
 
 CASES = (("efficientnet_lite0", 112), ("efficientnet_lite0", 160), ("efficientnet_lite0", 224),
          ("alexnet", 227))
 EMOVO = Path(__file__).resolve().parents[2] / "shared" / "data" / "emovo"
-
-
-def best_rates(steps: dict, batch: int, seconds: float) -> dict[str, float]:
-    """Images per second of each ``steps[name]()`` (one batch each), measured by turns.
-
-    After one warm-up call each, the steps run in alternation for ``seconds`` (at least 3
-    rounds); each gets the time of its fastest call. Alternating and taking the best call
-    keeps the comparison fair on a machine shared with other processes.
-    """
-    for step in steps.values():
-        step()
-    best = {name: float("inf") for name in steps}
-    rounds, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or rounds < 3:
-        for name, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            best[name] = min(best[name], time.perf_counter() - t0)
-        rounds += 1
-    return {name: batch / t for name, t in best.items()}
 
 
 def steps_for(backbone, batch: int, channels_last: bool) -> dict:

@@ -166,6 +166,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .benchmark import BenchOptions, default_emovo_root, run_bench
+
+    options = BenchOptions(root=Path(args.root) if args.root else default_emovo_root(),
+                           quick=args.quick, parts=_csv_list(args.parts), threads=args.threads,
+                           batch=args.batch_size, seconds=args.seconds,
+                           work=Path(args.work) if args.work else None)
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    figures = run_bench(options, report=say)
+    if args.json:
+        print(json.dumps({**figures["summary"], "details": figures}, indent=2))
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .model import Model, format_prediction
 
@@ -245,6 +259,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
     add_experiment_options(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("bench", help="speed and memory: binser vs librosa, bare PyTorch, "
+                                     "openSMILE; the EMOVO study cold and warm")
+    p.add_argument("--root", default=None,
+                   help="EMOVO folder (default: $BINSER_EMOVO or ../shared/data/emovo)")
+    p.add_argument("--quick", action="store_true",
+                   help="84-file subset, default backbone only: a few minutes")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (progress lines go to stderr)")
+    p.add_argument("--parts", default="frontend,extraction,opensmile,study",
+                   help="comma-separated subset of frontend,extraction,opensmile,study")
+    p.add_argument("--threads", type=int, default=None, help="default: one per core")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seconds", type=float, default=3.0,
+                   help="measuring time per backbone case")
+    p.add_argument("--work", default=None,
+                   help="folder for the study's cache and outputs (default: a temporary one)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("predict", help="predict the emotion of audio/video files with a model")
     p.add_argument("model", help="model folder written by 'binser train'")

@@ -115,6 +115,15 @@ class _Batcher:
 # the extractor
 # --------------------------------------------------------------------------------------
 
+def file_images(path: str | Path, views: Sequence[str],
+                config: FrontEndConfig = FrontEndConfig()) -> dict[str, np.ndarray]:
+    """The front end of one file: decode once -> binaural views -> segment images
+    ``{view: (n, 3, F, L) float32}`` for ``views`` (SPEC steps 1-5)."""
+    audio = load_audio(path, sr=config.sample_rate, max_duration_s=config.max_duration_s)
+    signals = binaural_views(audio, config.side_scale, path)
+    return views_images({v: signals[v] for v in views}, config)
+
+
 class SegmentFeatureExtractor:
     """Per-view segment features ``(n_i, d)`` of audio files with a frozen backbone.
 
@@ -212,10 +221,7 @@ class SegmentFeatureExtractor:
 
     def _images(self, path: Path, views: list[str]) -> dict[str, np.ndarray]:
         """Decode ``path`` once -> segment images ``{view: (n, 3, F, L)}`` for ``views``."""
-        audio = load_audio(path, sr=self.config.sample_rate,
-                           max_duration_s=self.config.max_duration_s)
-        signals = binaural_views(audio, self.config.side_scale, path)
-        return views_images({v: signals[v] for v in views}, self.config)
+        return file_images(path, views, self.config)
 
     def _features(self, images: np.ndarray) -> np.ndarray:
         """(B, 3, F, L) images in [0, 1] -> (B, d) float32 features."""

@@ -1,0 +1,431 @@
+"""`binser bench`: binser side by side with its peers and with the machine's limit.
+
+Every figure is measured on the machine it runs on, over EMOVO (or a subset with
+``quick=True``):
+
+* **front end** (:func:`frontend_speed`): seconds of audio per wall second ("x real time") of
+  binser's path, decode -> four views -> log-Mel -> segments -> 3-channel images, with one
+  thread per core over files; and the same work done by :func:`librosa_reference_images`, a
+  straightforward per-file librosa implementation (the reference), as a ratio. Both outputs
+  are compared value by value on a few files.
+* **extraction** (:func:`extraction_speed`): images per second of binser's batch path
+  (resize + normalise + network + copy out) against a bare PyTorch loop over the same model,
+  batch and threads on pre-made tensors (the ceiling), for each backbone and input size.
+* **study** (:func:`study_run`): wall time and peak memory (RSS summed over the process tree,
+  sampled every 0.1 s) of ``binser experiment`` LOSO in a fresh cache folder (cold), then
+  the same command again (warm).
+* **openSMILE** (:func:`opensmile_speed`): decode + ComParE 2016 functionals of the left
+  channel, x real time, with as many worker threads as binser's front end; the ratio is
+  binser's front end (four views) over openSMILE (one view).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .audio import audio_info
+from .config import FrontEndConfig
+from .errors import ConfigError, CorpusError
+from .spectrogram import views_images
+from .views import VIEWS, MonoInputWarning
+
+BACKBONE_CASES = (("efficientnet_lite0", 112), ("efficientnet_lite0", 160),
+                  ("efficientnet_lite0", 224), ("alexnet", 227))
+QUICK_SENTENCES = ("b1", "b2")          # --quick: 2 sentences x 7 emotions x 6 actors = 84 files
+
+
+def default_emovo_root() -> Path:
+    """$BINSER_EMOVO, else ``../shared/data/emovo`` from the current folder."""
+    return Path(os.environ.get("BINSER_EMOVO", Path("..") / "shared" / "data" / "emovo"))
+
+
+def emovo_files(root: str | Path, quick: bool = False) -> list[Path]:
+    """EMOVO's ``<actor>/<emotion>-<actor>-<sentence>.flac`` files, sorted (``quick``: the
+    sentences in :data:`QUICK_SENTENCES` only). CorpusError if there are none."""
+    root = Path(root)
+    files = sorted(root.glob("*/*.flac")) if root.is_dir() else []
+    if quick:
+        files = [f for f in files if f.stem.rsplit("-", 1)[-1] in QUICK_SENTENCES]
+    if not files:
+        raise CorpusError(f"{root}: no EMOVO corpus here (expected <actor>/*.flac); pass "
+                          "--root or set BINSER_EMOVO")
+    return files
+
+
+def total_duration_s(paths: Sequence[Path]) -> float:
+    """Summed duration of ``paths`` in seconds (from the file headers)."""
+    return float(sum(audio_info(p).duration_s for p in paths))
+
+
+def _rate(audio_s: float, wall_s: float) -> float:
+    return audio_s / wall_s if wall_s > 0 else float("inf")
+
+
+# ------------------------------------------------------------------------------ front end
+
+def librosa_reference_images(path: Path, config: FrontEndConfig) -> dict[str, np.ndarray]:
+    """The benchmark's reference: the same front end written plainly with librosa, per file,
+    per view and per segment. ``{view: (n, 3, F, L) float32}``."""
+    import librosa
+
+    audio, sr = librosa.load(path, sr=config.sample_rate, mono=False)
+    left, right = (audio, audio) if audio.ndim == 1 else (audio[0], audio[1])
+    s = config.side_scale
+    signals = {"left": left, "right": right, "mid": s * (left + right), "side": s * (left - right)}
+    out = {}
+    for view, x in signals.items():
+        mel = librosa.feature.melspectrogram(
+            y=x, sr=sr, n_fft=config.n_fft, hop_length=config.hop_length,
+            win_length=config.win_length, window=config.window, center=config.center,
+            pad_mode="constant", power=2.0, n_mels=config.n_mels, fmin=config.fmin,
+            fmax=config.fmax)
+        logmel = 10.0 * np.log10(np.maximum(mel, config.power_floor))
+        frames, hop = config.segment_frames, config.segment_hop
+        if logmel.shape[1] < frames:   # one segment, padded with the minimum
+            pad = frames - logmel.shape[1]
+            logmel = np.pad(logmel, ((0, 0), (0, pad)), constant_values=logmel.min())
+        images = []
+        for start in range(0, logmel.shape[1] - frames + 1, hop):
+            seg = logmel[:, start:start + frames]
+            planes = [seg, librosa.feature.delta(seg, width=config.delta_width, order=1),
+                      librosa.feature.delta(seg, width=config.delta_width, order=2)]
+            scaled = []
+            for plane in planes:
+                span = plane.max() - plane.min()
+                scaled.append((plane - plane.min()) / span if span > 0 else plane * 0.0)
+            images.append(np.stack(scaled))
+        out[view] = np.stack(images).astype(np.float32)
+    return out
+
+
+def run_over_files(func: Callable[[Path], Any], paths: Sequence[Path], jobs: int) -> float:
+    """Wall seconds to apply ``func`` to every path with ``jobs`` threads (results dropped)."""
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MonoInputWarning)
+        if jobs <= 1:
+            for p in paths:
+                func(p)
+        else:
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                for _ in pool.map(func, paths):
+                    pass
+    return time.perf_counter() - start
+
+
+def frontend_speed(paths: Sequence[Path], config: FrontEndConfig = FrontEndConfig(),
+                   jobs: int | None = None, reference: bool = True,
+                   compare_files: int = 3) -> dict[str, Any]:
+    """binser's front end (and the librosa reference) over ``paths``, x real time.
+
+    Returns ``audio_s``, ``jobs``, ``binser_s``/``binser_xrt``, and with ``reference``:
+    ``librosa_s``/``librosa_xrt``, ``vs_librosa`` (speed ratio) and ``max_abs_diff`` (largest
+    image value difference over the first ``compare_files`` files; images are in [0, 1]).
+    """
+    from .features import file_images
+
+    jobs = jobs or os.cpu_count() or 1
+    audio_s = total_duration_s(paths)
+    views_images({v: np.zeros(16000, np.float32) for v in VIEWS}, config)   # warm caches
+    out: dict[str, Any] = {"audio_s": audio_s, "files": len(paths), "jobs": jobs}
+    out["binser_s"] = run_over_files(lambda p: file_images(p, VIEWS, config), paths, jobs)
+    out["binser_xrt"] = _rate(audio_s, out["binser_s"])
+    if reference:
+        out["librosa_s"] = run_over_files(lambda p: librosa_reference_images(p, config),
+                                          paths, jobs)
+        out["librosa_xrt"] = _rate(audio_s, out["librosa_s"])
+        out["vs_librosa"] = out["binser_xrt"] / out["librosa_xrt"]
+        worst = 0.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MonoInputWarning)
+            for p in paths[:compare_files]:
+                ours, ref = file_images(p, VIEWS, config), librosa_reference_images(p, config)
+                for v in VIEWS:
+                    if ours[v].shape != ref[v].shape:
+                        raise AssertionError(f"{p}: {v} images {ours[v].shape} vs "
+                                             f"librosa {ref[v].shape}")
+                    worst = max(worst, float(np.abs(ours[v] - ref[v]).max()))
+        out["max_abs_diff"] = worst
+    return out
+
+
+# ----------------------------------------------------------------------------- extraction
+
+def best_rates(steps: dict[str, Callable[[], Any]], batch: int, seconds: float
+               ) -> dict[str, float]:
+    """Images per second of each ``steps[name]()`` (one batch each), measured by turns.
+
+    After one warm-up call each, the steps run in alternation for ``seconds`` (at least 3
+    rounds); each gets the time of its fastest call. Alternating and taking the best call
+    keeps the comparison fair on a machine shared with other processes.
+    """
+    for step in steps.values():
+        step()
+    best = {name: float("inf") for name in steps}
+    rounds, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or rounds < 3:
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            best[name] = min(best[name], time.perf_counter() - t0)
+        rounds += 1
+    return {name: batch / t for name, t in best.items()}
+
+
+def extraction_steps(backbone, batch: int) -> dict[str, Callable[[], Any]]:
+    """binser's batch step (default extractor settings, 64 x 64 images in [0, 1]) and the
+    bare-PyTorch steps in both memory layouts on pre-made normalised tensors (a copy of the
+    network for the layout binser does not use, so no step converts weights)."""
+    import copy
+
+    import torch
+
+    from .features import SegmentFeatureExtractor
+
+    extractor = SegmentFeatureExtractor(backbone, batch_size=batch, progress=False)
+    ours_cl = extractor.channels_last
+    backbone.model.to(memory_format=torch.channels_last if ours_cl else torch.contiguous_format)
+    other = copy.deepcopy(backbone.model).to(
+        memory_format=torch.contiguous_format if ours_cl else torch.channels_last)
+    size = backbone.input_size
+    images = np.random.default_rng(0).random((batch, 3, 64, 64), dtype=np.float32)
+    ready = torch.randn(batch, 3, size, size)
+    ready_cl = ready.contiguous(memory_format=torch.channels_last)
+
+    def bare(model, x: "torch.Tensor") -> Callable[[], Any]:
+        def step():
+            with torch.inference_mode():
+                model(x)
+        return step
+
+    cl_model, nchw_model = (backbone.model, other) if ours_cl else (other, backbone.model)
+    return {"binser": lambda: extractor._features(images),
+            "bare_nchw": bare(nchw_model, ready),
+            "bare_channels_last": bare(cl_model, ready_cl)}
+
+
+def extraction_speed(cases: Sequence[tuple[str, int]] = BACKBONE_CASES, batch: int = 64,
+                     threads: int | None = None, seconds: float = 3.0) -> list[dict[str, Any]]:
+    """Per (backbone, input size): ``binser_img_s``, ``ceiling_img_s`` (the faster bare
+    layout), both bare rates and ``ratio`` = binser / ceiling. AlexNet runs with random
+    weights (speed does not depend on the values)."""
+    import torch
+
+    from .backbones import get_backbone, set_threads
+
+    used = set_threads(threads)
+    rows = []
+    for name, size in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            backbone = get_backbone(name, weights="random" if name == "alexnet" else None,
+                                    input_size=size, allow_random=True)
+        backbone.model.eval()
+        rates = best_rates(extraction_steps(backbone, batch), batch, seconds)
+        ceiling = max(rates["bare_nchw"], rates["bare_channels_last"])
+        rows.append({"backbone": name, "input_size": size, "batch": batch, "threads": used,
+                     "binser_img_s": rates["binser"], "ceiling_img_s": ceiling,
+                     "bare_nchw_img_s": rates["bare_nchw"],
+                     "bare_channels_last_img_s": rates["bare_channels_last"],
+                     "ratio": rates["binser"] / ceiling, "torch": torch.__version__})
+    return rows
+
+
+# ---------------------------------------------------------------------------------- study
+
+def _tree_rss(process) -> int:
+    """Resident bytes of ``process`` and all its descendants (0 for vanished ones)."""
+    import psutil
+
+    total = 0
+    try:
+        members = [process] + process.children(recursive=True)
+    except psutil.Error:
+        return 0
+    for member in members:
+        try:
+            total += member.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_measured(command: Sequence[str], interval_s: float = 0.1,
+                 log: Path | None = None) -> dict[str, Any]:
+    """Run ``command``; return ``wall_s``, ``peak_rss_mb`` (process tree) and ``returncode``."""
+    import psutil
+
+    sink = open(log, "w") if log is not None else subprocess.DEVNULL
+    try:
+        start = time.perf_counter()
+        child = subprocess.Popen(list(command), stdout=sink, stderr=subprocess.STDOUT)
+        watched = psutil.Process(child.pid)
+        peak = 0
+        while child.poll() is None:
+            peak = max(peak, _tree_rss(watched))
+            time.sleep(interval_s)
+        wall = time.perf_counter() - start
+    finally:
+        if log is not None:
+            sink.close()
+    return {"wall_s": wall, "peak_rss_mb": peak / 2**20, "returncode": child.returncode}
+
+
+def quick_root(files: Sequence[Path], work: Path) -> Path:
+    """A corpus folder of symbolic links to ``files`` (``<actor>/<name>``) under ``work``."""
+    root = work / "corpus"
+    for f in files:
+        link = root / f.parent.name / f.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            link.symlink_to(f.resolve())
+    return root
+
+
+def study_run(root: Path, work: Path, extra_args: Sequence[str] = ()) -> dict[str, Any]:
+    """``binser experiment`` on EMOVO LOSO twice in ``work``: cold (fresh cache), then warm.
+
+    Returns ``cold`` and ``warm`` (each ``wall_s``, ``peak_rss_mb``, the experiment's own
+    stage ``timing``) and whether the two runs' results are identical.
+    """
+    cache = work / "cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    out: dict[str, Any] = {}
+    for phase in ("cold", "warm"):
+        target = work / f"out_{phase}"
+        command = [sys.executable, "-m", "binser", "experiment", "--dataset", "emovo",
+                   "--root", str(root), "--out", str(target), "--cache-dir", str(cache),
+                   *extra_args]
+        measured = run_measured(command, log=work / f"{phase}.log")
+        if measured["returncode"] != 0:
+            tail = (work / f"{phase}.log").read_text(errors="replace")[-2000:]
+            raise ConfigError(f"binser experiment failed ({phase}, exit "
+                              f"{measured['returncode']}):\n{tail}")
+        results = json.loads((target / "results.json").read_text())
+        measured["timing"] = results.get("timing", {})
+        measured["runs"] = {r["name"]: r["ua"] for r in results["runs"]}
+        out[phase] = measured
+    out["identical"] = out["cold"]["runs"] == out["warm"]["runs"]
+    out["command"] = " ".join(["binser", "experiment", "--dataset", "emovo", "--root",
+                               str(root), "--out", "OUT", "--cache-dir", "CACHE", *extra_args])
+    return out
+
+
+# ------------------------------------------------------------------------------- openSMILE
+
+def opensmile_speed(paths: Sequence[Path], jobs: int | None = None,
+                    feature_set: str = "compare2016") -> dict[str, Any]:
+    """Decode + openSMILE ``feature_set`` functionals of the left channel, x real time."""
+    from .baselines import opensmile_speed as xrt
+
+    jobs = jobs or os.cpu_count() or 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rate = xrt(paths, feature_set=feature_set, workers=jobs)
+    return {"feature_set": feature_set, "view": "left", "jobs": jobs, "xrt": rate}
+
+
+# ------------------------------------------------------------------------------ the suite
+
+PARTS = ("frontend", "extraction", "study", "opensmile")
+
+
+@dataclass
+class BenchOptions:
+    """What :func:`run_bench` measures."""
+
+    root: Path
+    quick: bool = False
+    parts: tuple[str, ...] = PARTS
+    threads: int | None = None
+    batch: int = 64
+    seconds: float = 3.0
+    work: Path | None = None
+
+
+def run_bench(options: BenchOptions, report: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the chosen parts; return every figure plus the summary keys of ``--json``."""
+    unknown = [p for p in options.parts if p not in PARTS]
+    if unknown:
+        raise ConfigError(f"unknown bench part(s) {unknown}; choose from {', '.join(PARTS)}")
+    files = emovo_files(options.root, options.quick)
+    audio_s = total_duration_s(files)
+    figures: dict[str, Any] = {"files": len(files), "audio_s": audio_s, "quick": options.quick,
+                               "cpu_count": os.cpu_count(), "machine": _machine()}
+    report(f"EMOVO{' (quick subset)' if options.quick else ''}: {len(files)} files, "
+           f"{audio_s:.0f} s of audio; {os.cpu_count()} cores")
+    if "frontend" in options.parts:
+        fe = frontend_speed(files, jobs=options.threads)
+        figures["frontend"] = fe
+        report(f"front end: binser {fe['binser_xrt']:.0f}x real time, librosa reference "
+               f"{fe['librosa_xrt']:.0f}x -> {fe['vs_librosa']:.1f}x faster "
+               f"({fe['jobs']} threads; images agree to {fe['max_abs_diff']:.1e})")
+    if "extraction" in options.parts:
+        cases = BACKBONE_CASES[:1] if options.quick else BACKBONE_CASES
+        rows = extraction_speed(cases, options.batch, options.threads, options.seconds)
+        figures["extraction"] = rows
+        for r in rows:
+            report(f"extraction {r['backbone']} {r['input_size']} px: binser "
+                   f"{r['binser_img_s']:.1f} img/s, bare PyTorch {r['ceiling_img_s']:.1f} "
+                   f"-> ratio {r['ratio']:.2f} ({r['threads']} threads, batch {r['batch']})")
+    if "opensmile" in options.parts:
+        try:
+            sm = opensmile_speed(files, options.threads)
+        except Exception as exc:   # opensmile is an optional extra
+            sm = {"error": f"{type(exc).__name__}: {exc}"}
+            report(f"openSMILE: not measured ({sm['error']})")
+        else:
+            report(f"openSMILE ComParE 2016 (left channel): {sm['xrt']:.0f}x real time")
+        figures["opensmile"] = sm
+    if "study" in options.parts:
+        work = options.work or Path(tempfile.mkdtemp(prefix="binser-bench-"))
+        root = quick_root(files, work) if options.quick else Path(options.root)
+        st = study_run(root, work)
+        figures["study"] = st
+        for phase in ("cold", "warm"):
+            report(f"study {phase}: {st[phase]['wall_s']:.1f} s, peak memory "
+                   f"{st[phase]['peak_rss_mb']:.0f} MiB (stages: " + ", ".join(
+                       f"{k} {v:.1f}" for k, v in st[phase]["timing"].items()) + ")")
+        report(f"cold and warm results identical: {st['identical']}")
+        if options.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    figures["summary"] = summary(figures)
+    return figures
+
+
+def summary(figures: dict[str, Any]) -> dict[str, Any]:
+    """The ``--json`` keys: ``frontend_xrt``, ``extraction_ratio``, ``extraction_img_s``
+    (default backbone), ``study_cold_s``, ``study_warm_s``, ``peak_rss_mb``,
+    ``frontend_vs_opensmile``; None where a part was not run."""
+    fe, ex = figures.get("frontend"), figures.get("extraction")
+    st, sm = figures.get("study"), figures.get("opensmile")
+    smile_xrt = sm.get("xrt") if sm else None
+    return {
+        "frontend_xrt": fe["binser_xrt"] if fe else None,
+        "frontend_vs_librosa": fe["vs_librosa"] if fe else None,
+        "extraction_ratio": ex[0]["ratio"] if ex else None,
+        "extraction_img_s": ex[0]["binser_img_s"] if ex else None,
+        "study_cold_s": st["cold"]["wall_s"] if st else None,
+        "study_warm_s": st["warm"]["wall_s"] if st else None,
+        "peak_rss_mb": max(st["cold"]["peak_rss_mb"], st["warm"]["peak_rss_mb"]) if st else None,
+        "frontend_vs_opensmile": (fe["binser_xrt"] / smile_xrt) if fe and smile_xrt else None,
+        "quick": figures["quick"],
+    }
+
+
+def _machine() -> str:
+    import platform
+
+    return f"{platform.machine()} {platform.python_implementation()} {platform.python_version()}"

@@ -1,0 +1,120 @@
+"""binser bench: its librosa reference agrees with binser's front end, its figures are
+computed as documented, memory is measured over the process tree, and the CLI prints JSON."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from binser.benchmark import (
+    BenchOptions,
+    emovo_files,
+    extraction_speed,
+    librosa_reference_images,
+    run_bench,
+    run_measured,
+    summary,
+)
+from binser.cli import main
+from binser.config import FrontEndConfig
+from binser.errors import ConfigError, CorpusError
+from binser.features import file_images
+from binser.views import VIEWS
+
+SR = 16000
+
+
+def _stereo(path, seconds, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(SR * seconds)) / SR
+    left = 0.3 * np.sin(2 * np.pi * (200 + 300 * t) * t) + 0.01 * rng.standard_normal(t.size)
+    right = np.roll(left, 7) * 0.8 + 0.01 * rng.standard_normal(t.size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, np.stack([left, right], axis=1), SR)
+    return path
+
+
+@pytest.fixture
+def mini_emovo(tmp_path):
+    root = tmp_path / "emovo"
+    _stereo(root / "f1" / "rab-f1-b1.flac", 1.3, 0)
+    _stereo(root / "f1" / "tri-f1-l1.flac", 0.5, 1)     # shorter than one segment
+    _stereo(root / "m1" / "gio-m1-b2.flac", 2.1, 2)
+    return root
+
+
+@pytest.mark.parametrize("seconds", [0.5, 2.3])
+def test_librosa_reference_matches_binser_front_end(tmp_path, seconds):
+    path = _stereo(tmp_path / "a.flac", seconds)
+    ours = file_images(path, VIEWS, FrontEndConfig())
+    ref = librosa_reference_images(path, FrontEndConfig())
+    for view in VIEWS:
+        assert ours[view].shape == ref[view].shape
+        np.testing.assert_allclose(ours[view], ref[view], atol=1e-4)
+
+
+def test_emovo_files_quick_subset_and_missing_corpus(mini_emovo, tmp_path):
+    assert [p.name for p in emovo_files(mini_emovo)] == [
+        "rab-f1-b1.flac", "tri-f1-l1.flac", "gio-m1-b2.flac"]
+    assert [p.name for p in emovo_files(mini_emovo, quick=True)] == [
+        "rab-f1-b1.flac", "gio-m1-b2.flac"]
+    with pytest.raises(CorpusError, match="no EMOVO corpus"):
+        emovo_files(tmp_path / "absent")
+
+
+def test_summary_ratios():
+    figures = {"quick": True,
+               "frontend": {"binser_xrt": 600.0, "vs_librosa": 12.0},
+               "extraction": [{"ratio": 0.95, "binser_img_s": 50.0}, {"ratio": 0.5}],
+               "opensmile": {"xrt": 150.0},
+               "study": {"cold": {"wall_s": 300.0, "peak_rss_mb": 900.0},
+                         "warm": {"wall_s": 20.0, "peak_rss_mb": 1200.0}}}
+    s = summary(figures)
+    assert s["frontend_xrt"] == 600.0 and s["frontend_vs_opensmile"] == 4.0
+    assert s["extraction_ratio"] == 0.95 and s["extraction_img_s"] == 50.0
+    assert (s["study_cold_s"], s["study_warm_s"], s["peak_rss_mb"]) == (300.0, 20.0, 1200.0)
+    empty = summary({"quick": False})
+    assert all(v is None for k, v in empty.items() if k != "quick")
+
+
+def test_peak_memory_covers_child_processes(tmp_path):
+    # the parent stays small; its child holds ~300 MiB for a moment
+    code = ("import subprocess, sys; subprocess.run([sys.executable, '-c', "
+            "'import numpy, time; a = numpy.ones(300 * 2**20 // 8); time.sleep(1.0)'])")
+    measured = run_measured([sys.executable, "-c", code], interval_s=0.05)
+    assert measured["returncode"] == 0
+    assert measured["peak_rss_mb"] > 300
+    failed = run_measured([sys.executable, "-c", "raise SystemExit(3)"])
+    assert failed["returncode"] == 3
+
+
+def test_extraction_ratio_is_binser_over_the_faster_bare_layout():
+    (row,) = extraction_speed([("efficientnet_lite0", 32)], batch=4, threads=1, seconds=0.2)
+    assert row["ceiling_img_s"] == max(row["bare_nchw_img_s"], row["bare_channels_last_img_s"])
+    assert row["ratio"] == pytest.approx(row["binser_img_s"] / row["ceiling_img_s"])
+    assert row["threads"] == 1 and row["binser_img_s"] > 0
+
+
+def test_unknown_part_refused(mini_emovo):
+    with pytest.raises(ConfigError, match="unknown bench part"):
+        run_bench(BenchOptions(root=mini_emovo, parts=("gpu",)), report=lambda s: None)
+
+
+def test_cli_json_front_end_only(mini_emovo, capsys):
+    assert main(["bench", "--root", str(mini_emovo), "--json", "--parts", "frontend",
+                 "--threads", "1"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert out["frontend_xrt"] > 0 and out["frontend_vs_librosa"] > 0
+    assert out["study_cold_s"] is None and out["extraction_ratio"] is None
+    assert out["details"]["frontend"]["max_abs_diff"] < 1e-4
+    assert out["details"]["files"] == 3
+    assert "front end:" in captured.err                      # progress on stderr
+
+
+def test_cli_missing_corpus_is_a_clear_error(tmp_path, capsys):
+    assert main(["bench", "--root", str(tmp_path / "nowhere"), "--parts", "frontend"]) == 2
+    assert "no EMOVO corpus" in capsys.readouterr().err
