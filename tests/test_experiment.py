@@ -146,3 +146,17 @@ def test_finetune_mode_trains_per_fold_on_training_speakers_only(tmp_path):
             assert record["weights_id"] != frozen_id
     names = {r["name"] for r in results["runs"]}
     assert {"left/block-max", "score-fusion/left+right", "feature-fusion/left+right"} <= names
+
+
+def test_threads_option_reaches_extraction_and_finetuning():
+    from binser.cli import build_parser, settings_from_args
+    from binser.experiment import finetune_settings
+
+    args = build_parser().parse_args(["experiment", "--dataset", "emovo", "--root", "x",
+                                      "--out", "o", "--threads", "1", "--mode", "finetune"])
+    settings = settings_from_args(args, args.dataset, args.root)
+    assert settings.num_threads == 1
+    assert finetune_settings(settings).num_threads == 1
+    default = settings_from_args(build_parser().parse_args(
+        ["experiment", "--dataset", "emovo", "--root", "x", "--out", "o"]), "emovo", "x")
+    assert default.num_threads is None

@@ -440,3 +440,23 @@ def test_fuzzed_model_json_fields(trained, fuzz_copy, key, value):
         Model.load(fuzz_copy)
     except ModelError:
         pass
+
+
+def test_train_in_finetune_mode_finetunes_one_network_per_view(trained, wavs, tmp_path):
+    """mode finetune without given networks: each view's network is fine-tuned on all
+    utterances, saved, and reloads to identical predictions."""
+    from dataclasses import replace
+
+    model, _, _, settings = trained
+    ft_settings = replace(settings, mode="finetune", finetune_preset="cpu", finetune_epochs=1,
+                          cache_dir=str(tmp_path / "cache"))
+    ft = train_model(ft_settings, tmp_path / "ft", fusion="mid+side", progress=False)
+    assert ft.mode == "finetuned"
+    frozen_id = model.backbones["mid"].weights_id
+    assert {b.weights_id for b in ft.backbones.values()}.isdisjoint({frozen_id})
+    assert ft.backbones["mid"].weights_id != ft.backbones["side"].weights_id
+    assert len(list((tmp_path / "cache" / "finetuned").glob("*.safetensors"))) == 2
+    back = Model.load(tmp_path / "ft")
+    files = wavs[::13]
+    assert [p.to_dict() for p in back.predict(files, progress=False)] == \
+        [p.to_dict() for p in ft.predict(files, progress=False)]

@@ -58,6 +58,8 @@ def add_experiment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--blocks", type=int, default=d.blocks, help="blocks l (default: 2)")
     p.add_argument("--levels", type=int, default=None, help="multi-level pooling 1..L")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads for extraction and fine-tuning (default: torch's)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--n-boot", type=int, default=d.n_boot, help="bootstrap resamples for the UA CI")
     p.add_argument("--cache-dir", default=None,
@@ -88,7 +90,7 @@ def settings_from_args(args: argparse.Namespace, dataset: str, root: str,
         n_boot=args.n_boot, seed=args.seed, synthetic=synthetic,
         on_error=getattr(args, "on_error", "fail"), baselines=tuple(args.baselines),
         baseline_views=tuple(args.baseline_views), finetune_preset=args.finetune_preset,
-        finetune_epochs=args.epochs)
+        finetune_epochs=args.epochs, num_threads=getattr(args, "threads", None))
 
 
 def print_summary(results: dict) -> None:

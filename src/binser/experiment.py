@@ -58,6 +58,7 @@ class ExperimentSettings:
     manifest: str | None = None
     cache_dir: str | None = None
     batch_size: int = 64
+    num_threads: int | None = None            # torch CPU threads (None: torch's default)
     n_boot: int = 1000
     seed: int = 0
     synthetic: bool = False
@@ -124,7 +125,8 @@ def extract_features(corpus: Corpus, settings: ExperimentSettings, progress: boo
                             input_size=settings.input_size, allow_random=settings.allow_random)
     extractor = SegmentFeatureExtractor(backbone, config=settings.frontend, views=settings.views,
                                         cache_dir=settings.cache_dir,
-                                        batch_size=settings.batch_size, progress=progress)
+                                        batch_size=settings.batch_size,
+                                        num_threads=settings.num_threads, progress=progress)
     features = extractor.extract([u.path for u in corpus])
     return features, backbone
 
@@ -133,7 +135,7 @@ def finetune_settings(settings: ExperimentSettings):
     """The :class:`~binser.finetune.FinetuneSettings` of an experiment in mode ``finetune``."""
     from .finetune import FinetuneSettings
 
-    changes: dict[str, Any] = {"seed": settings.seed}
+    changes: dict[str, Any] = {"seed": settings.seed, "num_threads": settings.num_threads}
     if settings.finetune_epochs is not None:
         changes["max_epochs"] = settings.finetune_epochs
     if settings.input_size is not None:

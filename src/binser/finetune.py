@@ -1324,6 +1324,34 @@ def finetuned_fold_features(paths: Sequence[str | Path], labels: np.ndarray,
     return features, records
 
 
+def finetune_views(paths: Sequence[str | Path], labels: np.ndarray, speakers: Sequence[str],
+                   backbone_name: str, weights: str | Path | None, views: Sequence[str],
+                   config: FrontEndConfig = FrontEndConfig(),
+                   settings: FinetuneSettings = FinetuneSettings(),
+                   cache_dir: str | Path | None = None, progress: bool = True,
+                   allow_random: bool = False, n_classes: int | None = None,
+                   ) -> tuple[dict[str, Backbone], dict[str, dict[str, Any]]]:
+    """The final networks of a model: one per view fine-tuned on ALL ``paths`` (validation
+    speakers for early stopping drawn from them). ``labels`` (N,) class indices.
+
+    Returns ``({view: fine-tuned Backbone}, {view: history})``; with ``cache_dir`` finished
+    networks are kept under ``<cache_dir>/finetuned`` (a rerun trains nothing).
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    speakers = np.array([str(s) for s in speakers])
+    n_classes = int(labels.max()) + 1 if n_classes is None else int(n_classes)
+    if settings.checkpoint_dir is None and cache_dir is not None:
+        settings = dataclasses.replace(settings,
+                                       checkpoint_dir=str(Path(cache_dir) / "finetuned"))
+    backbones, histories = {}, {}
+    for view in views:
+        images = load_view_images(paths, (view,), config, progress, dtype=np.float32)[view]
+        backbones[view], histories[view] = finetune_backbone(
+            backbone_name, weights, images, labels, speakers, n_classes, settings, progress,
+            allow_random, tag=f"{view}|{config.digest()}", desc=f"final {view}")
+    return backbones, histories
+
+
 def _subset(frozen_all: _Lazy, utterances: np.ndarray) -> FrozenOutputs | None:
     """The view's frozen outputs (computed now if not yet) for ``utterances`` only; their
     ``seconds`` count the computation for the first run that needed it, 0 for the others."""

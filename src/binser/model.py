@@ -782,7 +782,9 @@ def train_model(settings, out_dir: str | Path | None = None, fusion: str | None 
     ``fusion``: a name from :data:`binser.fusion.FUSIONS` (its views are trained), or None to
     train the single view in ``settings.views``. ``pooling``: default
     ``settings.fusion_pooling``. ``finetuned_backbones``: {view: Backbone} fine-tuned per
-    view (from :mod:`binser.finetune`); None trains on the frozen backbone of ``settings``.
+    view (from :mod:`binser.finetune`); None: in mode ``finetune`` one network per view is
+    fine-tuned here on all utterances (:func:`final_finetuned_backbones`), in mode
+    ``frozen`` the frozen backbone of ``settings`` is used.
     ``cv_results``: a ``results.json`` dictionary of the same configuration for the model
     card; with ``cross_validate=True`` and none given, :func:`run_experiment` computes it.
     """
@@ -791,9 +793,6 @@ def train_model(settings, out_dir: str | Path | None = None, fusion: str | None 
     from .preflight import screen_corpus
 
     settings.validate()
-    if settings.mode != "frozen" and finetuned_backbones is None:
-        raise ConfigError(f"mode {settings.mode!r}: pass finetuned_backbones (one fine-tuned "
-                          "Backbone per view, see binser.finetune) to train_model")
     views = model_views(fusion, settings.views)
     spec = PoolingSpec(pooling or settings.fusion_pooling, settings.blocks, settings.levels)
     corpus = (corpus_loader or load_corpus)(settings.dataset, settings.root,
@@ -806,6 +805,9 @@ def train_model(settings, out_dir: str | Path | None = None, fusion: str | None 
     groups = np.array([u.speaker for u in corpus])
     _say(f"training on all of {settings.dataset}: {len(corpus)} utterances, {len(labels)} "
          f"classes, {len(corpus.speakers)} speakers, views {', '.join(views)}", progress)
+    if settings.mode == "finetune" and finetuned_backbones is None:
+        finetuned_backbones = final_finetuned_backbones(corpus, settings, views, labels,
+                                                        progress)
     features, backbones = training_features(corpus, settings, views, finetuned_backbones,
                                             progress)
     pooled = {v: spec.make().fit_transform(features[v]) for v in views}
@@ -827,6 +829,22 @@ def train_model(settings, out_dir: str | Path | None = None, fusion: str | None 
         model.save(out_dir, overwrite=overwrite)
         _say(f"model saved to {out_dir}", progress)
     return model
+
+
+def final_finetuned_backbones(corpus, settings, views: Sequence[str], labels: list[str],
+                              progress: bool = True) -> dict[str, Any]:
+    """One network per view fine-tuned on every utterance of ``corpus`` with the settings of
+    an experiment in mode ``finetune`` (preset, epochs, input size, seed)."""
+    from .experiment import finetune_settings
+    from .finetune import finetune_views
+
+    _say(f"fine-tuning one network per view on all {len(corpus)} utterances", progress)
+    backbones, _ = finetune_views(
+        [u.path for u in corpus], np.array([labels.index(u.label) for u in corpus]),
+        [u.speaker for u in corpus], settings.backbone, settings.weights, views,
+        settings.frontend, finetune_settings(settings), cache_dir=settings.cache_dir,
+        progress=progress, allow_random=settings.allow_random, n_classes=len(labels))
+    return backbones
 
 
 def training_info(corpus, settings, features, classifiers, oof_ua, cv_results, fusion, spec
