@@ -1260,6 +1260,20 @@ def _fold_features(backbone: Backbone, settings: FinetuneSettings, view: str,
                       "extract_segments": n, "extract_images_per_s": n / seconds}
 
 
+def _run_inputs(labels: np.ndarray, speakers: Sequence[str], n_classes: int | None,
+                settings: FinetuneSettings, cache_dir: str | Path | None
+                ) -> tuple[np.ndarray, np.ndarray, int, FinetuneSettings]:
+    """Labels as int64, speakers as str, the class count, and the settings with checkpoints
+    defaulting to ``<cache_dir>/finetuned``."""
+    labels = np.asarray(labels).astype(np.int64)
+    speakers = np.array([str(s) for s in speakers])
+    n_classes = int(labels.max()) + 1 if n_classes is None else int(n_classes)
+    if settings.checkpoint_dir is None and cache_dir is not None:
+        settings = dataclasses.replace(settings,
+                                       checkpoint_dir=str(Path(cache_dir) / "finetuned"))
+    return labels, speakers, n_classes, settings
+
+
 def finetuned_fold_features(paths: Sequence[str | Path], labels: np.ndarray,
                             speakers: Sequence[str],
                             fold_list: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -1291,12 +1305,8 @@ def finetuned_fold_features(paths: Sequence[str | Path], labels: np.ndarray,
     """
     from .features import FeatureCache, file_sha256
 
-    labels = np.asarray(labels).astype(np.int64)
-    speakers = np.array([str(s) for s in speakers])
-    n_classes = int(labels.max()) + 1 if n_classes is None else int(n_classes)
-    if settings.checkpoint_dir is None and cache_dir is not None:
-        settings = dataclasses.replace(settings,
-                                       checkpoint_dir=str(Path(cache_dir) / "finetuned"))
+    labels, speakers, n_classes, settings = _run_inputs(labels, speakers, n_classes, settings,
+                                                        cache_dir)
     cache = None if cache_dir is None else FeatureCache(cache_dir)
     digests = [file_sha256(p) for p in paths] if cache is not None else []
     features: list[dict[str, list[np.ndarray]]] = [{} for _ in fold_list]
@@ -1337,12 +1347,8 @@ def finetune_views(paths: Sequence[str | Path], labels: np.ndarray, speakers: Se
     Returns ``({view: fine-tuned Backbone}, {view: history})``; with ``cache_dir`` finished
     networks are kept under ``<cache_dir>/finetuned`` (a rerun trains nothing).
     """
-    labels = np.asarray(labels).astype(np.int64)
-    speakers = np.array([str(s) for s in speakers])
-    n_classes = int(labels.max()) + 1 if n_classes is None else int(n_classes)
-    if settings.checkpoint_dir is None and cache_dir is not None:
-        settings = dataclasses.replace(settings,
-                                       checkpoint_dir=str(Path(cache_dir) / "finetuned"))
+    labels, speakers, n_classes, settings = _run_inputs(labels, speakers, n_classes, settings,
+                                                        cache_dir)
     backbones, histories = {}, {}
     for view in views:
         images = load_view_images(paths, (view,), config, progress, dtype=np.float32)[view]
