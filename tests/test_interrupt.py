@@ -83,7 +83,9 @@ def _run(command: list[str]) -> None:
 
 
 def _entries(cache: Path) -> list[Path]:
-    return [p for p in cache.rglob("*.npy") if not p.name.startswith(".")]
+    """Segment-feature entries (classifier fold results under classifier/ not counted)."""
+    return [p for p in cache.rglob("*.npy") if not p.name.startswith(".")
+            and p.relative_to(cache).parts[0] != "classifier"]
 
 
 def _wait_until(condition, process: subprocess.Popen, timeout: float = 240) -> bool:
@@ -99,18 +101,21 @@ def _wait_until(condition, process: subprocess.Popen, timeout: float = 240) -> b
 
 
 def _assert_cache_sound(cache: Path) -> int:
-    """Every entry loads as finite float32 (n, FEATURE_DIM) under its key's folder; every
-    other file is a writer's temporary. Returns the number of entries."""
+    """Every feature entry loads as finite float32 (n, FEATURE_DIM) under its key's folder,
+    every classifier fold result (under classifier/) as finite float64 (n, K); every other
+    file is a writer's temporary. Returns the number of feature entries."""
     for path in cache.rglob("*"):
+        fold_result = path.relative_to(cache).parts[0] == "classifier"
         if path.is_dir():
-            assert re.fullmatch(r"[0-9a-f]{2}", path.name), path
+            assert re.fullmatch(r"[0-9a-f]{2}|classifier", path.name), path
             continue
         if TEMP_NAME.match(path.name):
             continue                      # a killed writer's temporary: never read as an entry
         assert ENTRY_NAME.match(path.name) and path.parent.name == path.name[:2], path
         array = np.load(path, allow_pickle=False)
-        assert array.dtype == np.float32 and array.ndim == 2, path
-        assert array.shape[0] >= 1 and array.shape[1] == FEATURE_DIM, path
+        assert array.dtype == (np.float64 if fold_result else np.float32), path
+        assert array.ndim == 2 and array.shape[0] >= 1, path
+        assert fold_result or array.shape[1] == FEATURE_DIM, path
         assert np.isfinite(array).all(), path
     return len(_entries(cache))
 
