@@ -41,7 +41,7 @@ def _sklearn_reference(X, y, splits, Cs):
     # same liblinear solver as ViewClassifier: dual when D exceeds the training rows
     dual = True if X.shape[1] > len(X) else "auto"
     pipe = make_pipeline(StandardScaler(), LinearSVC(class_weight="balanced", dual=dual,
-                                                     max_iter=5000, random_state=0))
+                                                     max_iter=1000, random_state=0))
     gs = GridSearchCV(pipe, {"linearsvc__C": list(Cs)}, scoring="balanced_accuracy", cv=splits)
     gs.fit(X, y)
     cal = CalibratedClassifierCV(gs.best_estimator_, method="sigmoid", cv=splits, ensemble=False)
