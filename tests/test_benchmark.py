@@ -84,8 +84,10 @@ def test_peak_memory_covers_child_processes(tmp_path):
     # the parent stays small; its child holds ~300 MiB for a moment
     code = ("import subprocess, sys; subprocess.run([sys.executable, '-c', "
             "'import numpy, time; a = numpy.ones(300 * 2**20 // 8); time.sleep(1.0)'])")
-    measured = run_measured([sys.executable, "-c", code], interval_s=0.05)
-    assert measured["returncode"] == 0
+    log = tmp_path / "not" / "yet" / "there.log"         # the folder is created
+    measured = run_measured([sys.executable, "-c", code + "; print('done')"],
+                            interval_s=0.05, log=log)
+    assert measured["returncode"] == 0 and log.read_text().strip() == "done"
     assert measured["peak_rss_mb"] > 300
     failed = run_measured([sys.executable, "-c", "raise SystemExit(3)"])
     assert failed["returncode"] == 3

@@ -272,6 +272,8 @@ def run_measured(command: Sequence[str], interval_s: float = 0.1,
     """Run ``command``; return ``wall_s``, ``peak_rss_mb`` (process tree) and ``returncode``."""
     import psutil
 
+    if log is not None:
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
     sink = open(log, "w") if log is not None else subprocess.DEVNULL
     try:
         start = time.perf_counter()
