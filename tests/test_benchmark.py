@@ -76,6 +76,9 @@ def test_summary_ratios():
     assert s["frontend_xrt"] == 600.0 and s["frontend_vs_opensmile"] == 4.0
     assert s["extraction_ratio"] == 0.95 and s["extraction_img_s"] == 50.0
     assert (s["study_cold_s"], s["study_warm_s"], s["peak_rss_mb"]) == (300.0, 20.0, 1200.0)
+    assert s["gpu_extraction_ratio"] is None
+    gpu = summary({**figures, "extraction_gpu": [{"ratio": 0.93, "binser_img_s": 4000.0}]})
+    assert (gpu["gpu_extraction_ratio"], gpu["gpu_extraction_img_s"]) == (0.93, 4000.0)
     empty = summary({"quick": False})
     assert all(v is None for k, v in empty.items() if k != "quick")
 
@@ -97,7 +100,16 @@ def test_extraction_ratio_is_binser_over_the_faster_bare_layout():
     (row,) = extraction_speed([("efficientnet_lite0", 32)], batch=4, threads=1, seconds=0.2)
     assert row["ceiling_img_s"] == max(row["bare_nchw_img_s"], row["bare_channels_last_img_s"])
     assert row["ratio"] == pytest.approx(row["binser_img_s"] / row["ceiling_img_s"])
-    assert row["threads"] == 1 and row["binser_img_s"] > 0
+    assert row["threads"] == 1 and row["binser_img_s"] > 0 and row["device"] == "cpu"
+
+
+def test_gpu_extraction_without_a_gpu_is_a_clear_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        extraction_speed([("efficientnet_lite0", 32)], batch=2, seconds=0.1, device="cuda")
 
 
 def test_unknown_part_refused(mini_emovo):
@@ -112,6 +124,7 @@ def test_cli_json_front_end_only(mini_emovo, capsys):
     out = json.loads(captured.out)
     assert out["frontend_xrt"] > 0 and out["frontend_vs_librosa"] > 0
     assert out["study_cold_s"] is None and out["extraction_ratio"] is None
+    assert out["gpu_extraction_ratio"] is None
     assert out["details"]["frontend"]["max_abs_diff"] < 1e-4
     assert out["details"]["files"] == 3
     assert "front end:" in captured.err                      # progress on stderr

@@ -10,7 +10,8 @@ Every figure is measured on the machine it runs on, over EMOVO (or a subset with
   are compared value by value on a few files.
 * **extraction** (:func:`extraction_speed`): images per second of binser's batch path
   (resize + normalise + network + copy out) against a bare PyTorch loop over the same model,
-  batch and threads on pre-made tensors (the ceiling), for each backbone and input size.
+  batch and threads on pre-made tensors (the ceiling), for each backbone and input size; on
+  the CPU, and also on the GPU where torch sees one.
 * **study** (:func:`study_run`): wall time and peak memory (RSS summed over the process tree,
   sampled every 0.1 s) of ``binser experiment`` LOSO in a fresh cache folder (cold), then
   the same command again (warm).
@@ -189,10 +190,11 @@ def best_rates(steps: dict[str, Callable[[], Any]], batch: int, seconds: float
     return {name: batch / t for name, t in best.items()}
 
 
-def extraction_steps(backbone, batch: int) -> dict[str, Callable[[], Any]]:
-    """binser's batch step (default extractor settings, 64 x 64 images in [0, 1]) and the
-    bare-PyTorch steps in both memory layouts on pre-made normalised tensors (a copy of the
-    network for the layout binser does not use, so no step converts weights)."""
+def extraction_steps(backbone, batch: int, device: str = "cpu") -> dict[str, Callable[[], Any]]:
+    """binser's batch step (default extractor settings, 64 x 64 images in [0, 1] from host
+    memory, features copied back) and the bare-PyTorch steps in both memory layouts on
+    pre-made normalised tensors already on ``device`` (a copy of the network for the layout
+    binser does not use, so no step converts weights). On CUDA each bare step synchronises."""
     import copy
 
     import torch
@@ -201,18 +203,21 @@ def extraction_steps(backbone, batch: int) -> dict[str, Callable[[], Any]]:
 
     extractor = SegmentFeatureExtractor(backbone, batch_size=batch, progress=False)
     ours_cl = extractor.channels_last
-    backbone.model.to(memory_format=torch.channels_last if ours_cl else torch.contiguous_format)
+    backbone.model.to(device=device,
+                      memory_format=torch.channels_last if ours_cl else torch.contiguous_format)
     other = copy.deepcopy(backbone.model).to(
         memory_format=torch.contiguous_format if ours_cl else torch.channels_last)
     size = backbone.input_size
     images = np.random.default_rng(0).random((batch, 3, 64, 64), dtype=np.float32)
-    ready = torch.randn(batch, 3, size, size)
+    ready = torch.randn(batch, 3, size, size, device=device)
     ready_cl = ready.contiguous(memory_format=torch.channels_last)
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
 
     def bare(model, x: "torch.Tensor") -> Callable[[], Any]:
         def step():
             with torch.inference_mode():
                 model(x)
+            sync()
         return step
 
     cl_model, nchw_model = (backbone.model, other) if ours_cl else (other, backbone.model)
@@ -222,14 +227,17 @@ def extraction_steps(backbone, batch: int) -> dict[str, Callable[[], Any]]:
 
 
 def extraction_speed(cases: Sequence[tuple[str, int]] = BACKBONE_CASES, batch: int = 64,
-                     threads: int | None = None, seconds: float = 3.0) -> list[dict[str, Any]]:
+                     threads: int | None = None, seconds: float = 3.0, device: str = "cpu"
+                     ) -> list[dict[str, Any]]:
     """Per (backbone, input size): ``binser_img_s``, ``ceiling_img_s`` (the faster bare
-    layout), both bare rates and ``ratio`` = binser / ceiling. AlexNet runs with random
-    weights (speed does not depend on the values)."""
+    layout), both bare rates and ``ratio`` = binser / ceiling, on ``device`` ("cpu" or a
+    CUDA device). AlexNet runs with random weights (speed does not depend on the values)."""
     import torch
 
     from .backbones import get_backbone, set_threads
 
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA GPU")
     used = set_threads(threads)
     rows = []
     for name, size in cases:
@@ -238,9 +246,10 @@ def extraction_speed(cases: Sequence[tuple[str, int]] = BACKBONE_CASES, batch: i
             backbone = get_backbone(name, weights="random" if name == "alexnet" else None,
                                     input_size=size, allow_random=True)
         backbone.model.eval()
-        rates = best_rates(extraction_steps(backbone, batch), batch, seconds)
+        rates = best_rates(extraction_steps(backbone, batch, device), batch, seconds)
         ceiling = max(rates["bare_nchw"], rates["bare_channels_last"])
         rows.append({"backbone": name, "input_size": size, "batch": batch, "threads": used,
+                     "device": str(device),
                      "binser_img_s": rates["binser"], "ceiling_img_s": ceiling,
                      "bare_nchw_img_s": rates["bare_nchw"],
                      "bare_channels_last_img_s": rates["bare_channels_last"],
@@ -384,8 +393,14 @@ def run_bench(options: BenchOptions, report: Callable[[str], None] = print) -> d
         cases = BACKBONE_CASES[:1] if options.quick else BACKBONE_CASES
         rows = extraction_speed(cases, options.batch, options.threads, options.seconds)
         figures["extraction"] = rows
+        import torch
+
+        if torch.cuda.is_available():
+            figures["extraction_gpu"] = extraction_speed(cases, options.batch, options.threads,
+                                                         options.seconds, device="cuda")
+            rows = rows + figures["extraction_gpu"]
         for r in rows:
-            report(f"extraction {r['backbone']} {r['input_size']} px: binser "
+            report(f"extraction {r['backbone']} {r['input_size']} px on {r['device']}: binser "
                    f"{r['binser_img_s']:.1f} img/s, bare PyTorch {r['ceiling_img_s']:.1f} "
                    f"-> ratio {r['ratio']:.2f} ({r['threads']} threads, batch {r['batch']})")
     if "opensmile" in options.parts:
@@ -415,10 +430,12 @@ def run_bench(options: BenchOptions, report: Callable[[str], None] = print) -> d
 
 def summary(figures: dict[str, Any]) -> dict[str, Any]:
     """The ``--json`` keys: ``frontend_xrt``, ``extraction_ratio``, ``extraction_img_s``
-    (default backbone), ``study_cold_s``, ``study_warm_s``, ``peak_rss_mb``,
-    ``frontend_vs_opensmile``; None where a part was not run."""
+    (default backbone, CPU), ``study_cold_s``, ``study_warm_s``, ``peak_rss_mb``,
+    ``frontend_vs_opensmile``, and ``gpu_extraction_ratio``/``gpu_extraction_img_s`` where
+    torch sees a CUDA GPU; None where a part was not run."""
     fe, ex = figures.get("frontend"), figures.get("extraction")
     st, sm = figures.get("study"), figures.get("opensmile")
+    gpu = figures.get("extraction_gpu")
     smile_xrt = sm.get("xrt") if sm else None
     return {
         "frontend_xrt": fe["binser_xrt"] if fe else None,
@@ -429,6 +446,8 @@ def summary(figures: dict[str, Any]) -> dict[str, Any]:
         "study_warm_s": st["warm"]["wall_s"] if st else None,
         "peak_rss_mb": max(st["cold"]["peak_rss_mb"], st["warm"]["peak_rss_mb"]) if st else None,
         "frontend_vs_opensmile": (fe["binser_xrt"] / smile_xrt) if fe and smile_xrt else None,
+        "gpu_extraction_ratio": gpu[0]["ratio"] if gpu else None,
+        "gpu_extraction_img_s": gpu[0]["binser_img_s"] if gpu else None,
         "quick": figures["quick"],
     }
 
