@@ -140,7 +140,7 @@ def frontend_speed(paths: Sequence[Path], config: FrontEndConfig = FrontEndConfi
 
     jobs = jobs or os.cpu_count() or 1
     audio_s = total_duration_s(paths)
-    views_images({v: np.zeros(16000, np.float32) for v in VIEWS}, config)   # warm caches
+    views_images({v: np.zeros(config.sample_rate, np.float32) for v in VIEWS}, config)  # warm
     out: dict[str, Any] = {"audio_s": audio_s, "files": len(paths), "jobs": jobs}
     out["binser_s"] = run_over_files(lambda p: file_images(p, VIEWS, config), paths, jobs)
     out["binser_xrt"] = _rate(audio_s, out["binser_s"])
@@ -318,12 +318,13 @@ def study_run(root: Path, work: Path, extra_args: Sequence[str] = ()) -> dict[st
     """
     cache = work / "cache"
     shutil.rmtree(cache, ignore_errors=True)
-    out: dict[str, Any] = {}
+    args = ["experiment", "--dataset", "emovo", "--root", str(root), *extra_args]
+    out: dict[str, Any] = {"command": " ".join(["binser", *args, "--out", "OUT",
+                                                "--cache-dir", "CACHE"])}
     for phase in ("cold", "warm"):
         target = work / f"out_{phase}"
-        command = [sys.executable, "-m", "binser", "experiment", "--dataset", "emovo",
-                   "--root", str(root), "--out", str(target), "--cache-dir", str(cache),
-                   *extra_args]
+        command = [sys.executable, "-m", "binser", *args, "--out", str(target),
+                   "--cache-dir", str(cache)]
         measured = run_measured(command, log=work / f"{phase}.log")
         if measured["returncode"] != 0:
             tail = (work / f"{phase}.log").read_text(errors="replace")[-2000:]
@@ -333,9 +334,8 @@ def study_run(root: Path, work: Path, extra_args: Sequence[str] = ()) -> dict[st
         measured["timing"] = results.get("timing", {})
         measured["runs"] = {r["name"]: r["ua"] for r in results["runs"]}
         out[phase] = measured
-    out["identical"] = out["cold"]["runs"] == out["warm"]["runs"]
-    out["command"] = " ".join(["binser", "experiment", "--dataset", "emovo", "--root",
-                               str(root), "--out", "OUT", "--cache-dir", "CACHE", *extra_args])
+        out[f"{phase}_runs"] = results["runs"]     # every metric, for the comparison below
+    out["identical"] = out.pop("cold_runs") == out.pop("warm_runs")
     return out
 
 

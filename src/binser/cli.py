@@ -34,7 +34,8 @@ def add_corpus_options(p: argparse.ArgumentParser, out_help: str) -> None:
 
 
 def add_experiment_options(p: argparse.ArgumentParser) -> None:
-    from .experiment import ExperimentSettings
+    from .experiment import FINETUNE_PRESETS, MODES, ExperimentSettings
+    from .preflight import ON_ERROR
 
     d = ExperimentSettings(dataset="", root="")
     p.add_argument("--protocol", default=d.protocol,
@@ -45,9 +46,9 @@ def add_experiment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None, help="backbone weights file (.pth or .safetensors)")
     p.add_argument("--allow-random", action="store_true",
                    help="allow a randomly initialised backbone when no weights are available")
-    p.add_argument("--mode", default=d.mode, choices=("frozen", "finetune"),
+    p.add_argument("--mode", default=d.mode, choices=MODES,
                    help="frozen ImageNet features (default) or per-view fine-tuning per fold")
-    p.add_argument("--finetune-preset", default=d.finetune_preset, choices=("paper", "cpu"),
+    p.add_argument("--finetune-preset", default=d.finetune_preset, choices=FINETUNE_PRESETS,
                    help="paper: SGD, batch 30, lr 0.001, up to 300 epochs with early stopping; "
                         "cpu: reduced (96 px, last blocks only, 8 epochs) for a 2-core CPU")
     p.add_argument("--epochs", type=int, default=None, help="maximum fine-tuning epochs")
@@ -69,7 +70,7 @@ def add_experiment_options(p: argparse.ArgumentParser) -> None:
                         "functionals + the same SVM; needs binser[opensmile])")
     p.add_argument("--baseline-views", type=_csv_list, default=d.baseline_views,
                    help="views for the baselines (default: left, the paper's practice)")
-    p.add_argument("--on-error", choices=("skip", "fail"), default=d.on_error,
+    p.add_argument("--on-error", choices=ON_ERROR, default=d.on_error,
                    help="bad input files (unreadable, silent, too short ...): fail lists them "
                         "all before any work; skip leaves them out and lists them in "
                         "results.json (default: %(default)s)")
@@ -218,6 +219,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .benchmark import PARTS, BenchOptions
+    from .fusion import FUSIONS
+    from .preflight import ON_ERROR
+
+    bench_defaults = BenchOptions(root=Path("."))
     parser = argparse.ArgumentParser(
         prog="binser", description="Binaural speech emotion recognition (Zhang et al. 2020).")
     parser.add_argument("--version", action="version", version=f"binser {__version__}")
@@ -235,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset")
     p.add_argument("root")
     p.add_argument("--manifest", default=None, help="CSV manifest (csv and baum1s corpora)")
-    p.add_argument("--on-error", choices=("skip", "fail"), default="skip")
+    p.add_argument("--on-error", choices=ON_ERROR, default="skip")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_scan)
 
@@ -253,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the final system on a whole corpus; save a model")
     add_corpus_options(p, out_help="model folder to write")
     p.add_argument("--fusion", default="left+right+mid+side",
-                   choices=("left+right", "mid+side", "left+right+mid+side", "none"),
+                   choices=(*FUSIONS, "none"),
                    help="score fusion (none: train the single view given by --views)")
     p.add_argument("--pooling", default=None, help="pooling (default: block-max)")
     p.add_argument("--cross-validate", action="store_true",
@@ -270,11 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="84-file subset, default backbone only: a few minutes")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (progress lines go to stderr)")
-    p.add_argument("--parts", default="frontend,extraction,opensmile,study",
-                   help="comma-separated subset of frontend,extraction,opensmile,study")
+    p.add_argument("--parts", default=",".join(PARTS),
+                   help=f"comma-separated subset of {','.join(PARTS)}")
     p.add_argument("--threads", type=int, default=None, help="default: one per core")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seconds", type=float, default=3.0,
+    p.add_argument("--batch-size", type=int, default=bench_defaults.batch)
+    p.add_argument("--seconds", type=float, default=bench_defaults.seconds,
                    help="measuring time per backbone case")
     p.add_argument("--work", default=None,
                    help="folder for the study's cache and outputs (default: a temporary one)")
@@ -285,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+")
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.add_argument("--timeline", action="store_true", help="scores per segment over time")
-    p.add_argument("--on-error", choices=("skip", "fail"), default="skip",
+    p.add_argument("--on-error", choices=ON_ERROR, default="skip",
                    help="skip: report unreadable files and go on (exit code 1); fail: stop")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--quiet", action="store_true")

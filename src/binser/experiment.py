@@ -30,7 +30,7 @@ from .errors import ConfigError
 from .evaluation import bootstrap_ua_ci, folds as make_folds, metrics
 from .fusion import FUSIONS, fuse, select_weights
 from .pooling import POOLINGS, make_pooling
-from .preflight import screen_corpus
+from .preflight import check_on_error, screen_corpus
 from .views import VIEWS
 
 MODES = ("frozen", "finetune")
@@ -87,8 +87,7 @@ class ExperimentSettings:
         if self.finetune_preset not in FINETUNE_PRESETS:
             raise ConfigError(f"unknown fine-tuning preset {self.finetune_preset!r}; choose "
                               f"from {', '.join(FINETUNE_PRESETS)}")
-        if self.on_error not in ("skip", "fail"):
-            raise ConfigError(f"on_error must be 'skip' or 'fail', got {self.on_error!r}")
+        check_on_error(self.on_error)
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "frontend"}

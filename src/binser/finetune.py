@@ -1303,7 +1303,7 @@ def finetuned_fold_features(paths: Sequence[str | Path], labels: np.ndarray,
     arrays of fold k; ``records[k][view]`` the fine-tuning history of that network plus
     ``fold``, ``view``, ``test_speakers``, ``weights_id`` and the feature timings.
     """
-    from .features import FeatureCache, file_sha256
+    from .cache import FeatureCache, file_sha256
 
     labels, speakers, n_classes, settings = _run_inputs(labels, speakers, n_classes, settings,
                                                         cache_dir)

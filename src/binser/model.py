@@ -59,6 +59,7 @@ from . import __version__
 from .config import FrontEndConfig
 from .errors import AudioError, BinserError, ConfigError, ModelError
 from .features import file_sha256  # noqa: F401  (one streaming file hash for caches and models)
+from .preflight import check_on_error
 
 FORMAT = "binser-model"
 FORMAT_VERSION = 1
@@ -227,8 +228,7 @@ class Model:
         ``error`` and goes on; ``"fail"`` raises the :class:`AudioError`. ``cache_dir``: an
         optional segment-feature cache. Returns one :class:`Prediction` per path, in order.
         """
-        if on_error not in ("skip", "fail"):
-            raise ConfigError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
+        check_on_error(on_error)
         paths = [Path(p) for p in paths]
         features, failures = self._extract(paths, batch_size, progress, on_error, cache_dir)
         good = [i for i in range(len(paths)) if i not in failures]

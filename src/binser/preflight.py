@@ -288,6 +288,13 @@ def format_problems(problems: Sequence[tuple[Path, str]]) -> str:
     return "\n".join(f"  {path}: {cause}" for path, cause in problems)
 
 
+def check_on_error(on_error: str) -> str:
+    """``on_error`` if it is a known policy (``"skip"`` or ``"fail"``), else ConfigError."""
+    if on_error not in ON_ERROR:
+        raise ConfigError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
+    return on_error
+
+
 def apply_on_error(report: PreflightReport, on_error: str) -> list[int]:
     """Indices of the usable files under policy ``on_error``.
 
@@ -295,8 +302,7 @@ def apply_on_error(report: PreflightReport, on_error: str) -> list[int]:
     is any. ``"skip"``: return ``report.ok`` (problems stay in ``report.problems``); raise
     only if no file is usable. :class:`ConfigError` for another policy.
     """
-    if on_error not in ON_ERROR:
-        raise ConfigError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
+    check_on_error(on_error)
     if on_error == "fail" and report.problems:
         raise BinserError(
             f"{report.n_bad} input file(s) cannot be used; nothing was computed (rerun with "
@@ -312,8 +318,7 @@ def screen_corpus(corpus: "Corpus", on_error: str = "fail", config: FrontEndConf
                   ) -> tuple["Corpus", list[tuple[Path, str]]]:
     """Check a corpus and apply ``on_error``: the corpus of usable utterances, and the
     ``(path, cause)`` list of everything left out (for ``results.json``'s ``skipped``)."""
-    if on_error not in ON_ERROR:
-        raise ConfigError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
+    check_on_error(on_error)
     report = check_corpus(corpus, config, max_duration_s, progress)
     keep = apply_on_error(report, on_error)
     if progress and report.problems:

@@ -24,7 +24,8 @@ import numpy as np
 
 from .audio import audio_info, channels_identical, load_audio
 from .corpora import Corpus
-from .errors import AudioError, ConfigError
+from .errors import AudioError
+from .preflight import check_on_error
 
 _BLOCK_FRAMES = 1 << 18  # frames per block when comparing channels (~5.5 s at 48 kHz)
 
@@ -184,8 +185,7 @@ def scan_corpus(corpus: Corpus, progress: bool = True, on_error: str = "skip",
     reason; ``"fail"`` raises the first :class:`AudioError`. ``workers`` threads read files
     in parallel; ``progress`` shows a tqdm bar.
     """
-    if on_error not in ("skip", "fail"):
-        raise ConfigError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
+    check_on_error(on_error)
     start = time.perf_counter()
     scans = _scan_all([u.path for u in corpus], on_error, progress, workers)
     return _summarise(corpus, scans, time.perf_counter() - start)
