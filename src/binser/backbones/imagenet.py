@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError, ModelError
-from .spectrogram import resize_images
+from ..errors import ConfigError, ModelError
+from ..spectrogram import resize_images
 
 BACKBONES = ("efficientnet_lite0", "alexnet")
 
