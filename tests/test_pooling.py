@@ -128,7 +128,8 @@ def test_random_shapes_and_reference_values():
 
 
 def test_make_pooling_and_clone():
-    assert POOLINGS == ("global-max", "global-avg", "block-max", "block-avg")
+    assert POOLINGS == ("global-max", "global-avg", "block-max", "block-avg", "stats",
+                        "block-stats")
     assert isinstance(make_pooling("global-avg"), GlobalPooling)
     block = make_pooling("block-max", blocks=3)
     assert isinstance(block, BlockTemporalPooling) and block.kind == "max" and block.blocks == 3
@@ -136,3 +137,32 @@ def test_make_pooling_and_clone():
     assert clone(block).get_params() == block.get_params()
     with pytest.raises(ConfigError, match="unknown pooling"):
         make_pooling("block-median")
+
+
+def test_stats_pooling_against_numpy_and_blocks():
+    from binser.pooling import StatsPooling
+
+    rng = np.random.default_rng(3)
+    xs = [rng.normal(size=(n, 4)) for n in (1, 2, 7)]
+    out = make_pooling("stats").fit_transform(xs)
+    assert out.shape == (3, 8)
+    for row, x in zip(out, xs):
+        np.testing.assert_allclose(row, np.r_[x.mean(0), x.std(0)], rtol=1e-6, atol=1e-6)
+    assert np.all(out[0, 4:] == 0)                       # one frame: no spread
+    blocks = make_pooling("block-stats", blocks=2).fit_transform(xs)
+    assert isinstance(make_pooling("block-stats"), StatsPooling) and blocks.shape == (3, 16)
+    x = xs[2]                                            # 7 rows -> blocks [0, 3) and [3, 7)
+    np.testing.assert_allclose(blocks[2], np.r_[x[:3].mean(0), x[:3].std(0), x[3:].mean(0),
+                                                x[3:].std(0)], rtol=1e-6, atol=1e-6)
+
+
+def test_pool_utterances_flags_views_without_frames():
+    from binser.pooling import PoolingInputError, pool_utterances
+
+    xs = [np.ones((3, 2)), np.zeros((0, 2)), np.full((2, 2), 2.0)]
+    out, silent = pool_utterances(make_pooling("stats"), xs)
+    assert silent.tolist() == [False, True, False]
+    np.testing.assert_array_equal(out[1], 0)
+    np.testing.assert_allclose(out[2], [2, 2, 0, 0])
+    with pytest.raises(PoolingInputError, match="every utterance is empty"):
+        pool_utterances(make_pooling("stats"), [np.zeros((0, 2))])

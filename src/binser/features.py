@@ -3,7 +3,12 @@
 :class:`SegmentFeatureExtractor` turns each file into, per view, an array ``(n_i, d)`` of
 backbone features of its ``n_i`` segment images (SPEC steps 1-6, frozen extraction):
 decode once -> binaural views -> 3-channel segment images -> resize + normalise -> backbone.
-Segments of consecutive files and views are packed into full batches.
+Segments of consecutive files and views are packed into full batches. A view that carries
+no signal in a file (:func:`binser.views.silent_views`) gets an array with ``n_i = 0`` rows.
+
+:class:`FrameFeatureExtractor` does the same for speech encoders (the Whisper family): each
+view's waveform -> the hidden states of chosen encoder layers, one row per 20 ms frame;
+cache entries per (file, view, layer).
 
 The cache stores one ``.npy`` per (file content sha256, view, front-end config digest,
 backbone name, backbone weights id, input size) under ``cache_dir/<2 hex>/<key>.npy``,
@@ -27,9 +32,10 @@ from .cache import HASH_CHUNK, CacheWarning, FeatureCache, file_sha256  # noqa: 
 from .config import FrontEndConfig
 from .errors import ConfigError
 from .spectrogram import views_images
-from .views import ALL_VIEWS, VIEWS, binaural_views
+from .views import ALL_VIEWS, VIEWS, binaural_views, silent_views
 
-CACHE_FORMAT = "binser-segment-features-v1"  # bump when the feature computation changes
+CACHE_FORMAT = "binser-segment-features-v2"  # bump when the feature computation changes
+FRAME_CACHE_FORMAT = "binser-frame-features-v1"
 
 
 def cache_key(file_digest: str, view: str, config_digest: str, backbone_name: str,
@@ -115,13 +121,24 @@ class _Batcher:
 # the extractor
 # --------------------------------------------------------------------------------------
 
+def file_views(path: str | Path, config: FrontEndConfig = FrontEndConfig()
+               ) -> tuple[dict[str, np.ndarray], set[str]]:
+    """Decode one file once -> ``({view: (N,) float32}, silent views)`` (SPEC steps 1-2;
+    silent: :func:`binser.views.silent_views`)."""
+    audio = load_audio(path, sr=config.sample_rate, max_duration_s=config.max_duration_s)
+    signals = binaural_views(audio, config.side_scale, path)
+    return signals, silent_views({v: signals[v] for v in VIEWS})
+
+
 def file_images(path: str | Path, views: Sequence[str],
                 config: FrontEndConfig = FrontEndConfig()) -> dict[str, np.ndarray]:
     """The front end of one file: decode once -> binaural views -> segment images
-    ``{view: (n, 3, F, L) float32}`` for ``views`` (SPEC steps 1-5)."""
-    audio = load_audio(path, sr=config.sample_rate, max_duration_s=config.max_duration_s)
-    signals = binaural_views(audio, config.side_scale, path)
-    return views_images({v: signals[v] for v in views}, config)
+    ``{view: (n, 3, F, L) float32}`` for ``views`` (SPEC steps 1-5). A silent view (no
+    signal of its own, e.g. the Side of identical channels) gets ``n = 0`` images."""
+    signals, silent = file_views(path, config)
+    images = views_images({v: signals[v] for v in views if v not in silent}, config)
+    empty = np.zeros((0, 3, config.n_mels, config.segment_frames), np.float32)
+    return {v: images.get(v, empty) for v in views}
 
 
 class SegmentFeatureExtractor:
@@ -282,3 +299,143 @@ def _progress_bar(total: int, enabled: bool):
     """tqdm bar over files (disabled when ``enabled`` is False)."""
     from tqdm.auto import tqdm
     return tqdm(total=total, unit="file", desc="features", disable=not enabled, leave=False)
+
+
+# --------------------------------------------------------------------------------------
+# speech encoders: frame features per layer
+# --------------------------------------------------------------------------------------
+
+def frame_cache_key(file_digest: str, view: str, config: FrontEndConfig, backbone,
+                    layer: int) -> str:
+    """40-hex-digit key of one file's frame features for one view, encoder and layer."""
+    text = "|".join([FRAME_CACHE_FORMAT, file_digest, view, config.digest(), backbone.name,
+                     backbone.weights_id, str(int(layer))])
+    return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+class FrameFeatureExtractor:
+    """Per-view encoder frame features ``(n_i, d)`` of audio files, for one or more layers.
+
+    ``backbone``: a :class:`~binser.backbones.whisper.WhisperBackbone`. ``layers``: encoder
+    layers computed (and cached) whenever a file is encoded; :meth:`extract` returns those
+    in ``keep`` (default: all). ``batch_files``: files decoded and encoded together (their
+    views are batched by length inside the encoder, masked, so batching never changes a
+    value). A silent view gets ``n_i = 0`` rows. ``num_threads``: torch CPU threads during
+    :meth:`extract`.
+    """
+
+    def __init__(self, backbone, config: FrontEndConfig = FrontEndConfig(),
+                 views: Sequence[str] = VIEWS, layers: Sequence[int] = (4,),
+                 cache_dir: str | Path | None = None, batch_files: int = 16,
+                 num_threads: int | None = None, progress: bool = True):
+        self.backbone = backbone
+        self.config = config
+        self.views = _check_views(views)
+        self.layers = tuple(int(layer) for layer in layers)
+        bad = [layer for layer in self.layers if not 0 <= layer <= backbone.n_layers]
+        if not self.layers or bad:
+            raise ConfigError(f"{backbone.name}: layers must lie in 0..{backbone.n_layers}, "
+                              f"got {list(layers)}")
+        if int(batch_files) != batch_files or batch_files < 1:
+            raise ConfigError(f"batch_files must be a positive integer, got {batch_files!r}")
+        self.batch_files = int(batch_files)
+        self.num_threads = num_threads
+        self.progress = progress
+        self.cache = FeatureCache(cache_dir) if cache_dir is not None else None
+        self.n_computed = 0   # (file, view) signals run through the encoder by extract()
+        self.n_cached = 0     # (file, view) entries read from the cache by extract()
+
+    def keys(self, path: str | Path, digest: str | None = None) -> dict[tuple[str, int], str]:
+        """Cache keys ``{(view, layer): key}`` of one file."""
+        digest = file_sha256(path) if digest is None else digest
+        return {(v, layer): frame_cache_key(digest, v, self.config, self.backbone, layer)
+                for v in self.views for layer in self.layers}
+
+    def extract(self, paths: Sequence[str | Path], keep: Sequence[int] | None = None
+                ) -> dict[int, dict[str, list[np.ndarray]]]:
+        """``{layer: {view: [frames of paths[i] (n_i, d) float32, ...]}}`` for ``keep``."""
+        keep = self.layers if keep is None else tuple(int(k) for k in keep)
+        if not set(keep) <= set(self.layers):
+            raise ConfigError(f"keep layers {list(keep)} not among computed {list(self.layers)}")
+        threads_before = torch.get_num_threads()
+        if self.num_threads is not None:
+            set_threads(self.num_threads)
+        try:
+            return self._extract([Path(p) for p in paths], keep)
+        finally:
+            torch.set_num_threads(threads_before)
+
+    def _extract(self, paths: list[Path], keep: tuple[int, ...]):
+        results = {layer: {v: [None] * len(paths) for v in self.views} for layer in keep}
+        self.n_computed, self.n_cached = 0, 0
+        queue: list[tuple[int, Path, dict, list[str]]] = []
+        bar = _progress_bar(len(paths), self.progress)
+        try:
+            for index, path in enumerate(paths):
+                keys = self.keys(path)
+                missing = [v for v in self.views if not self._from_cache(index, v, keys,
+                                                                         keep, results)]
+                if missing:
+                    queue.append((index, path, keys, missing))
+                if len(queue) >= self.batch_files:
+                    self._encode(queue, keep, results)
+                    queue = []
+                bar.update(1)
+                bar.set_postfix(encoded=self.n_computed, cached=self.n_cached, refresh=False)
+            if queue:
+                self._encode(queue, keep, results)
+        finally:
+            bar.close()
+        return results
+
+    def _from_cache(self, index: int, view: str, keys: dict, keep: tuple[int, ...],
+                    results: dict) -> bool:
+        """Fill ``results`` for (file, view) from the cache if every computed layer is there."""
+        if self.cache is None:
+            return False
+        found = {}
+        for layer in self.layers:
+            value = self.cache.get(keys[(view, layer)], self.backbone.feature_dim)
+            if value is None:
+                return False
+            if layer in keep:
+                found[layer] = value
+        for layer, value in found.items():
+            results[layer][view][index] = value
+        self.n_cached += 1
+        return True
+
+    def _encode(self, queue: list, keep: tuple[int, ...], results: dict) -> None:
+        """Decode the queued files, encode their missing non-silent views in one batched call,
+        cache every computed layer, keep ``keep``."""
+        owners, signals = [], []
+        empty = np.zeros((0, self.backbone.feature_dim), np.float32)
+        for index, path, keys, views in queue:
+            audio_views, silent = file_views(path, self.config)
+            for view in views:
+                if view in silent:
+                    self._store(index, view, keys, {layer: empty for layer in self.layers},
+                                keep, results)
+                else:
+                    owners.append((index, view, keys))
+                    signals.append(audio_views[view])
+        if not signals:
+            return
+        encoded = self.backbone.encode(signals, self.layers)
+        self.n_computed += len(signals)
+        for (index, view, keys), frames in zip(owners, encoded):
+            self._store(index, view, keys, frames, keep, results)
+
+    def _store(self, index: int, view: str, keys: dict, frames: dict, keep: tuple[int, ...],
+               results: dict) -> None:
+        for layer in self.layers:
+            value = np.ascontiguousarray(frames[layer], dtype=np.float32)
+            if self.cache is not None:
+                self.cache.put(keys[(view, layer)], value)
+            if layer in keep:
+                results[layer][view][index] = value
+
+
+def is_frame_backbone(backbone) -> bool:
+    """True for speech encoders (frame features from the waveform), False for image CNNs."""
+    return hasattr(backbone, "encode")

@@ -18,6 +18,16 @@ Exact definitions (all per feature dimension):
   so ``D = 2*l*d``.
 * ``BlockTemporalPooling(levels=L)`` concatenates the single-level outputs for
   ``l = 1, 2, ..., L`` in that order (``D = 2*d*(1+2+...+L)``); ``blocks`` is ignored.
+* ``StatsPooling`` (``stats``, beyond the paper; the usual pooling for speech encoders):
+  ``[mean(X), std(X)]`` over all segments or frames, population standard deviation
+  (``ddof=0``, so ``n == 1`` gives zeros), ``D = 2*d``. ``StatsPooling(blocks=l)``
+  (``block-stats``): ``[mean(X_1), std(X_1), ..., mean(X_l), std(X_l)]`` over the same
+  blocks as above (``D = 2*l*d``; no ``dX`` part: the standard deviation already describes
+  the movement within a block).
+
+:func:`pool_utterances` pools a list that may contain views without signal: an utterance
+with ``n_i == 0`` rows (a silent view, see :func:`binser.views.silent_views`) gets a row of
+zeros and is flagged in the returned mask.
 """
 from __future__ import annotations
 
@@ -28,7 +38,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from .errors import BinserError, ConfigError
 
-POOLINGS = ("global-max", "global-avg", "block-max", "block-avg")
+PAPER_POOLINGS = ("global-max", "global-avg", "block-max", "block-avg")
+POOLINGS = PAPER_POOLINGS + ("stats", "block-stats")
 _KINDS = ("max", "avg")
 
 
@@ -156,10 +167,52 @@ class BlockTemporalPooling(_SegmentPooling):
         return np.concatenate([block_pool(x, l, self.kind) for l in self.block_counts()])
 
 
+class StatsPooling(_SegmentPooling):
+    """Mean and standard deviation per dimension over all segments (``blocks=1``, ``D = 2*d``)
+    or per block (``D = 2*blocks*d``); see the module docstring for the order."""
+
+    def __init__(self, blocks: int = 1):
+        self.blocks = blocks
+
+    def _check_params(self) -> None:
+        if not isinstance(self.blocks, (int, np.integer)) or isinstance(self.blocks, bool) \
+                or self.blocks < 1:
+            raise ConfigError(f"blocks must be an integer >= 1, got {self.blocks!r}")
+
+    def _pool_one(self, x: np.ndarray) -> np.ndarray:
+        parts = []
+        for start, stop in block_bounds(x.shape[0], self.blocks):
+            parts += [x[start:stop].mean(axis=0), x[start:stop].std(axis=0)]
+        return np.concatenate(parts)
+
+
+def pool_utterances(pooling: _SegmentPooling, X: Sequence[np.ndarray]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Pool utterances some of which may have no rows (silent views).
+
+    Returns ``(features (N, D) float32, silent (N,) bool)``: rows of utterances with
+    ``n_i == 0`` are zeros and flagged ``True``. Raises :class:`PoolingInputError` when every
+    utterance is empty (the feature size ``D`` is then still known, but nothing can be
+    learned from it; callers treat such a view as absent).
+    """
+    silent = np.array([np.shape(x)[0] == 0 for x in X], dtype=bool)
+    if silent.all():
+        raise PoolingInputError("every utterance is empty (a view without signal)")
+    present = [x for x, s in zip(X, silent) if not s]
+    pooled = pooling.fit_transform(present)
+    out = np.zeros((len(X), pooled.shape[1]), dtype=np.float32)
+    out[~silent] = pooled
+    return out, silent
+
+
 def make_pooling(name: str, blocks: int = 2, levels: int | None = None) -> _SegmentPooling:
     """Pooling transformer by run name: one of :data:`POOLINGS`."""
     if name not in POOLINGS:
         raise ConfigError(f"unknown pooling {name!r}; choose one of {', '.join(POOLINGS)}")
+    if name == "stats":
+        return StatsPooling(blocks=1)
+    if name == "block-stats":
+        return StatsPooling(blocks=blocks)
     family, kind = name.split("-")
     if family == "global":
         return GlobalPooling(kind=kind)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
@@ -30,6 +31,7 @@ from .errors import AudioError
 
 VIEWS = ("left", "right", "mid", "side")
 ALL_VIEWS = VIEWS + ("mono",)
+SILENT_VIEW_DB = -40.0  # a view this far below the loudest of left/right/mid carries no signal
 
 _DBFS_FLOOR = 1e-10  # RMS floor (full scale = 1.0) so that silence reads -200 dBFS, not -inf
 MAX_AMPLITUDE = 1e15  # |sample| above this is not audio (float32 sums and spectra overflow)
@@ -82,6 +84,28 @@ def binaural_views(audio: np.ndarray, side_scale: float = 1.0,
         "side": scale * (left - right),
         "mono": (left + right) / np.float32(2.0),
     }
+
+
+def silent_views(signals: Mapping[str, np.ndarray],
+                 threshold_db: float = SILENT_VIEW_DB) -> set[str]:
+    """Views of one file that carry no signal of their own -> set of view names.
+
+    A view is *silent* when its RMS lies more than ``-threshold_db`` dB below the reference
+    level, the largest RMS of ``left``, ``right`` and ``mid`` among ``signals`` (for a stereo
+    file the mid view, ``L + R``; for a file with one dead channel, the live one). With the
+    default -40 dB, the Side of identical channels or of a mono file (all zeros) is silent,
+    while real stereo (EMOVO: Side/Mid RMS ratio about 1.1, i.e. +1 dB) is far from it.
+    Encoders scale every input to its own maximum, so a silent view would otherwise turn
+    into amplified rounding noise; binser gives such a view no frames (see
+    :mod:`binser.features`). A file whose reference level is 0 (all silent) gives every view.
+    """
+    levels = {v: _rms(np.asarray(x)) for v, x in signals.items()}
+    reference = max((levels[v] for v in ("left", "right", "mid") if v in levels),
+                    default=max(levels.values(), default=0.0))
+    if reference <= 0.0:
+        return set(levels)
+    limit = reference * 10.0 ** (threshold_db / 20.0)
+    return {v for v, level in levels.items() if level < limit}
 
 
 # ----------------------------------------------------------------------------- statistics

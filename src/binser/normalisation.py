@@ -1,0 +1,145 @@
+"""Speaker normalisation of utterance-level features (beyond the paper; between pooling and
+the classifier).
+
+Definition: for speaker ``s`` with utterance-level rows ``X_s`` (``n_s x D``, only rows that
+carry signal, see ``mask``), ``mu_s = mean(X_s)`` and ``sd_s = std(X_s)`` (population,
+``ddof=0``) per dimension; every row ``x`` of that speaker becomes ``(x - mu_s) / sd_s``,
+where ``sd_s < 1e-8`` (a constant dimension, or a single utterance) counts as 1. Rows that
+carry no signal (``mask`` False) become 0.
+
+Labels are never used, so the statistics of a *test* speaker come from that speaker's own
+unlabelled utterances: the evaluation is transductive (it needs a batch of the test
+speaker's recordings) but label-free, and every output built on it says so.
+
+It removes what is constant within a speaker (voice, microphone, level). It helps where each
+speaker shows several emotions (acted corpora such as EMOVO, every actor all seven) and
+destroys the signal where each speaker shows one (talk shows, most speakers one label):
+:func:`label_coverage` measures that, and ``scan``/``experiment`` warn when coverage is low.
+
+:class:`SpeakerNormaliser` is the same operation as an estimator for prediction: ``fit``
+keeps the statistics of the training speakers and a fallback (the mean over training
+speakers of ``mu_s`` and ``sd_s``: an "average speaker") for a speaker with fewer than
+``min_utterances`` utterances at prediction time.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .errors import ConfigError
+
+STD_FLOOR = 1e-8
+LOW_COVERAGE = 0.5   # warn when speakers show on average fewer than this share of the labels
+
+
+def speaker_statistics(X: np.ndarray, speakers: Sequence, mask: np.ndarray | None = None
+                       ) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
+    """``{speaker: (mean (D,), std (D,), n_rows)}`` over each speaker's rows with ``mask``.
+
+    A speaker whose rows are all masked out gets mean 0, std 1 and ``n_rows`` 0.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    speakers = np.asarray(speakers).astype(str)
+    if X.ndim != 2 or len(speakers) != len(X):
+        raise ConfigError(f"speaker normalisation needs (N, D) features and N speakers, got "
+                          f"{X.shape} and {len(speakers)}")
+    mask = np.ones(len(X), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    out = {}
+    for s in np.unique(speakers):
+        rows = X[(speakers == s) & mask]
+        if len(rows) == 0:
+            out[str(s)] = (np.zeros(X.shape[1]), np.ones(X.shape[1]), 0)
+            continue
+        sd = rows.std(axis=0)
+        out[str(s)] = (rows.mean(axis=0), np.where(sd < STD_FLOOR, 1.0, sd), len(rows))
+    return out
+
+
+def apply_statistics(X: np.ndarray, speakers: Sequence,
+                     stats: Mapping[str, tuple[np.ndarray, np.ndarray, int]],
+                     mask: np.ndarray | None = None) -> np.ndarray:
+    """Standardise each row with its speaker's ``(mean, std)`` -> ``(N, D)`` float64;
+    masked-out rows become 0."""
+    X = np.asarray(X, dtype=np.float64)
+    speakers = np.asarray(speakers).astype(str)
+    out = np.zeros_like(X)
+    mask = np.ones(len(X), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    for s in np.unique(speakers):
+        rows = (speakers == s) & mask
+        mean, sd, _ = stats[str(s)]
+        out[rows] = (X[rows] - mean) / sd
+    return out
+
+
+def speaker_normalise(X: np.ndarray, speakers: Sequence, mask: np.ndarray | None = None
+                      ) -> np.ndarray:
+    """Every row standardised over its own speaker's rows (see the module docstring)."""
+    return apply_statistics(X, speakers, speaker_statistics(X, speakers, mask), mask)
+
+
+def label_coverage(labels: Sequence, speakers: Sequence) -> dict[str, float]:
+    """Share of the corpus's labels each speaker shows -> ``{speaker: fraction}``."""
+    labels, speakers = np.asarray(labels).astype(str), np.asarray(speakers).astype(str)
+    n_labels = len(np.unique(labels))
+    return {str(s): len(np.unique(labels[speakers == s])) / n_labels
+            for s in np.unique(speakers)}
+
+
+def coverage_warning(labels: Sequence, speakers: Sequence) -> str | None:
+    """A one-line warning when speakers cover few labels (speaker normalisation would remove
+    the emotion along with the speaker), else None."""
+    coverage = label_coverage(labels, speakers)
+    mean = float(np.mean(list(coverage.values()))) if coverage else 1.0
+    single = sum(1 for c in coverage.values() if c * len(set(map(str, labels))) <= 1)
+    if mean >= LOW_COVERAGE:
+        return None
+    return (f"speakers show on average {100 * mean:.0f}% of the labels ({single} of "
+            f"{len(coverage)} speakers a single label): speaker normalisation would remove "
+            "the emotion with the speaker; read the speaker-norm: runs with care")
+
+
+class SpeakerNormaliser:
+    """Per-speaker standardisation as an estimator (for a trained model's prediction).
+
+    ``fit(X, speakers, mask)`` keeps each training speaker's statistics and the fallback
+    (mean over speakers of their means and standard deviations). ``transform(X, speakers,
+    mask)`` uses the statistics of the rows given for each speaker when there are at least
+    ``min_utterances`` of them, else the fallback; ``fallback_speakers_`` lists the speakers
+    of the last ``transform`` that used it.
+    """
+
+    def __init__(self, min_utterances: int = 5):
+        self.min_utterances = min_utterances
+
+    def fit(self, X: np.ndarray, speakers: Sequence, mask: np.ndarray | None = None
+            ) -> "SpeakerNormaliser":
+        stats = speaker_statistics(X, speakers, mask)
+        used = [v for v in stats.values() if v[2] > 0]
+        if not used:
+            raise ConfigError("speaker normalisation: no rows with signal to fit on")
+        self.fallback_mean_ = np.mean([m for m, _, _ in used], axis=0)
+        self.fallback_std_ = np.mean([s for _, s, _ in used], axis=0)
+        return self
+
+    def transform(self, X: np.ndarray, speakers: Sequence, mask: np.ndarray | None = None
+                  ) -> np.ndarray:
+        if not hasattr(self, "fallback_mean_"):
+            raise ConfigError("this SpeakerNormaliser is not fitted yet; call fit first")
+        stats = speaker_statistics(X, speakers, mask)
+        self.fallback_speakers_ = sorted(s for s, v in stats.items()
+                                         if v[2] < self.min_utterances)
+        for s in self.fallback_speakers_:
+            stats[s] = (self.fallback_mean_, self.fallback_std_, 0)
+        return apply_statistics(X, speakers, stats, mask)
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        return {"fallback_mean": self.fallback_mean_, "fallback_std": self.fallback_std_,
+                "min_utterances": np.array(self.min_utterances)}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, np.ndarray]) -> "SpeakerNormaliser":
+        out = cls(int(state["min_utterances"]))
+        out.fallback_mean_ = np.asarray(state["fallback_mean"], dtype=np.float64)
+        out.fallback_std_ = np.asarray(state["fallback_std"], dtype=np.float64)
+        return out
