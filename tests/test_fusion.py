@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score
 
 from binser.errors import ConfigError
-from binser.fusion import FUSIONS, GRID, fuse, select_weights, two_stage_fusion
+from binser.fusion import FUSIONS, GRID, SEARCHES, fuse, select_weights, two_stage_fusion
 
 CLASSES = ["anger", "joy"]
 
@@ -94,22 +94,116 @@ def _reference_search(scores, y, classes):
     return best[1], best[2]
 
 
-def test_four_view_search_matches_brute_force_reference():
-    rng = np.random.default_rng(3)
+def _random_four_view(seed, n=60):
+    rng = np.random.default_rng(seed)
     classes = ["anger", "fear", "joy", "sadness"]
-    n = 60
     y = rng.choice(classes, size=n)
     codes = np.searchsorted(classes, y)
     scores = {}
     for v, strength in zip(("left", "right", "mid", "side"), (1.0, 0.3, 0.6, 0.1)):
         logits = rng.standard_normal((n, 4)) + strength * np.eye(4)[codes]
         scores[v] = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    weights, ua = select_weights(scores, y, "left+right+mid+side", classes)
+    return scores, y, classes
+
+
+def test_four_view_search_matches_brute_force_reference():
+    scores, y, classes = _random_four_view(3)
+    weights, ua = select_weights(scores, y, "left+right+mid+side", classes, search="joint")
     ref_weights, ref_ua = _reference_search(scores, y, classes)
     assert weights == ref_weights
     assert ua == pytest.approx(ref_ua, abs=1e-12)
     pred = np.asarray(classes)[fuse(scores, "left+right+mid+side", weights).argmax(1)]
     assert balanced_accuracy_score(y, pred) == pytest.approx(ua, abs=1e-12)
+
+
+def _reference_staged(scores, y, classes):
+    """Staged search by brute force: each pair on its own, then gamma with them fixed."""
+    def pick(uas):  # best UA, then closest to 0.5, then smallest index
+        return min(range(11), key=lambda i: (-round(uas[i], 12), abs(i - 5), i))
+
+    names = np.asarray(classes)
+    ua_a = [balanced_accuracy_score(y, names[fuse(scores, "left+right", {"alpha": w}).argmax(1)])
+            for w in GRID]
+    ua_b = [balanced_accuracy_score(y, names[fuse(scores, "mid+side", {"beta": w}).argmax(1)])
+            for w in GRID]
+    a, b = GRID[pick(ua_a)], GRID[pick(ua_b)]
+    ua_g = [balanced_accuracy_score(y, names[fuse(scores, "left+right+mid+side",
+                                                  {"alpha": a, "beta": b, "gamma": g}).argmax(1)])
+            for g in GRID]
+    ig = pick(ua_g)
+    return {"alpha": a, "beta": b, "gamma": GRID[ig]}, ua_g[ig]
+
+
+@pytest.mark.parametrize("seed", [3, 8])
+def test_staged_search_matches_brute_force_reference(seed):
+    scores, y, classes = _random_four_view(seed)
+    weights, ua = select_weights(scores, y, "left+right+mid+side", classes, search="staged")
+    ref_weights, ref_ua = _reference_staged(scores, y, classes)
+    assert weights == ref_weights
+    assert ua == pytest.approx(ref_ua, abs=1e-12)
+    assert select_weights(scores, y, "left+right+mid+side", classes) == (weights, ua)  # default
+
+
+def _staged_differs_from_joint():
+    """Left+right alone is best at any alpha >= 0.3 (one joy error), which ties to 0.5; but the
+    mid+side views rescue utterances 0 and 1 at alpha <= 0.2, where left+right gets utterance 2
+    right, so only the joint search reaches UA 1. Mid and side are identical (beta ties to 0.5)
+    and undecided on utterance 2 (the arg-max tie goes to anger: wrong)."""
+    # left+right difference: dR + a*(dL - dR) = -0.1 + 0.4a for utterances 0 and 2 (> 0 iff
+    # a > 0.25), the mirror image for utterance 1
+    left = _two_class([0.3, -0.3, 0.3])
+    right = _two_class([-0.1, 0.1, -0.1])
+    mid = _two_class([0.8, -0.8, 0.0])
+    return {"left": left, "right": right, "mid": mid, "side": mid.copy()}, ["anger", "joy", "joy"]
+
+
+def test_staged_and_joint_searches_differ():
+    scores, y = _staged_differs_from_joint()
+    staged, staged_ua = select_weights(scores, y, "left+right+mid+side", CLASSES, search="staged")
+    pair_a, _ = select_weights(scores, y, "left+right", CLASSES)
+    pair_b, _ = select_weights(scores, y, "mid+side", CLASSES)
+    assert pair_a == {"alpha": 0.5} and pair_b == {"beta": 0.5}
+    assert staged == {**pair_a, **pair_b, "gamma": 0.5} and staged_ua == pytest.approx(0.75)
+    joint, joint_ua = select_weights(scores, y, "left+right+mid+side", CLASSES, search="joint")
+    assert joint == {"alpha": 0.2, "beta": 0.5, "gamma": 0.5} and joint_ua == 1.0
+    assert (joint["alpha"], joint["beta"]) != (staged["alpha"], staged["beta"])
+    assert select_weights(scores, y, "left+right+mid+side", CLASSES) == (staged, staged_ua)
+    for weights, ua in ((staged, staged_ua), (joint, joint_ua)):   # UA at the chosen weights
+        pred = np.asarray(CLASSES)[fuse(scores, "left+right+mid+side", weights).argmax(1)]
+        assert balanced_accuracy_score(y, pred) == pytest.approx(ua, abs=1e-12)
+
+
+def test_staged_gamma_ties_restricted_to_gamma():
+    # alpha = 0.3 is perfect alone; mid/side are flat, so gamma = 0 (mid/side only) misses the
+    # joy utterance and every gamma > 0 is perfect: the tie goes to 0.5
+    left, right, y = _planted_pair()
+    flat = np.full_like(left, 0.5)
+    scores = {"left": left, "right": right, "mid": flat, "side": flat}
+    assert select_weights(scores, y, "left+right+mid+side", CLASSES, search="staged") == (
+        {"alpha": 0.3, "beta": 0.5, "gamma": 0.5}, 1.0)
+    # left = right are wrong on the joy utterance at every alpha (alpha ties to 0.5), mid = side
+    # are right on both; joy is right iff g*0.11 + (1-g)*(-0.09) < 0 <=> g < 0.45: the perfect
+    # gammas are 0.0..0.4 and the tie goes to the one closest to 0.5, not the smallest
+    both = _two_class([0.5, 0.11])
+    ms = _two_class([0.4, -0.09])
+    scores = {"left": both, "right": both.copy(), "mid": ms, "side": ms.copy()}
+    weights, ua = select_weights(scores, y, "left+right+mid+side", CLASSES, search="staged")
+    assert weights == {"alpha": 0.5, "beta": 0.5, "gamma": 0.4} and ua == 1.0
+
+
+@pytest.mark.parametrize("fusion", ["left+right", "mid+side"])
+def test_two_view_searches_identical(fusion):
+    scores, y, classes = _random_four_view(5)
+    assert SEARCHES == ("staged", "joint")
+    staged = select_weights(scores, y, fusion, classes, search="staged")
+    assert staged == select_weights(scores, y, fusion, classes, search="joint")
+    assert staged == select_weights(scores, y, fusion, classes)
+
+
+def test_unknown_search():
+    left, right, y = _planted_pair()
+    with pytest.raises(ConfigError, match="search"):
+        select_weights({"left": left, "right": right}, y, "left+right", CLASSES, search="greedy")
 
 
 def test_bad_inputs():

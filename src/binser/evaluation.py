@@ -17,6 +17,33 @@ fold's truth contributes no recall); ``wa`` is accuracy; ``macro_f1`` is the mea
 classes present in ``y_true`` or ``y_pred`` (scikit-learn's ``f1_score(average="macro")``
 default labels); ``confusion`` counts with rows = true class, columns = predicted class, both
 in ``classes`` order.
+
+Uncertainty of UA (all intervals are percentile intervals: the ``(1-level)/2`` and
+``(1+level)/2`` quantiles, NumPy's default linear interpolation, of the resampled UAs; each
+resample's UA is taken over the classes present in that resample):
+
+* utterance bootstrap (:func:`bootstrap_ua_ci`): each resample draws ``N`` utterances with
+  replacement.
+* speaker bootstrap (:func:`speaker_bootstrap_ua_ci`): speakers are sorted (as strings) and
+  numbered ``0..S-1``; each resample draws ``S`` speaker numbers with replacement (row ``b`` of
+  ``numpy.random.default_rng(seed).integers(0, S, size=(n_boot, S))``, drawn in consecutive
+  chunks of rows) and takes all utterances of every drawn speaker, once per draw. Because
+  speakers, not utterances, are the independent units under speaker-independent evaluation,
+  this is the interval to report. It needs at least 2 speakers; :func:`ua_ci` falls back to
+  the utterance bootstrap for a single speaker (and :func:`ua_ci_with_method` says so).
+
+Paired comparison of systems ``a`` and ``b`` on the same utterances
+(:func:`paired_comparison`): ``diff = UA_a - UA_b`` on all utterances. ``ci95`` is the 95%
+percentile interval of ``UA_a - UA_b`` over speaker-bootstrap resamples that use the *same*
+drawn speakers for both systems (same draws as above, from ``default_rng(seed)``). ``p_value``
+is a two-sided permutation test of "no difference": a swap pattern ``z`` in ``{0, 1}^S`` swaps
+the two systems' predictions of speaker ``s``'s utterances where ``z_s = 1``; the statistic is
+``|UA_a' - UA_b'|`` of the pooled swapped predictions. When ``2^S <= n_perm`` all ``2^S``
+patterns (the observed one, ``z = 0``, included) are enumerated and ``p = #{stat >= obs - 1e-12}
+/ 2^S`` (``p_method = "exact"``; its smallest value is ``2 / 2^S``, e.g. 0.03125 for 6
+speakers). Otherwise ``n_perm`` patterns are drawn uniformly (``integers(0, 2, size=(n_perm,
+S))`` from the same generator, after the bootstrap draws) and ``p = (1 + #{stat >= obs -
+1e-12}) / (1 + n_perm)`` (``p_method = "monte-carlo"``).
 """
 from __future__ import annotations
 
@@ -28,7 +55,10 @@ import numpy as np
 from .errors import ConfigError
 
 PROTOCOLS = ("loso", "losgo:K", "split")
+CI_METHODS = ("speaker-bootstrap", "utterance-bootstrap")
 _BOOT_CHUNK = 4_000_000  # resampled indices held at once
+_PERM_TOL = 1e-12        # permutation statistics within this of the observed one count as >=
+_PAIRED_METHOD = "paired speaker bootstrap; speaker-swap permutation test"
 
 
 def parse_protocol(protocol: str) -> tuple[str, int | None]:
@@ -161,6 +191,24 @@ def metrics(y_true: Sequence, y_pred: Sequence, classes: Sequence) -> dict[str, 
     }
 
 
+def _check_level(level: float) -> None:
+    if not 0 < level < 1:
+        raise ConfigError(f"confidence level must be in (0, 1), got {level}")
+
+
+def _check_count(value: int, name: str, flag: str) -> int:
+    """``value`` as an int if it is an integer >= 1, else ConfigError naming ``flag``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{name} ({flag}) must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]:
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(values, [tail, 1 - tail])
+    return float(lo), float(hi)
+
+
 def _boot_uas(t: np.ndarray, correct: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
     """UA of each resample: ``idx`` ``(B, N)`` indices into ``t`` / ``correct`` -> ``(B,)``."""
     b = idx.shape[0]
@@ -179,10 +227,8 @@ def bootstrap_ua_ci(y_true: Sequence, y_pred: Sequence, classes: Sequence, n_boo
     Each of ``n_boot`` resamples draws ``N`` utterances (``numpy.random.default_rng(seed)``);
     classes absent from a resample are left out of its UA, as in :func:`metrics`.
     """
-    if not 0 < level < 1:
-        raise ConfigError(f"confidence level must be in (0, 1), got {level}")
-    if n_boot < 1:
-        raise ConfigError(f"n_boot must be >= 1, got {n_boot}")
+    _check_level(level)
+    n_boot = _check_count(n_boot, "n_boot", "--n-boot")
     t, p = _checked_codes(y_true, y_pred, classes)
     correct = (t == p).astype(float)
     rng = np.random.default_rng(seed)
@@ -192,6 +238,188 @@ def bootstrap_ua_ci(y_true: Sequence, y_pred: Sequence, classes: Sequence, n_boo
     for start in range(0, n_boot, per_chunk):
         idx = rng.integers(0, n, size=(min(per_chunk, n_boot - start), n))
         uas.append(_boot_uas(t, correct, idx, len(classes)))
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(np.concatenate(uas), [alpha, 1 - alpha])
-    return float(lo), float(hi)
+    return _percentile_interval(np.concatenate(uas), level)
+
+
+def _speaker_codes(groups: Sequence[Any], n: int) -> tuple[np.ndarray, int]:
+    """Speaker number of each utterance (speakers sorted as strings) and the speaker count."""
+    names, _ = _speakers_and_splits(groups, None)
+    if len(names) != n:
+        raise ConfigError(f"{len(names)} speaker ids for {n} utterances")
+    unique, inverse = np.unique(np.array(names), return_inverse=True)
+    return inverse.astype(np.int64).ravel(), len(unique)
+
+
+def _speaker_tables(t: np.ndarray, g: np.ndarray, s: int, k: int,
+                    *hits: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``(S, K)`` utterance counts per speaker and true class, and one ``(S, K)`` table of
+    summed ``hits`` (0/1 per utterance) for each array in ``hits``."""
+    cell = g * k + t
+    totals = np.bincount(cell, minlength=s * k).reshape(s, k).astype(float)
+    tables = [np.bincount(cell, weights=h.astype(float), minlength=s * k).reshape(s, k)
+              for h in hits]
+    return totals, tables
+
+
+def _speaker_draws(rng: np.random.Generator, s: int, n_boot: int):
+    """Yield ``(b, S)`` float weights (times each speaker is drawn) for ``n_boot`` resamples."""
+    per_chunk = max(1, _BOOT_CHUNK // s)
+    for start in range(0, n_boot, per_chunk):
+        b = min(per_chunk, n_boot - start)
+        idx = rng.integers(0, s, size=(b, s))
+        flat = (np.arange(b)[:, None] * s + idx).ravel()
+        yield np.bincount(flat, minlength=b * s).reshape(b, s).astype(float)
+
+
+def _ua_from_counts(hits: np.ndarray, totals: np.ndarray) -> np.ndarray:
+    """UA of each row of ``(M, K)`` per-class hits / totals, over classes with totals > 0."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(totals > 0, hits / totals, np.nan)
+    return np.nanmean(recall, axis=1)
+
+
+def _speaker_boot_uas(t: np.ndarray, p: np.ndarray, g: np.ndarray, s: int, k: int,
+                      n_boot: int, seed: int) -> np.ndarray:
+    """``(n_boot,)`` UAs of the speaker-bootstrap resamples (see the module docstring)."""
+    totals, (hits,) = _speaker_tables(t, g, s, k, t == p)
+    rng = np.random.default_rng(seed)
+    return np.concatenate([_ua_from_counts(w @ hits, w @ totals)
+                           for w in _speaker_draws(rng, s, n_boot)])
+
+
+def speaker_bootstrap_ua_ci(y_true: Sequence, y_pred: Sequence, groups: Sequence[Any],
+                            classes: Sequence, n_boot: int = 1000, seed: int = 0,
+                            level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of UA, resampling speakers (clusters) with replacement.
+
+    ``groups``: the speaker of each utterance (or utterance objects with ``.speaker``). Each
+    resample draws ``S`` speakers with replacement and keeps all their utterances (a speaker
+    drawn twice counts twice); see the module docstring for the exact draws. Raises
+    ConfigError for fewer than 2 speakers, where every resample is the data itself and the
+    interval would collapse to a point (:func:`ua_ci` falls back to the utterance bootstrap).
+    """
+    _check_level(level)
+    n_boot = _check_count(n_boot, "n_boot", "--n-boot")
+    t, p = _checked_codes(y_true, y_pred, classes)
+    g, s = _speaker_codes(groups, len(t))
+    if s < 2:
+        raise ConfigError("the speaker bootstrap needs at least 2 speakers, found 1; "
+                          "use the utterance bootstrap")
+    return _percentile_interval(_speaker_boot_uas(t, p, g, s, len(classes), n_boot, seed), level)
+
+
+def ua_ci_with_method(y_true: Sequence, y_pred: Sequence, classes: Sequence,
+                      groups: Sequence[Any] | None = None, method: str = "speaker-bootstrap",
+                      n_boot: int = 1000, seed: int = 0, level: float = 0.95
+                      ) -> tuple[float, float, str]:
+    """``(lo, hi, method_used)``: the UA interval by ``method`` (one of :data:`CI_METHODS`).
+
+    ``speaker-bootstrap`` needs ``groups`` (ConfigError without); with a single speaker it
+    falls back to the utterance bootstrap and ``method_used`` is ``"utterance-bootstrap"``.
+    ``utterance-bootstrap`` ignores ``groups``.
+    """
+    if method not in CI_METHODS:
+        raise ConfigError(f"unknown interval method {method!r}; choose one of "
+                          f"{', '.join(CI_METHODS)}")
+    n_boot = _check_count(n_boot, "n_boot", "--n-boot")
+    if method == "speaker-bootstrap":
+        if groups is None:
+            raise ConfigError("the speaker bootstrap needs the speaker of each utterance (groups)")
+        t, _ = _checked_codes(y_true, y_pred, classes)
+        if _speaker_codes(groups, len(t))[1] >= 2:
+            lo, hi = speaker_bootstrap_ua_ci(y_true, y_pred, groups, classes, n_boot, seed, level)
+            return lo, hi, "speaker-bootstrap"
+    lo, hi = bootstrap_ua_ci(y_true, y_pred, classes, n_boot, seed, level)
+    return lo, hi, "utterance-bootstrap"
+
+
+def ua_ci(y_true: Sequence, y_pred: Sequence, classes: Sequence,
+          groups: Sequence[Any] | None = None, method: str = "speaker-bootstrap",
+          n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """``(lo, hi)`` of :func:`ua_ci_with_method` (which also says which method was used)."""
+    lo, hi, _ = ua_ci_with_method(y_true, y_pred, classes, groups, method, n_boot, seed, level)
+    return lo, hi
+
+
+def _swap_patterns(s: int, n_perm: int, rng: np.random.Generator):
+    """``(exact, chunks)``: all ``2^S`` 0/1 swap patterns if ``2^S <= n_perm`` (one chunk),
+    else ``n_perm`` uniform random patterns in chunks of rows; each chunk ``(m, S)`` float."""
+    if 2 ** s <= n_perm:
+        codes = np.arange(2 ** s)[:, None]
+        return True, [((codes >> np.arange(s)) & 1).astype(float)]
+    per_chunk = max(1, _BOOT_CHUNK // s)
+    sizes = [min(per_chunk, n_perm - start) for start in range(0, n_perm, per_chunk)]
+    return False, (rng.integers(0, 2, size=(m, s)).astype(float) for m in sizes)
+
+
+def _swap_stats(z: np.ndarray, hits_a: np.ndarray, hits_b: np.ndarray,
+                totals: np.ndarray) -> np.ndarray:
+    """``|UA_a' - UA_b'|`` for each swap pattern row of ``z`` ``(M, S)``."""
+    moved = z @ (hits_b - hits_a)                      # (M, K) hits system a gains by swapping
+    n = totals.sum(0)[None]
+    ua_a = _ua_from_counts(hits_a.sum(0)[None] + moved, n)
+    ua_b = _ua_from_counts(hits_b.sum(0)[None] - moved, n)
+    return np.abs(ua_a - ua_b)
+
+
+def _swap_permutation_p(hits_a: np.ndarray, hits_b: np.ndarray, totals: np.ndarray,
+                        n_perm: int, rng: np.random.Generator) -> tuple[float, str]:
+    """Two-sided speaker-swap permutation p-value and ``"exact"`` / ``"monte-carlo"``."""
+    s = len(totals)
+    observed = _swap_stats(np.zeros((1, s)), hits_a, hits_b, totals)[0]
+    exact, chunks = _swap_patterns(s, n_perm, rng)
+    count = sum(int(np.sum(_swap_stats(z, hits_a, hits_b, totals) >= observed - _PERM_TOL))
+                for z in chunks)
+    if exact:
+        return count / 2 ** s, "exact"
+    return (1 + count) / (1 + n_perm), "monte-carlo"
+
+
+def paired_comparison(y_true: Sequence, pred_a: Sequence, pred_b: Sequence,
+                      groups: Sequence[Any], classes: Sequence, n_boot: int = 1000,
+                      n_perm: int = 10000, seed: int = 0) -> dict[str, Any]:
+    """Compare systems ``a`` and ``b`` (predicted labels for the same utterances).
+
+    Returns ``dict(ua_a, ua_b, diff, ci95, p_value, p_method, n_speakers, method)`` with
+    ``diff = ua_a - ua_b`` and ``ci95 = [lo, hi]`` of the difference; exact definitions in the
+    module docstring. ConfigError for fewer than 2 speakers (nothing to resample or swap).
+    """
+    n_boot = _check_count(n_boot, "n_boot", "--n-boot")
+    n_perm = _check_count(n_perm, "n_perm", "--n-perm")
+    t, pa = _checked_codes(y_true, pred_a, classes)
+    _, pb = _checked_codes(y_true, pred_b, classes)
+    g, s = _speaker_codes(groups, len(t))
+    if s < 2:
+        raise ConfigError("a paired comparison needs at least 2 speakers, found 1")
+    totals, (hits_a, hits_b) = _speaker_tables(t, g, s, len(classes), t == pa, t == pb)
+    ua_a = float(_ua_from_counts(hits_a.sum(0)[None], totals.sum(0)[None])[0])
+    ua_b = float(_ua_from_counts(hits_b.sum(0)[None], totals.sum(0)[None])[0])
+    rng = np.random.default_rng(seed)
+    diffs = np.concatenate([_ua_from_counts(w @ hits_a, w @ totals)
+                            - _ua_from_counts(w @ hits_b, w @ totals)
+                            for w in _speaker_draws(rng, s, n_boot)])
+    lo, hi = _percentile_interval(diffs, 0.95)
+    p_value, p_method = _swap_permutation_p(hits_a, hits_b, totals, n_perm, rng)
+    return {"ua_a": ua_a, "ua_b": ua_b, "diff": ua_a - ua_b, "ci95": [lo, hi],
+            "p_value": float(p_value), "p_method": p_method, "n_speakers": s,
+            "method": _PAIRED_METHOD}
+
+
+def verdict(comparison: dict[str, Any], alpha: float = 0.05) -> str:
+    """Verdict on the claim "system a beats system b" from :func:`paired_comparison`.
+
+    ``"supported"``: ``ci95`` lies entirely above 0 and ``p_value <= alpha``;
+    ``"refuted"``: ``ci95`` lies entirely below 0 and ``p_value <= alpha`` (b beats a);
+    ``"undecided"`` otherwise. Requiring the permutation test as well keeps the verdict
+    honest with few speakers, where the speaker bootstrap is optimistic (with 2 speakers the
+    exact test cannot reach p < 0.5).
+    """
+    if not 0 < alpha < 1:
+        raise ConfigError(f"alpha must be in (0, 1), got {alpha}")
+    lo, hi = comparison["ci95"]
+    if comparison["p_value"] <= alpha:
+        if lo > 0:
+            return "supported"
+        if hi < 0:
+            return "refuted"
+    return "undecided"

@@ -8,12 +8,27 @@ which are comparable across views (calibrated probabilities from
 * ``s2 = b*s_mid + (1-b)*s_side``                   (eq. 9, weight ``beta``)
 * ``s  = g*s1 + (1-g)*s2``                          (eq. 10, weight ``gamma``)
 
-Weights are searched exhaustively on :data:`GRID` (0.0, 0.1, ..., 1.0). The criterion is UA
-(unweighted average recall of the arg-max class over the classes present in ``y``). Ties
-(UA within 1e-12 of the best) are broken deterministically: first prefer the weights closest
-to equal weighting, measured as the sum over the searched weights of ``|w - 0.5|`` in grid
-steps; then the lexicographically smallest ``(alpha, beta, gamma)`` (only the searched ones).
-The arg-max over classes breaks its own ties towards the first class in ``classes``.
+Weights take values on :data:`GRID` (0.0, 0.1, ..., 1.0). The criterion is UA (unweighted
+average recall of the arg-max class over the classes present in ``y``). Ties (UA within 1e-12
+of the best among the candidates searched) are broken deterministically: first prefer the
+weights closest to equal weighting, measured as the sum over the searched weights of
+``|w - 0.5|`` in grid steps; then the lexicographically smallest tuple of the searched weights,
+in the order ``(alpha, beta, gamma)``. The arg-max over classes breaks its own ties towards the
+first class in ``classes``.
+
+The two-view fusions (``left+right``: ``alpha``; ``mid+side``: ``beta``) search their one
+weight over the 11 grid values. The four-view fusion ``left+right+mid+side`` has two searches
+(:data:`SEARCHES`):
+
+* ``staged`` (default; the paper's two stages): ``alpha`` is the ``left+right`` choice on its
+  own (UA of eq. 8 alone), ``beta`` is the ``mid+side`` choice on its own (eq. 9 alone), then
+  ``gamma`` is searched over the 11 grid values with ``alpha`` and ``beta`` fixed (UA of eq.
+  10; ties by the rule above applied to ``gamma`` alone). 3 x 11 candidates.
+* ``joint``: all 11^3 ``(alpha, beta, gamma)`` searched together on the UA of eq. 10; ties by
+  the rule above over all three weights.
+
+Either way the reported UA is the UA of eq. 10 at the chosen weights. ``joint`` reaches at
+least the staged UA on the data it searches, but may pick a different ``(alpha, beta)``.
 """
 from __future__ import annotations
 
@@ -24,6 +39,7 @@ import numpy as np
 from .errors import ConfigError
 
 GRID = tuple(round(0.1 * i, 1) for i in range(11))
+SEARCHES = ("staged", "joint")
 FUSIONS: dict[str, tuple[str, ...]] = {
     "left+right": ("left", "right"),
     "mid+side": ("mid", "side"),
@@ -121,14 +137,40 @@ def _grid_ua(scores: Mapping[str, np.ndarray], fusion_name: str, codes: np.ndarr
     return ua
 
 
+def _tie_break(ua: np.ndarray) -> tuple[int, ...]:
+    """Grid indices of the best entry of ``ua`` (one axis per searched weight), with the
+    module's tie-breaking rule."""
+    ties = np.argwhere(ua >= ua.max() - _UA_TIE_TOL)              # grid indices, (m, n_w)
+    key = [(int(np.abs(t - 5).sum()), tuple(int(i) for i in t)) for t in ties]
+    return tuple(int(i) for i in ties[min(range(len(ties)), key=key.__getitem__)])
+
+
+def _staged_search(scores: Mapping[str, np.ndarray], codes: np.ndarray
+                   ) -> tuple[tuple[int, int, int], float]:
+    """Grid indices ``(alpha, beta, gamma)`` of the staged search and the UA they reach."""
+    (ia,) = _tie_break(_grid_ua(scores, "left+right", codes))
+    (ib,) = _tie_break(_grid_ua(scores, "mid+side", codes))
+    s = {v: np.asarray(scores[v], dtype=np.float64) for v in FUSIONS["left+right+mid+side"]}
+    a, b = GRID[ia], GRID[ib]
+    s1 = a * s["left"] + (1 - a) * s["right"]          # same arithmetic as eq. 8 in fuse
+    s2 = b * s["mid"] + (1 - b) * s["side"]
+    ua = _ua_of_predictions(_pair_candidates(s1, s2).argmax(-1), codes)     # (11g,)
+    (ig,) = _tie_break(ua)
+    return (ia, ib, ig), float(ua[ig])
+
+
 def select_weights(scores: Mapping[str, np.ndarray], y: Sequence, fusion_name: str,
-                   classes: Sequence) -> tuple[dict[str, float], float]:
-    """Exhaustive grid search of the fusion weights maximising UA on ``(scores, y)``.
+                   classes: Sequence, search: str = "staged") -> tuple[dict[str, float], float]:
+    """Grid search of the fusion weights maximising UA on ``(scores, y)``.
 
     ``scores``: view -> ``(N, K)`` with columns in ``classes`` order; ``y``: ``N`` labels.
-    Returns ``(weights, best_ua)``; ``weights`` has ``alpha`` (left+right), ``beta``
-    (mid+side) or all of ``alpha, beta, gamma`` (four views). Ties: see the module docstring.
+    ``search``: ``"staged"`` or ``"joint"`` (:data:`SEARCHES`; they differ only for the four
+    views). Returns ``(weights, ua)``; ``weights`` has ``alpha`` (left+right), ``beta``
+    (mid+side) or all of ``alpha, beta, gamma`` (four views); ``ua`` is the UA at those
+    weights. Searches and ties: see the module docstring.
     """
+    if search not in SEARCHES:
+        raise ConfigError(f"unknown weight search {search!r}; choose one of {', '.join(SEARCHES)}")
     _check_fusion(fusion_name, scores)
     codes = _label_codes(y, classes)
     if len(codes) == 0:
@@ -136,10 +178,11 @@ def select_weights(scores: Mapping[str, np.ndarray], y: Sequence, fusion_name: s
     if np.shape(scores[FUSIONS[fusion_name][0]]) != (len(codes), len(classes)):
         raise ConfigError(f"scores of shape {np.shape(scores[FUSIONS[fusion_name][0]])} do not "
                           f"match {len(codes)} labels and {len(classes)} classes")
-    ua = _grid_ua(scores, fusion_name, codes)
-    best = ua.max()
-    ties = np.argwhere(ua >= best - _UA_TIE_TOL)                   # grid indices, (m, n_w)
-    key = [(int(np.abs(t - 5).sum()), tuple(int(i) for i in t)) for t in ties]
-    chosen = ties[min(range(len(ties)), key=key.__getitem__)]
     names = _WEIGHT_NAMES[fusion_name]
-    return {name: GRID[int(i)] for name, i in zip(names, chosen)}, float(ua[tuple(chosen)])
+    if search == "staged" and len(names) == 3:
+        chosen, best = _staged_search(scores, codes)
+    else:
+        ua = _grid_ua(scores, fusion_name, codes)
+        chosen = _tie_break(ua)
+        best = float(ua[chosen])
+    return {name: GRID[i] for name, i in zip(names, chosen)}, best
