@@ -79,13 +79,13 @@ def test_corrupt_entry_is_recomputed_with_a_warning(tmp_path):
     pooled, y, groups, train, test = _study()
     X = pooled[("left", "block-max")]
     cache = FoldResultCache(tmp_path, y, groups, train, test, seed=0, n_classes=3)
-    proba, C = cache.fit_predict(X)
+    proba, C, _ = cache.fit_predict(X)
     assert proba.shape == (len(test), 3) and C > 0
     np.testing.assert_allclose(proba.sum(axis=1), 1.0)
     (entry,) = list(tmp_path.rglob("*.npy"))
     entry.write_bytes(entry.read_bytes()[:40])               # truncated
     with pytest.warns(CacheWarning, match="unreadable"):
-        again, C_again = cache.fit_predict(X)
+        again, C_again, _ = cache.fit_predict(X)
     np.testing.assert_array_equal(again, proba)
     assert C_again == C
 

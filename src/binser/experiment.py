@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -27,15 +27,22 @@ from .classifier import ViewClassifier, concat_features
 from .config import FrontEndConfig
 from .corpora import Corpus, corpus as load_corpus
 from .errors import ConfigError
-from .evaluation import bootstrap_ua_ci, folds as make_folds, metrics
+from .evaluation import folds as make_folds, metrics, ua_ci_with_method
 from .fusion import FUSIONS, fuse, select_weights
 from .pooling import POOLINGS, make_pooling
+from .normalisation import coverage_warning, speaker_normalise
 from .preflight import check_on_error, screen_corpus
 from .views import VIEWS
 
 MODES = ("frozen", "finetune")
+NORM_PREFIX = "speaker-norm:"
 FINETUNE_PRESETS = ("paper", "cpu")
 BASELINES = ("opensmile",)
+
+
+def is_encoder(backbone: str) -> bool:
+    """True for speech encoders (``whisper-*``), whose features are 20 ms frames."""
+    return str(backbone).startswith("whisper-")
 
 
 @dataclass(frozen=True)
@@ -45,16 +52,20 @@ class ExperimentSettings:
     dataset: str
     root: str
     protocol: str = "loso"
-    backbone: str = "efficientnet_lite0"
+    backbone: str = "efficientnet_lite0"     # or whisper-<size>; the CLI's "auto" resolves it
     input_size: int | None = None
     weights: str | None = None
+    layer: int | str | None = None            # encoders: hidden-state index, "auto", None = default
     allow_random: bool = False
     mode: str = "frozen"
     views: tuple[str, ...] = VIEWS
     poolings: tuple[str, ...] = POOLINGS
     blocks: int = 2
     levels: int | None = None
-    fusion_pooling: str = "block-max"
+    fusion_pooling: str | None = None         # None: block-max (CNNs), stats (encoders)
+    fusion_search: str = "staged"             # the paper's two stages, or "joint"
+    speaker_norm: bool = False                # add runs on speaker-normalised features
+    ci_method: str = "speaker-bootstrap"
     manifest: str | None = None
     cache_dir: str | None = None
     batch_size: int = 64
@@ -82,12 +93,46 @@ class ExperimentSettings:
         unknown = [b for b in self.baselines if b not in BASELINES]
         if unknown:
             raise ConfigError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
-        if self.fusion_pooling not in self.poolings:
-            raise ConfigError(f"fusion pooling {self.fusion_pooling!r} is not among the poolings run")
+        if self.fusion_pooling is not None and self.fusion_pooling not in self.poolings:
+            raise ConfigError(f"fusion pooling {self.fusion_pooling!r} (--pooling) is not among "
+                              f"the poolings run (--poolings {','.join(self.poolings)})")
+        if self.resolved_fusion_pooling() not in self.poolings:
+            raise ConfigError(f"the fusion pooling {self.resolved_fusion_pooling()!r} of backbone "
+                              f"{self.backbone} is not among the poolings run (--poolings "
+                              f"{','.join(self.poolings)})")
+        from .evaluation import CI_METHODS
+        from .fusion import SEARCHES
+
+        if self.fusion_search not in SEARCHES:
+            raise ConfigError(f"unknown fusion search {self.fusion_search!r}; choose from "
+                              f"{', '.join(SEARCHES)}")
+        if self.ci_method not in CI_METHODS:
+            raise ConfigError(f"unknown interval method {self.ci_method!r}; choose from "
+                              f"{', '.join(CI_METHODS)}")
+        if int(self.n_boot) != self.n_boot or self.n_boot < 1:
+            raise ConfigError(f"--n-boot must be a positive integer, got {self.n_boot!r}")
+        if is_encoder(self.backbone):
+            if self.mode != "frozen":
+                raise ConfigError(f"{self.backbone}: only mode frozen is available for speech "
+                                  "encoders")
+            if not (self.layer is None or self.layer == "auto"
+                    or (isinstance(self.layer, int) and self.layer >= 0)):
+                raise ConfigError(f"--layer must be a non-negative integer or 'auto', got "
+                                  f"{self.layer!r}")
+        elif self.layer is not None:
+            raise ConfigError(f"--layer applies to speech encoders (whisper-*), not to "
+                              f"{self.backbone}")
         if self.finetune_preset not in FINETUNE_PRESETS:
             raise ConfigError(f"unknown fine-tuning preset {self.finetune_preset!r}; choose "
                               f"from {', '.join(FINETUNE_PRESETS)}")
         check_on_error(self.on_error)
+
+    def resolved_fusion_pooling(self) -> str:
+        """The pooling whose scores are fused: ``fusion_pooling``, else the backbone's default
+        (``stats`` for speech encoders, the paper's ``block-max`` for image CNNs)."""
+        if self.fusion_pooling is not None:
+            return self.fusion_pooling
+        return "stats" if is_encoder(self.backbone) else "block-max"
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "frontend"}
@@ -114,20 +159,68 @@ def _progress(message: str, enabled: bool) -> None:
         print(f"[binser] {message}", flush=True)
 
 
-def extract_features(corpus: Corpus, settings: ExperimentSettings, progress: bool = True):
-    """Segment features per view for every utterance: dict[view, list[(n_i, d)]], and the
-    backbone used (its identity goes into the results)."""
-    from .backbones import get_backbone
-    from .features import SegmentFeatureExtractor
+def encoder_layers(settings: ExperimentSettings, backbone) -> tuple[int, ...]:
+    """Encoder layers to compute: the one asked for, the backbone's default, or every layer
+    (``--layer auto``)."""
+    if settings.layer == "auto":
+        return tuple(range(backbone.n_layers + 1))
+    layer = backbone.default_layer if settings.layer is None else int(settings.layer)
+    if not 0 <= layer <= backbone.n_layers:
+        raise ConfigError(f"{backbone.name} has layers 0..{backbone.n_layers}; --layer {layer} "
+                          "is not one of them")
+    return (layer,)
 
-    backbone = get_backbone(settings.backbone, weights=settings.weights,
-                            input_size=settings.input_size, allow_random=settings.allow_random)
-    extractor = SegmentFeatureExtractor(backbone, config=settings.frontend, views=settings.views,
-                                        cache_dir=settings.cache_dir,
-                                        batch_size=settings.batch_size,
-                                        num_threads=settings.num_threads, progress=progress)
-    features = extractor.extract([u.path for u in corpus])
-    return features, backbone
+
+def load_backbone(settings: ExperimentSettings, input_size: int | None = None):
+    """The backbone of an experiment (image CNN or speech encoder), weights checked."""
+    if is_encoder(settings.backbone):
+        from .backbones.whisper import load_whisper
+
+        return load_whisper(settings.backbone, weights=settings.weights,
+                            cache_dir=settings.cache_dir)
+    from .backbones import get_backbone
+
+    return get_backbone(settings.backbone, weights=settings.weights,
+                        input_size=input_size or settings.input_size,
+                        allow_random=settings.allow_random)
+
+
+def extract_features(corpus: Corpus, settings: ExperimentSettings, progress: bool = True,
+                     backbone=None):
+    """Segment (CNN) or frame (encoder) features per view for every utterance.
+
+    Returns ``({layer: {view: [(n_i, d), ...]}}, backbone)``; image CNNs have the single
+    layer key ``None``. With ``--layer auto`` every layer is computed and cached in one pass
+    but only one layer at a time is held: iterate over :func:`iter_layer_features` instead.
+    """
+    backbone = backbone or load_backbone(settings)
+    return dict(iter_layer_features(corpus, settings, backbone, progress)), backbone
+
+
+def iter_layer_features(corpus: Corpus, settings: ExperimentSettings, backbone,
+                        progress: bool = True):
+    """Yield ``(layer, {view: [(n_i, d), ...]})``, one layer at a time (see above)."""
+    paths = [u.path for u in corpus]
+    if not is_encoder(settings.backbone):
+        from .features import SegmentFeatureExtractor
+
+        extractor = SegmentFeatureExtractor(backbone, config=settings.frontend,
+                                            views=settings.views, cache_dir=settings.cache_dir,
+                                            batch_size=settings.batch_size,
+                                            num_threads=settings.num_threads, progress=progress)
+        yield None, extractor.extract(paths)
+        return
+    from .features import FrameFeatureExtractor
+
+    layers = encoder_layers(settings, backbone)
+    extractor = FrameFeatureExtractor(backbone, config=settings.frontend, views=settings.views,
+                                      layers=layers, cache_dir=settings.cache_dir,
+                                      num_threads=settings.num_threads, progress=progress)
+    if settings.cache_dir is None:          # nothing to reload from: hold every layer
+        yield from extractor.extract(paths).items()
+        return
+    for layer in layers:                     # the first call encodes and caches every layer
+        yield layer, extractor.extract(paths, keep=[layer])[layer]
 
 
 def finetune_settings(settings: ExperimentSettings):
@@ -166,12 +259,34 @@ def finetuned_features(corpus: Corpus, y: np.ndarray, fold_list, settings: Exper
 
 
 def pool_features(features: dict[str, list[np.ndarray]], settings: ExperimentSettings
-                  ) -> dict[tuple[str, str], np.ndarray]:
-    """Utterance-level features for every (view, pooling). Pooling is per utterance and has
-    no fitted state, so doing it once for all folds leaks nothing."""
-    return {(view, name): make_pooling(name, blocks=settings.blocks, levels=settings.levels)
-            .fit_transform(features[view])
-            for view in settings.views for name in settings.poolings}
+                  ) -> tuple[dict[tuple[str, str], np.ndarray], dict[str, np.ndarray]]:
+    """Utterance-level features for every (view, pooling), and ``{view: silent rows}``.
+
+    Pooling is per utterance and has no fitted state, so doing it once for all folds leaks
+    nothing. A view without signal in every utterance is left out of both dicts.
+    """
+    from .pooling import PoolingInputError, pool_utterances
+
+    pooled, silent = {}, {}
+    for view in settings.views:
+        for name in settings.poolings:
+            pooling = make_pooling(name, blocks=settings.blocks, levels=settings.levels)
+            try:
+                pooled[(view, name)], silent[view] = pool_utterances(pooling, features[view])
+            except PoolingInputError:
+                break                          # no signal anywhere: an absent view
+    return pooled, silent
+
+
+def pooled_study_features(layer_features, settings: ExperimentSettings) -> PooledFeatures:
+    """:class:`PooledFeatures` from ``(layer, {view: frames})`` pairs (pooled one layer at a
+    time, so frames of one layer only are held)."""
+    by_layer, silent, n_rows = {}, {}, {}
+    for layer, features in layer_features:
+        by_layer[layer], silent = pool_features(features, settings)
+        n_rows = n_rows or {v: [len(f) for f in features[v]] for v in settings.views}
+    absent = tuple(v for v in settings.views if v not in silent)
+    return PooledFeatures(by_layer, silent, absent, n_rows)
 
 
 def baseline_features(corpus: Corpus, settings: ExperimentSettings, progress: bool = True
@@ -206,14 +321,18 @@ def _fit_predict(X: np.ndarray, y: np.ndarray, groups: np.ndarray, train: np.nda
 class FoldResultCache:
     """Classifier outputs of one outer fold, cached on disk (float64, bit-exact reruns).
 
-    An entry's key hashes everything its value depends on: the feature matrix, the labels,
-    the speakers, the fold's train/test indices, the classifier's parameters and seed and the
-    source of :mod:`binser.classifier`; so a rerun with the same inputs skips the SVMs and
-    any change recomputes. Entries live under ``<cache_dir>/classifier``; ``cache_dir=None``
-    disables caching.
+    An entry's key hashes everything its value depends on: the feature matrix, the rows
+    without signal, the labels, the speakers, the fold's train/test indices, the
+    classifier's parameters and seed and the source of :mod:`binser.classifier`; so a rerun
+    with the same inputs skips the SVMs and any change recomputes. Entries live under
+    ``<cache_dir>/classifier``; ``cache_dir=None`` disables caching.
+
+    Rows flagged in ``silent`` (a view without signal in that file) are left out of training
+    and get uniform probabilities ``1/K`` at test time: in a score fusion they shift every
+    class equally, so the other views decide.
     """
 
-    FORMAT = "binser-fold-results-v1"
+    FORMAT = "binser-fold-results-v2"
 
     def __init__(self, cache_dir: str | Path | None, y: np.ndarray, groups: np.ndarray,
                  train: np.ndarray, test: np.ndarray, seed: int, n_classes: int):
@@ -231,83 +350,183 @@ class FoldResultCache:
             for array in (y, np.asarray(groups).astype(str), train, test):
                 update_with_array(self._context, array)
 
-    def _key(self, what: str, X: np.ndarray) -> str:
+    def _key(self, what: str, X: np.ndarray, silent: np.ndarray) -> str:
         digest = self._context.copy()
         digest.update(what.encode())
         update_with_array(digest, X)
+        update_with_array(digest, silent)
         return digest.hexdigest()[:40]
 
-    def _cached(self, what: str, X: np.ndarray, rows: int, compute: Callable[[], np.ndarray]
-                ) -> np.ndarray:
+    def _cached(self, what: str, X: np.ndarray, silent: np.ndarray, rows: int,
+                compute: Callable[[], np.ndarray]) -> np.ndarray:
         if self.store is None:
             return compute()
-        key = self._key(what, X)
+        key = self._key(what, X, silent)
         value = self.store.get(key, self.n_classes)
         if value is None or len(value) != rows:
             value = compute()
             self.store.put(key, value)
         return value
 
-    def fit_predict(self, X: np.ndarray) -> tuple[np.ndarray, float]:
-        """Test probabilities ``(n_test, K)`` of a classifier fitted on the training fold, and
-        its C."""
+    def _silent(self, X: np.ndarray, silent: np.ndarray | None) -> np.ndarray:
+        return np.zeros(len(X), dtype=bool) if silent is None else np.asarray(silent, bool)
+
+    def fit_predict(self, X: np.ndarray, silent: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, float, float]:
+        """Test probabilities ``(n_test, K)`` of a classifier fitted on the training fold's
+        rows with signal, its C and its inner-CV score (mean UA over the inner folds at C,
+        training speakers only)."""
+        silent = self._silent(X, silent)
+
         def compute() -> np.ndarray:
-            proba, clf = _fit_predict(X, self.y, self.groups, self.train, self.test, self.seed,
+            train = self.train[~silent[self.train]]
+            proba, clf = _fit_predict(X, self.y, self.groups, train, self.test, self.seed,
                                       self.n_classes)
+            proba[silent[self.test]] = 1.0 / self.n_classes
             first = np.zeros((1, self.n_classes))
-            first[0, 0] = clf.C_          # row 0 carries C; the rest are the probabilities
+            first[0, :2] = clf.C_, clf.best_score_   # row 0: C and inner-CV score
             return np.vstack([first, proba])
 
-        value = self._cached("fit_predict", X, len(self.test) + 1, compute)
-        return value[1:], float(value[0, 0])
+        value = self._cached("fit_predict", X, silent, len(self.test) + 1, compute)
+        return value[1:], float(value[0, 0]), float(value[0, 1])
 
-    def oof_proba(self, X: np.ndarray) -> np.ndarray:
+    def oof_proba(self, X: np.ndarray, silent: np.ndarray | None = None) -> np.ndarray:
         """Out-of-fold probabilities ``(n_train, K)`` over the training speakers (nested
-        fusion weights)."""
+        fusion weights); rows without signal get ``1/K``."""
+        silent = self._silent(X, silent)
         train = self.train
 
         def compute() -> np.ndarray:
+            out = np.full((len(train), self.n_classes), 1.0 / self.n_classes)
+            rows = ~silent[train]
+            used = train[rows]
             proba = ViewClassifier(random_state=self.seed).oof_proba(
-                X[train], self.y[train], self.groups[train])
-            return full_columns(proba, np.unique(self.y[train]), self.n_classes)
+                X[used], self.y[used], self.groups[used])
+            out[rows] = full_columns(proba, np.unique(self.y[used]), self.n_classes)
+            return out
 
-        return self._cached("oof_proba", X, len(train), compute)
-
-
-def fusions_for(views: Sequence[str]) -> dict[str, tuple[str, ...]]:
-    """The score/feature fusions whose views were all computed."""
-    return {name: vs for name, vs in FUSIONS.items() if all(v in views for v in vs)}
+        return self._cached("oof_proba", X, silent, len(train), compute)
 
 
-def evaluate_fold(pooled: dict[tuple[str, str], np.ndarray], y: np.ndarray, groups: np.ndarray,
+@dataclass
+class PooledFeatures:
+    """Utterance-level features of a study, ready for the classifiers.
+
+    ``by_layer``: ``{layer: {(view, pooling): (N, D)}}`` (image CNNs: the single key
+    ``None``; ``--layer auto``: every candidate layer). ``silent``: ``{view: (N,) bool}``,
+    utterances where the view carries no signal. ``absent``: views without signal in every
+    utterance (no runs, left out of the fusions). Baseline features (openSMILE) sit under
+    every layer with their own keys, e.g. ``("opensmile", "is10")``.
+    """
+
+    by_layer: dict[Any, dict[tuple[str, str], np.ndarray]]
+    silent: dict[str, np.ndarray]
+    absent: tuple[str, ...] = ()
+    n_rows: dict[str, list[int]] = field(default_factory=dict)   # segments/frames per file
+
+    @property
+    def auto(self) -> bool:
+        return len(self.by_layer) > 1
+
+    def layer_features(self, layer: Any = None) -> dict[tuple[str, str], np.ndarray]:
+        """The features of one layer (default: the only one)."""
+        return self.by_layer[next(iter(self.by_layer)) if layer is None else layer]
+
+    def with_rows(self, transform: Callable[[tuple[str, str], np.ndarray], np.ndarray]
+                  ) -> "PooledFeatures":
+        """A copy with every matrix replaced by ``transform(key, X)``."""
+        return PooledFeatures({layer: {k: transform(k, X) for k, X in mats.items()}
+                               for layer, mats in self.by_layer.items()},
+                              self.silent, self.absent, self.n_rows)
+
+
+def as_pooled(pooled: PooledFeatures | Mapping[tuple[str, str], np.ndarray]) -> PooledFeatures:
+    """Plain ``{(view, pooling): X}`` dicts (every row with signal) as :class:`PooledFeatures`."""
+    return pooled if isinstance(pooled, PooledFeatures) else PooledFeatures({None: dict(pooled)}, {})
+
+
+def fusions_for(views: Sequence[str], absent: Sequence[str] = ()) -> dict[str, tuple[str, ...]]:
+    """The score/feature fusions whose views were all computed, with absent views (no signal
+    in the whole corpus) left out; a fusion left with one view is dropped."""
+    out = {}
+    for name, vs in FUSIONS.items():
+        if all(v in views for v in vs):
+            present = tuple(v for v in vs if v not in absent)
+            if len(present) >= 2:
+                out[name] = present
+    return out
+
+
+def choose_layers(pooled: PooledFeatures, cache: FoldResultCache, views: Sequence[str],
+                  pooling: str) -> dict[str, Any]:
+    """``--layer auto``: per view, the layer whose classifier at ``pooling`` has the best
+    inner-CV UA on the training speakers (ties: the lower layer). Also returns the inner-CV
+    score of every layer under ``"scores"``."""
+    chosen: dict[str, Any] = {"scores": {}}
+    for view in views:
+        scores = {layer: cache.fit_predict(mats[(view, pooling)], pooled.silent.get(view))[2]
+                  for layer, mats in sorted(pooled.by_layer.items())}
+        chosen[view] = max(scores, key=lambda layer: (scores[layer], -layer))
+        chosen["scores"][view] = {str(k): v for k, v in scores.items()}
+    return chosen
+
+
+def evaluate_fold(pooled: PooledFeatures, y: np.ndarray, groups: np.ndarray,
                   train: np.ndarray, test: np.ndarray, settings: ExperimentSettings,
                   n_classes: int) -> tuple[dict[str, tuple[np.ndarray, dict]], dict[str, np.ndarray]]:
-    """One outer fold: every view x pooling, nested score fusion, feature fusion.
+    """One outer fold: every view x pooling, the best view chosen on the training speakers,
+    nested score fusion, feature fusion.
 
     Everything here is fitted on ``train`` only. Returns run name -> (predicted class indices
     of ``test``, what the fold chose), and the test probabilities of the fusion views.
     """
     from threadpoolctl import threadpool_limits
 
+    pooled = as_pooled(pooled)
     out: dict[str, tuple[np.ndarray, dict]] = {}
     test_proba: dict[str, np.ndarray] = {}
-    fusion_views = [v for v in VIEWS if v in settings.views]
+    fusion_pooling = settings.resolved_fusion_pooling()
+    views = [v for v in settings.views if v not in pooled.absent]
+    fusion_views = [v for v in VIEWS if v in views]
     cache = FoldResultCache(settings.cache_dir, y, groups, train, test, settings.seed, n_classes)
+    no_rows = np.zeros(len(y), dtype=bool)
     with threadpool_limits(1):    # liblinear is serial; folds run in parallel instead
-        for (view, pooling), X in pooled.items():
-            proba, C = cache.fit_predict(X)
-            out[f"{view}/{pooling}"] = (proba.argmax(axis=1), {"C": C})
-            if pooling == settings.fusion_pooling and view in fusion_views:
+        layer_of: dict[str, Any] = {}
+        if pooled.auto:
+            layer_of = choose_layers(pooled, cache, views, fusion_pooling)
+        features = {key: pooled.by_layer[layer_of[key[0]]][key] if key[0] in layer_of
+                    else X for key, X in pooled.layer_features().items()}
+        silent = {key: pooled.silent.get(key[0], no_rows) for key in features}
+        inner: dict[str, float] = {}
+        for (view, pooling), X in features.items():
+            if view in pooled.absent:
+                continue
+            proba, C, score = cache.fit_predict(X, silent[(view, pooling)])
+            chosen: dict[str, Any] = {"C": C}
+            if view in layer_of:
+                chosen.update(layer=layer_of[view], layer_scores=layer_of["scores"][view])
+            out[f"{view}/{pooling}"] = (proba.argmax(axis=1), chosen)
+            if view in settings.views:
+                inner[f"{view}/{pooling}"] = score
+            if pooling == fusion_pooling and view in fusion_views:
                 test_proba[view] = proba
+        if inner:   # the honest single-view comparator: chosen on the training speakers
+            best = max(inner, key=lambda name: (inner[name], -list(inner).index(name)))
+            out["best-view"] = (out[best][0], {"choice": best, "inner_ua": inner[best]})
         # Nested fusion weights: out-of-fold scores over the training speakers only.
-        oof = {view: cache.oof_proba(pooled[(view, settings.fusion_pooling)])
+        oof = {view: cache.oof_proba(features[(view, fusion_pooling)], pooled.silent.get(view))
                for view in fusion_views}
-        for name, views in fusions_for(settings.views).items():
-            weights, _ = select_weights(oof, y[train], name, list(range(n_classes)))
-            fused = fuse({v: test_proba[v] for v in views}, name, weights)
+        uniform = np.full((len(train), n_classes), 1.0 / n_classes)
+        for name, present in fusions_for(settings.views, pooled.absent).items():
+            scores = {v: oof.get(v, uniform) for v in FUSIONS[name]}
+            weights, _ = select_weights(scores, y[train], name, list(range(n_classes)),
+                                        search=settings.fusion_search)
+            test_scores = {v: test_proba.get(v, np.full((len(test), n_classes), 1.0 / n_classes))
+                           for v in FUSIONS[name]}
+            fused = fuse(test_scores, name, weights)
             out[f"score-fusion/{name}"] = (fused.argmax(axis=1), {"weights": weights})
-            Xcat = concat_features({v: pooled[(v, settings.fusion_pooling)] for v in views}, views)
-            proba, C = cache.fit_predict(Xcat)
+            Xcat = concat_features({v: features[(v, fusion_pooling)] for v in present}, present)
+            proba, C, _ = cache.fit_predict(Xcat)
             out[f"feature-fusion/{name}"] = (proba.argmax(axis=1), {"C": C})
     return out, test_proba
 
@@ -317,16 +536,15 @@ def default_jobs(n_folds: int) -> int:
     return max(1, min(os.cpu_count() or 1, n_folds))
 
 
-def run_folds(pooled: dict[tuple[str, str], np.ndarray] | Sequence[dict[tuple[str, str], np.ndarray]],
-              y: np.ndarray, groups: np.ndarray,
+def run_folds(pooled: PooledFeatures | Sequence[PooledFeatures], y: np.ndarray, groups: np.ndarray,
               fold_list: Sequence[tuple[np.ndarray, np.ndarray]], settings: ExperimentSettings,
               n_classes: int, progress: bool = True, n_jobs: int | None = None
               ) -> tuple[dict[str, RunPredictions], dict[str, np.ndarray]]:
     """Cross-validate every single view x pooling, nested score fusion and feature fusion,
     folds in parallel processes.
 
-    ``pooled``: one dict of utterance features for all folds (frozen mode), or one dict per
-    fold (fine-tuned mode: each fold's networks saw only its training speakers).
+    ``pooled``: utterance features for all folds (frozen mode), or one per fold (fine-tuned
+    mode: each fold's networks saw only its training speakers).
     Returns the runs (keyed by run name) and, for the oracle fusion, the pooled test
     probabilities of each view at the fusion pooling.
     """
@@ -337,7 +555,8 @@ def run_folds(pooled: dict[tuple[str, str], np.ndarray] | Sequence[dict[tuple[st
     runs: dict[str, RunPredictions] = {}
     test_proba: dict[str, np.ndarray] = {}
     jobs = n_jobs or default_jobs(len(fold_list))
-    per_fold = list(pooled) if isinstance(pooled, (list, tuple)) else [pooled] * len(fold_list)
+    per_fold = [as_pooled(p) for p in pooled] if isinstance(pooled, (list, tuple)) \
+        else [as_pooled(pooled)] * len(fold_list)
     outcomes = Parallel(n_jobs=jobs, return_as="generator")(
         delayed(evaluate_fold)(fold_pooled, y, groups, train, test, settings, n_classes)
         for fold_pooled, (train, test) in zip(per_fold, fold_list))
@@ -357,14 +576,17 @@ def run_folds(pooled: dict[tuple[str, str], np.ndarray] | Sequence[dict[tuple[st
 
 
 def oracle_fusions(test_proba: dict[str, np.ndarray], y: np.ndarray, n_classes: int,
-                   tested: np.ndarray) -> dict[str, RunPredictions]:
-    """The paper's weight choice: the grid point that scores best on the pooled test data."""
+                   tested: np.ndarray, fusions: Mapping[str, tuple[str, ...]],
+                   search: str = "staged") -> dict[str, RunPredictions]:
+    """The paper's weight choice: the grid point that scores best on the pooled test data
+    (views absent from the corpus get uniform scores, so their weight has no effect)."""
     out = {}
-    for name, views in FUSIONS.items():
-        if not all(v in test_proba for v in views):
-            continue
-        scores = {v: test_proba[v][tested] for v in views}
-        weights, _ = select_weights(scores, y[tested], name, list(range(n_classes)))
+    uniform = np.full((int(tested.sum()), n_classes), 1.0 / n_classes)
+    for name in fusions:
+        scores = {v: test_proba[v][tested] if v in test_proba else uniform
+                  for v in FUSIONS[name]}
+        weights, _ = select_weights(scores, y[tested], name, list(range(n_classes)),
+                                    search=search)
         predicted = np.full(len(y), -1, dtype=int)
         predicted[tested] = fuse(scores, name, weights).argmax(axis=1)
         out[f"score-fusion/{name}@oracle"] = RunPredictions(
@@ -375,40 +597,102 @@ def oracle_fusions(test_proba: dict[str, np.ndarray], y: np.ndarray, n_classes: 
 
 def summarise_run(r: RunPredictions, y: np.ndarray, classes: list[str],
                   fold_list: Sequence[tuple[np.ndarray, np.ndarray]], n_boot: int,
-                  seed: int) -> dict[str, Any]:
-    """One entry of ``results.json``'s ``runs``: pooled metrics, per-fold UA, bootstrap CI."""
+                  seed: int, speakers: np.ndarray | None = None,
+                  ci_method: str = "speaker-bootstrap") -> dict[str, Any]:
+    """One entry of ``results.json``'s ``runs``: pooled metrics, per-fold UA, the UA
+    interval (``ci_method``; ``ua_ci95_method`` says which was used), per-fold choices."""
     tested = r.predicted >= 0
     names = np.asarray(classes)
     y_true, y_pred = names[y[tested]], names[r.predicted[tested]]
     pooled = metrics(y_true, y_pred, classes)
     fold_ua = [metrics(names[y[test]], names[r.predicted[test]], classes)["ua"]
                for _, test in fold_list]
-    lo, hi = bootstrap_ua_ci(y_true, y_pred, classes, n_boot=n_boot, seed=seed)
+    groups = None if speakers is None else speakers[tested]
+    lo, hi, used = ua_ci_with_method(y_true, y_pred, classes, groups=groups,
+                                     method=ci_method if groups is not None
+                                     else "utterance-bootstrap", n_boot=n_boot, seed=seed)
     out: dict[str, Any] = {"name": r.name, "ua": pooled["ua"], "wa": pooled["wa"],
                            "macro_f1": pooled["macro_f1"], "fold_ua": fold_ua,
-                           "ua_ci95": [lo, hi], "confusion": pooled["confusion"]}
+                           "ua_ci95": [lo, hi], "ua_ci95_method": used,
+                           "confusion": pooled["confusion"]}
     out.update(r.extra)
-    if r.fold_extra and "weights" in r.fold_extra[0]:
-        out["weights"] = [f["weights"] for f in r.fold_extra]   # one dict per fold (nested)
-    if r.fold_extra and "C" in r.fold_extra[0]:
-        out["fold_C"] = [f["C"] for f in r.fold_extra]
+    for key, field_name in (("weights", "weights"), ("C", "fold_C"), ("layer", "fold_layer"),
+                            ("choice", "fold_choice"), ("layer_scores", "fold_layer_scores")):
+        if r.fold_extra and key in r.fold_extra[0]:
+            out[field_name] = [f[key] for f in r.fold_extra]   # one entry per fold
+    return out
+
+
+def comparison_pairs(run_names: Sequence[str], prefix: str = "") -> list[tuple[str, str, str]]:
+    """The paper's claims on the corpus at hand, as ``(claim, run a, run b)`` meaning "a beats
+    b", for the runs present: four-view fusion vs the best view chosen on the training
+    speakers and vs left alone, binaural (left+right) fusion vs left alone, block vs global
+    pooling per view, deep features vs each openSMILE baseline; ``prefix`` names the
+    speaker-normalised family."""
+    names = set(run_names)
+    four, lr = f"{prefix}score-fusion/left+right+mid+side", f"{prefix}score-fusion/left+right"
+    pairs = []
+    lefts = sorted(n for n in names if n.startswith(f"{prefix}left/"))
+    left_fp = next((n for n in lefts if n.endswith("/stats")), None) or next(
+        (n for n in lefts if n.endswith("/block-max")), None)
+    if four in names and f"{prefix}best-view" in names:
+        pairs.append(("four-view fusion beats the best single view", four, f"{prefix}best-view"))
+    if four in names and left_fp:
+        pairs.append(("four-view fusion beats left alone", four, left_fp))
+    if lr in names and left_fp:
+        pairs.append(("binaural (left+right) fusion beats left alone", lr, left_fp))
+    for view in VIEWS:
+        for kind in ("max", "avg"):
+            a, b = f"{prefix}{view}/block-{kind}", f"{prefix}{view}/global-{kind}"
+            if a in names and b in names:
+                pairs.append((f"block {kind} pooling beats global {kind} pooling ({view})", a, b))
+    for base in sorted(n for n in names if n.startswith(f"{prefix}opensmile/")):
+        if four in names:
+            pairs.append((f"deep four-view fusion beats {base[len(prefix):]}", four, base))
+    return pairs
+
+
+def compare_runs(runs: Mapping[str, RunPredictions], y: np.ndarray, classes: list[str],
+                 speakers: np.ndarray, n_boot: int, seed: int) -> list[dict[str, Any]]:
+    """Paired speaker-level comparisons (``results.json``'s ``comparisons``) of the claims
+    of :func:`comparison_pairs`, plus speaker-normalised vs plain for every run that has
+    both."""
+    from .evaluation import paired_comparison, verdict
+
+    names = np.asarray(classes)
+    pairs = comparison_pairs(list(runs)) + comparison_pairs(list(runs), NORM_PREFIX)
+    for name in ("score-fusion/left+right+mid+side", "best-view"):
+        if name in runs and NORM_PREFIX + name in runs:
+            pairs.append((f"speaker normalisation improves {name}", NORM_PREFIX + name, name))
+    out = []
+    for claim, a, b in pairs:
+        tested = (runs[a].predicted >= 0) & (runs[b].predicted >= 0)
+        result = paired_comparison(names[y[tested]], names[runs[a].predicted[tested]],
+                                   names[runs[b].predicted[tested]], speakers[tested], classes,
+                                   n_boot=n_boot, seed=seed)
+        out.append({"claim": claim, "a": a, "b": b, **result, "verdict": verdict(result)})
     return out
 
 
 def _run_order(name: str) -> tuple:
-    """Contract order: single views (left right mid side mono x pooling), score fusions
-    (nested then oracle), feature fusions, baselines."""
-    head, _, tail = name.partition("/")
+    """Contract order: single views (left right mid side mono x pooling), the best view,
+    score fusions (nested then oracle), feature fusions, baselines; speaker-normalised runs
+    after all plain ones, in the same order."""
+    normalised = name.startswith(NORM_PREFIX)
+    head, _, tail = name[len(NORM_PREFIX):].partition("/") if normalised else name.partition("/")
     views = VIEWS + ("mono",)
     fusion_rank = {f: i for i, f in enumerate(FUSIONS)}
     if head in views:
-        return (0, views.index(head), POOLINGS.index(tail) if tail in POOLINGS else 9, name)
+        return (normalised, 0, views.index(head),
+                POOLINGS.index(tail) if tail in POOLINGS else 9, name)
+    if head == "best-view":
+        return (normalised, 1, 0, 0, name)
     if head == "score-fusion":
         base, oracle = tail.partition("@")[0], tail.endswith("@oracle")
-        return (1, int(oracle), fusion_rank.get(base, 9), name)
+        return (normalised, 2, int(oracle), fusion_rank.get(base, 9), name)
     if head == "feature-fusion":
-        return (2, 0, fusion_rank.get(tail, 9), name)
-    return (3, 0, 0, name)
+        return (normalised, 3, 0, fusion_rank.get(tail, 9), name)
+    return (normalised, 4, 0, 0, name)
 
 
 def write_json_atomic(data: Any, path: Path) -> None:
@@ -464,26 +748,32 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
         _progress(f"{len(skipped)} file(s) not used (see 'skipped' in results.json)",
                   progress)
 
+    if settings.speaker_norm:
+        warning = coverage_warning([u.label for u in corpus], speakers)
+        if warning:
+            _progress(f"warning: {warning}", True)
+
     t = time.perf_counter()
     finetune_records = None
     if settings.mode == "finetune":
         fold_features, finetune_records, backbone = finetuned_features(
             corpus, y, fold_list, settings, len(classes), progress)
-        features = fold_features[0]
+        pooled: Any = [pooled_study_features([(None, f)], settings) for f in fold_features]
+        first = pooled[0]
     else:
-        features, backbone = extract_features(corpus, settings, progress)
+        backbone = load_backbone(settings)
+        first = pooled = pooled_study_features(
+            iter_layer_features(corpus, settings, backbone, progress), settings)
     timing["features_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    if finetune_records is not None:
-        pooled: Any = [pool_features(f, settings) for f in fold_features]
-    else:
-        pooled = pool_features(features, settings)
-    timing["pooling_s"] = time.perf_counter() - t
+    if first.absent:
+        _progress(f"no signal in any file for view(s) {', '.join(first.absent)}: no runs, left "
+                  "out of the fusions (n/a in the report)", progress)
     if settings.baselines:
         t = time.perf_counter()
         extra = baseline_features(corpus, settings, progress)
         for fold_pooled in (pooled if isinstance(pooled, list) else [pooled]):
-            fold_pooled.update(extra)
+            for mats in fold_pooled.by_layer.values():
+                mats.update(extra)
         timing["baselines_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -493,9 +783,24 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
     for k, (_, test) in enumerate(fold_list):
         tested[test] = True
         fold_of[test] = k
-    runs.update(oracle_fusions(test_proba, y, len(classes), tested))
+    fusions = fusions_for(settings.views, first.absent)
+    runs.update(oracle_fusions(test_proba, y, len(classes), tested, fusions,
+                               settings.fusion_search))
+    if settings.speaker_norm:
+        normalised = [speaker_normalised(p, speakers) for p in
+                      (pooled if isinstance(pooled, list) else [pooled])]
+        norm_runs, norm_proba = run_folds(normalised if isinstance(pooled, list)
+                                          else normalised[0], y, speakers, fold_list, settings,
+                                          len(classes), progress)
+        norm_runs.update(oracle_fusions(norm_proba, y, len(classes), tested, fusions,
+                                        settings.fusion_search))
+        for name, run in norm_runs.items():
+            run.name = NORM_PREFIX + name
+            run.extra["speaker_norm"] = True
+            runs[run.name] = run
     timing["classifiers_s"] = time.perf_counter() - t
 
+    run_names = sorted(runs, key=_run_order)
     results: dict[str, Any] = {
         "binser_version": __version__,
         "dataset": settings.dataset,
@@ -507,17 +812,28 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
         "n_folds": len(fold_list),
         "fold_test_speakers": [sorted(set(speakers[test])) for _, test in fold_list],
         "backbone": backbone.name,
-        "backbone_input_size": backbone.input_size,
+        "backbone_input_size": getattr(backbone, "input_size", None),
         "backbone_weights_id": backbone.weights_id,
+        "backbone_weights_sha256": getattr(backbone, "weights_sha256", None),
+        "layer": _layer_description(settings, backbone),
         "pretrained": bool(backbone.pretrained),
         "mode": settings.mode,
-        "segments_per_view": int(sum(len(f) for f in features[settings.views[0]])),
+        "segments_per_view": int(sum(first.n_rows[settings.views[0]])),
+        "silent_views": {v: int(m.sum()) for v, m in first.silent.items()},
+        "absent_views": list(first.absent),
+        "fusion_pooling": settings.resolved_fusion_pooling(),
+        "fusion_search": settings.fusion_search,
+        "ci_method": settings.ci_method,
+        "speaker_norm": ("transductive, label-free: each speaker's features standardised over "
+                         "that speaker's own utterances, test speakers included"
+                         if settings.speaker_norm else False),
         "settings": settings.to_dict(),
         **({"finetune": {"settings": finetune_settings(settings).to_dict(),
                          "folds": finetune_records}} if finetune_records is not None else {}),
         "skipped": [{"path": str(p), "reason": why} for p, why in skipped],
-        "runs": [summarise_run(runs[name], y, classes, fold_list, settings.n_boot, settings.seed)
-                 for name in sorted(runs, key=_run_order)],
+        "runs": [summarise_run(runs[name], y, classes, fold_list, settings.n_boot, settings.seed,
+                               speakers, settings.ci_method) for name in run_names],
+        "comparisons": compare_runs(runs, y, classes, speakers, settings.n_boot, settings.seed),
     }
     timing["total_s"] = time.perf_counter() - t0
     results["timing"] = timing
@@ -529,10 +845,26 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
         if report:
             from .report import write_report
 
-            example = corpus[int(np.argmax([len(f) for f in features[settings.views[0]]]))]
+            example = corpus[int(np.argmax(first.n_rows[settings.views[0]]))]
             write_report(results, out, example_path=example.path, config=settings.frontend)
         _progress(f"results written to {out}", progress)
     return results
+
+
+def _layer_description(settings: ExperimentSettings, backbone) -> Any:
+    """``layer`` of results.json: the encoder layer used, "auto (per fold ...)", or None."""
+    if not is_encoder(settings.backbone):
+        return None
+    if settings.layer == "auto":
+        return "auto (per outer fold and view, by inner CV on the training speakers)"
+    return encoder_layers(settings, backbone)[0]
+
+
+def speaker_normalised(pooled: PooledFeatures, speakers: np.ndarray) -> PooledFeatures:
+    """Every utterance-level matrix standardised per speaker over that speaker's rows with
+    signal (see :mod:`binser.normalisation`); labels are never used."""
+    return pooled.with_rows(lambda key, X: speaker_normalise(
+        X, speakers, ~pooled.silent.get(key[0], np.zeros(len(X), bool))))
 
 
 def with_overrides(settings: ExperimentSettings, **changes: Any) -> ExperimentSettings:

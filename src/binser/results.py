@@ -4,7 +4,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-SINGLE_VIEW = re.compile(r"^(left|right|mid|side|mono)/(global-max|global-avg|block-max|block-avg)$")
+SINGLE_VIEW = re.compile(r"^(left|right|mid|side|mono)/"
+                         r"(global-max|global-avg|block-max|block-avg|stats|block-stats)$")
+BEST_VIEW = re.compile(r"^best-view$")
+NORM_PREFIX = "speaker-norm:"
 SCORE_FUSION = re.compile(r"^score-fusion/(left\+right|mid\+side|left\+right\+mid\+side)(@oracle)?$")
 FEATURE_FUSION = re.compile(r"^feature-fusion/(left\+right|mid\+side|left\+right\+mid\+side)$")
 BASELINE = re.compile(r"^opensmile/[A-Za-z0-9_.-]+$")
@@ -28,8 +31,13 @@ def validate_results(results: dict[str, Any]) -> list[str]:
         problems += [f"{name}: missing {key!r}" for key in RUN_FIELDS if key not in run]
         if any(key not in run for key in RUN_FIELDS):
             continue
-        if not any(p.match(name) for p in (SINGLE_VIEW, SCORE_FUSION, FEATURE_FUSION, BASELINE)):
+        normalised = name.startswith(NORM_PREFIX)
+        base = name[len(NORM_PREFIX):] if normalised else name
+        if not any(p.match(base) for p in (SINGLE_VIEW, BEST_VIEW, SCORE_FUSION, FEATURE_FUSION,
+                                           BASELINE)):
             problems.append(f"{name}: not a contract run name")
+        if normalised and run.get("speaker_norm") is not True:
+            problems.append(f"{name}: a speaker-norm: run must carry speaker_norm = true")
         for key in ("ua", "wa", "macro_f1"):
             if not _is_fraction(run[key]):
                 problems.append(f"{name}: {key} = {run[key]!r} is not a fraction in 0..1")
@@ -41,7 +49,7 @@ def validate_results(results: dict[str, Any]) -> list[str]:
         elif sum(map(sum, confusion)) != results["n_utterances"]:
             problems.append(f"{name}: confusion counts {sum(map(sum, confusion))} utterances, "
                             f"not n_utterances = {results['n_utterances']}")
-        if SCORE_FUSION.match(name):
+        if SCORE_FUSION.match(base):
             selection = "oracle" if name.endswith("@oracle") else "nested"
             if run.get("selection") != selection:
                 problems.append(f"{name}: selection should be {selection!r}")
