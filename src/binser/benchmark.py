@@ -14,7 +14,11 @@ Every figure is measured on the machine it runs on, over EMOVO (or a subset with
   the CPU, and also on the GPU where torch sees one.
 * **study** (:func:`study_run`): wall time and peak memory (RSS summed over the process tree,
   sampled every 0.1 s) of ``binser experiment`` LOSO in a fresh cache folder (cold), then
-  the same command again (warm).
+  the same command again (warm); with whisper-base where its weights are available, else
+  the ImageNet CNN.
+* **encoder** (:func:`encoder_speed`): Whisper-base frames per second of binser's batched,
+  masked path against a bare PyTorch loop over the same encoder on pre-made log-Mels (the
+  ceiling), where the weights are available (``../shared/models/whisper-base``).
 * **openSMILE** (:func:`opensmile_speed`): decode + ComParE 2016 functionals of the left
   channel, x real time, with as many worker threads as binser's front end; the ratio is
   binser's front end (four views) over openSMILE (one view).
@@ -257,6 +261,71 @@ def extraction_speed(cases: Sequence[tuple[str, int]] = BACKBONE_CASES, batch: i
     return rows
 
 
+# ------------------------------------------------------------------------------- encoders
+
+def default_whisper_weights() -> Path | None:
+    """$BINSER_WHISPER_BASE, else ``../shared/models/whisper-base`` if it exists."""
+    path = Path(os.environ.get("BINSER_WHISPER_BASE",
+                               Path("..") / "shared" / "models" / "whisper-base"))
+    return path if (path / "model.safetensors").is_file() else None
+
+
+def encoder_speed(paths: Sequence[Path], weights: Path, name: str = "whisper-base",
+                  layer: int | None = None, threads: int | None = None, rounds: int = 2,
+                  device: str = "cpu") -> dict[str, Any]:
+    """Encoder frames per second (20 ms frames, one layer) over the four views of ``paths``.
+
+    ``binser``: :meth:`WhisperBackbone.encode` on the decoded view signals (log-Mel, length
+    batching with masks, output copied out), as :class:`~binser.features.FrameFeatureExtractor`
+    calls it. ``ceiling``: a bare PyTorch loop over the same encoder on pre-made log-Mel
+    tensors, one utterance at a time at its real length (no padding, nothing copied out).
+    Each is timed ``rounds`` times, by turns; the best round counts.
+    """
+    import torch
+
+    from .backbones import set_threads
+    from .backbones.whisper import load_whisper
+    from .features import file_views
+
+    used = set_threads(threads)
+    backbone = load_whisper(name, weights=weights)
+    if str(device).startswith("cuda"):
+        backbone.to(device)
+    layer = backbone.default_layer if layer is None else layer
+    signals = []
+    for path in paths:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MonoInputWarning)
+            views, silent = file_views(path)
+        signals += [views[v] for v in VIEWS if v not in silent]
+    mels = [torch.from_numpy(backbone.log_mel(x)[None]).to(backbone.device) for x in signals]
+    frames = sum((m.shape[-1] + 1) // 2 for m in mels)
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+
+    def ours():
+        backbone.encode(signals, [layer])
+        sync()
+
+    def bare():
+        with torch.inference_mode():
+            for mel in mels:
+                backbone.model(mel, None, [layer])
+        sync()
+
+    best = {"binser": float("inf"), "bare": float("inf")}
+    for _ in range(rounds):
+        for key, step in (("binser", ours), ("bare", bare)):
+            t0 = time.perf_counter()
+            step()
+            best[key] = min(best[key], time.perf_counter() - t0)
+    audio_s = sum(len(x) for x in signals) / 16000.0
+    return {"backbone": name, "layer": layer, "device": str(device), "threads": used,
+            "signals": len(signals), "frames": frames,
+            "binser_frames_s": frames / best["binser"], "ceiling_frames_s": frames / best["bare"],
+            "ratio": best["bare"] / best["binser"], "binser_xrt": audio_s / best["binser"],
+            "torch": torch.__version__}
+
+
 # ---------------------------------------------------------------------------------- study
 
 def _tree_rss(process) -> int:
@@ -355,7 +424,7 @@ def opensmile_speed(paths: Sequence[Path], jobs: int | None = None,
 
 # ------------------------------------------------------------------------------ the suite
 
-PARTS = ("frontend", "extraction", "study", "opensmile")
+PARTS = ("frontend", "extraction", "encoder", "study", "opensmile")
 
 
 @dataclass
@@ -369,6 +438,7 @@ class BenchOptions:
     batch: int = 64
     seconds: float = 3.0
     work: Path | None = None
+    whisper_weights: Path | None = None     # whisper-base folder; None: default_whisper_weights()
 
 
 def run_bench(options: BenchOptions, report: Callable[[str], None] = print) -> dict[str, Any]:
@@ -403,6 +473,24 @@ def run_bench(options: BenchOptions, report: Callable[[str], None] = print) -> d
             report(f"extraction {r['backbone']} {r['input_size']} px on {r['device']}: binser "
                    f"{r['binser_img_s']:.1f} img/s, bare PyTorch {r['ceiling_img_s']:.1f} "
                    f"-> ratio {r['ratio']:.2f} ({r['threads']} threads, batch {r['batch']})")
+    whisper = options.whisper_weights or default_whisper_weights()
+    if "encoder" in options.parts:
+        if whisper is None:
+            report("encoder: not measured (no whisper-base weights: pass --whisper-weights or "
+                   "set BINSER_WHISPER_BASE)")
+        else:
+            subset = files[::4] if not options.quick else files
+            import torch
+
+            rows = [encoder_speed(subset, whisper, threads=options.threads)]
+            if torch.cuda.is_available():
+                rows.append(encoder_speed(subset, whisper, device="cuda"))
+            figures["encoder"] = rows
+            for r in rows:
+                report(f"encoder {r['backbone']} layer {r['layer']} on {r['device']}: binser "
+                       f"{r['binser_frames_s']:.0f} frames/s ({r['binser_xrt']:.0f}x real "
+                       f"time per view), bare PyTorch {r['ceiling_frames_s']:.0f} -> ratio "
+                       f"{r['ratio']:.2f} ({r['threads']} threads, {r['signals']} signals)")
     if "opensmile" in options.parts:
         try:
             sm = opensmile_speed(files, options.threads)
@@ -415,7 +503,9 @@ def run_bench(options: BenchOptions, report: Callable[[str], None] = print) -> d
     if "study" in options.parts:
         work = options.work or Path(tempfile.mkdtemp(prefix="binser-bench-"))
         root = quick_root(files, work) if options.quick else Path(options.root)
-        st = study_run(root, work)
+        extra = ["--backbone", "whisper-base", "--weights", str(whisper)] if whisper else \
+            ["--backbone", "efficientnet_lite0"]
+        st = study_run(root, work, extra)
         figures["study"] = st
         for phase in ("cold", "warm"):
             report(f"study {phase}: {st[phase]['wall_s']:.1f} s, peak memory "
@@ -446,6 +536,10 @@ def summary(figures: dict[str, Any]) -> dict[str, Any]:
         "study_warm_s": st["warm"]["wall_s"] if st else None,
         "peak_rss_mb": max(st["cold"]["peak_rss_mb"], st["warm"]["peak_rss_mb"]) if st else None,
         "frontend_vs_opensmile": (fe["binser_xrt"] / smile_xrt) if fe and smile_xrt else None,
+        "encoder_ratio": figures["encoder"][0]["ratio"] if figures.get("encoder") else None,
+        "encoder_frames_s": (figures["encoder"][0]["binser_frames_s"]
+                             if figures.get("encoder") else None),
+        "study_backbone": st["command"].split("--backbone ")[1].split()[0] if st else None,
         "gpu_extraction_ratio": gpu[0]["ratio"] if gpu else None,
         "gpu_extraction_img_s": gpu[0]["binser_img_s"] if gpu else None,
         "quick": figures["quick"],

@@ -21,6 +21,14 @@ from .errors import AudioError, ConfigError
 HASH_CHUNK = 1 << 20  # bytes read at a time when hashing a file
 
 
+def default_cache_dir() -> Path:
+    """$BINSER_CACHE_DIR, else $XDG_CACHE_HOME/binser, else ~/.cache/binser."""
+    if os.environ.get("BINSER_CACHE_DIR"):
+        return Path(os.environ["BINSER_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "binser"
+
+
 class CacheWarning(UserWarning):
     """A cache entry was unreadable or inconsistent and is being recomputed."""
 

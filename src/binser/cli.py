@@ -10,15 +10,20 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
+from .cache import default_cache_dir  # noqa: F401  (re-exported: binser.cli.default_cache_dir)
 from .errors import BinserError
 
 
-def default_cache_dir() -> Path:
-    """$BINSER_CACHE_DIR, else $XDG_CACHE_HOME/binser, else ~/.cache/binser."""
-    if os.environ.get("BINSER_CACHE_DIR"):
-        return Path(os.environ["BINSER_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "binser"
+def _layer(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a layer number or 'auto', got {text!r}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"layer must be >= 0, got {value}")
+    return value
 
 
 def _csv_list(text: str) -> tuple[str, ...]:
@@ -40,10 +45,28 @@ def add_experiment_options(p: argparse.ArgumentParser) -> None:
     d = ExperimentSettings(dataset="", root="")
     p.add_argument("--protocol", default=d.protocol,
                    help="loso | losgo:K | split (default: %(default)s)")
-    p.add_argument("--backbone", default=d.backbone, help="efficientnet_lite0 | alexnet")
+    p.add_argument("--backbone", default="auto",
+                   help="auto (whisper-base when its weights are given or cached, else the "
+                        "paper's ImageNet CNN) | whisper-tiny|base|small|medium|large-v3 | "
+                        "efficientnet_lite0 | alexnet (default: %(default)s)")
+    p.add_argument("--layer", type=_layer, default=None,
+                   help="speech encoders: hidden-state index (0 = input embedding) or 'auto' "
+                        "(chosen per fold on the training speakers); default: the backbone's")
+    p.add_argument("--speaker-norm", action="store_true",
+                   help="also run every system on speaker-normalised features (transductive, "
+                        "label-free: each speaker standardised over their own utterances)")
+    p.add_argument("--fusion-search", default=d.fusion_search, choices=("staged", "joint"),
+                   help="fusion weights: the paper's two stages (alpha, beta, then lambda) or "
+                        "all three jointly (default: %(default)s)")
+    p.add_argument("--ci-method", default=d.ci_method,
+                   choices=("speaker-bootstrap", "utterance-bootstrap"),
+                   help="UA interval: resample speakers (default) or utterances")
     p.add_argument("--input-size", type=int, default=None,
                    help="backbone input size in pixels (default: the backbone's)")
-    p.add_argument("--weights", default=None, help="backbone weights file (.pth or .safetensors)")
+    p.add_argument("--weights", default=None,
+                   help="backbone weights: a .pth/.safetensors file (CNNs); for whisper-* a "
+                        "Hugging Face folder (model.safetensors + config.json), such a "
+                        ".safetensors file, or an openai-whisper .pt checkpoint")
     p.add_argument("--allow-random", action="store_true",
                    help="allow a randomly initialised backbone when no weights are available")
     p.add_argument("--mode", default=d.mode, choices=MODES,
@@ -80,14 +103,23 @@ def add_experiment_options(p: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace, dataset: str, root: str,
                        synthetic: bool = False):
-    from .experiment import ExperimentSettings
+    from .experiment import ExperimentSettings, resolve_backbone
 
+    cache_dir = str(args.cache_dir or default_cache_dir())
+    backbone = resolve_backbone(args.backbone, args.weights, cache_dir)
+    if args.backbone == "auto" and not getattr(args, "quiet", False):
+        print(f"[binser] backbone: {backbone}"
+              + ("" if backbone.startswith("whisper-") else
+                 " (whisper-base weights not found: pass --weights FOLDER with the Hugging "
+                 "Face openai/whisper-base files for the stronger default)"), file=sys.stderr)
     return ExperimentSettings(
-        dataset=dataset, root=str(root), protocol=args.protocol, backbone=args.backbone,
+        dataset=dataset, root=str(root), protocol=args.protocol, backbone=backbone,
+        layer=args.layer, speaker_norm=args.speaker_norm, fusion_search=args.fusion_search,
+        ci_method=args.ci_method,
         input_size=args.input_size, weights=args.weights, allow_random=args.allow_random,
         mode=args.mode, views=tuple(args.views), poolings=tuple(args.poolings),
         blocks=args.blocks, levels=args.levels, manifest=getattr(args, "manifest", None),
-        cache_dir=str(args.cache_dir or default_cache_dir()), batch_size=args.batch_size,
+        cache_dir=cache_dir, batch_size=args.batch_size,
         n_boot=args.n_boot, seed=args.seed, synthetic=synthetic,
         on_error=getattr(args, "on_error", "fail"), baselines=tuple(args.baselines),
         baseline_views=tuple(args.baseline_views), finetune_preset=args.finetune_preset,
@@ -175,7 +207,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     options = BenchOptions(root=Path(args.root) if args.root else default_emovo_root(),
                            quick=args.quick, parts=_csv_list(args.parts), threads=args.threads,
                            batch=args.batch_size, seconds=args.seconds,
-                           work=Path(args.work) if args.work else None)
+                           work=Path(args.work) if args.work else None,
+                           whisper_weights=Path(args.whisper_weights) if args.whisper_weights
+                           else None)
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     figures = run_bench(options, report=say)
     if args.json:
@@ -206,6 +240,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .experiment import run_experiment
 
     start = time.perf_counter()
+    if args.backbone == "auto":   # quick and offline: the packaged ImageNet CNN
+        args.backbone = "efficientnet_lite0"
+        print("[binser] demo: backbone efficientnet_lite0 (packaged, no download); pass "
+              "--backbone whisper-base --weights FOLDER for the speech encoder")
     out = Path(args.out)
     root = make_demo_corpus(out / "corpus")
     print(f"[binser] synthetic stereo demo corpus in {root}")
@@ -284,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measuring time per backbone case")
     p.add_argument("--work", default=None,
                    help="folder for the study's cache and outputs (default: a temporary one)")
+    p.add_argument("--whisper-weights", default=None,
+                   help="whisper-base folder for the encoder part and the study (default: "
+                        "$BINSER_WHISPER_BASE or ../shared/models/whisper-base)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("predict", help="predict the emotion of audio/video files with a model")

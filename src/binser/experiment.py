@@ -40,6 +40,24 @@ FINETUNE_PRESETS = ("paper", "cpu")
 BASELINES = ("opensmile",)
 
 
+DEFAULT_ENCODER = "whisper-base"
+DEFAULT_CNN = "efficientnet_lite0"
+
+
+def resolve_backbone(name: str, weights: str | None, cache_dir: str | Path | None) -> str:
+    """``auto``: :data:`DEFAULT_ENCODER` (the best configuration measured, see RESULTS.md)
+    when weights are given or binser's cache holds them, else the paper's ImageNet CNN
+    :data:`DEFAULT_CNN` (packaged, offline). Any other name is returned unchanged."""
+    if name != "auto":
+        return name
+    if weights is not None:
+        return DEFAULT_ENCODER
+    from .backbones.whisper import whisper_cache_folder
+
+    folder = whisper_cache_folder(DEFAULT_ENCODER.split("-", 1)[1], cache_dir)
+    return DEFAULT_ENCODER if (folder / "model.safetensors").is_file() else DEFAULT_CNN
+
+
 def is_encoder(backbone: str) -> bool:
     """True for speech encoders (``whisper-*``), whose features are 20 ms frames."""
     return str(backbone).startswith("whisper-")
@@ -82,6 +100,11 @@ class ExperimentSettings:
     frontend: FrontEndConfig = field(default_factory=FrontEndConfig)
 
     def validate(self) -> None:
+        from .backbones import ALL_BACKBONES
+
+        if self.backbone not in ALL_BACKBONES:
+            raise ConfigError(f"unknown backbone {self.backbone!r}; choose from "
+                              f"{', '.join(ALL_BACKBONES)}")
         if self.mode not in MODES:
             raise ConfigError(f"unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
         bad = [v for v in self.views if v not in VIEWS + ("mono",)]

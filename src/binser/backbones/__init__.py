@@ -16,3 +16,7 @@ from .imagenet import (ALEXNET_URL, BACKBONES, DEFAULT_INPUT_SIZE, IMAGENET_MEAN
                        IMAGENET_STD, LITE_MEAN, LITE_STD, MIN_INPUT_SIZE, AlexNet, Backbone,
                        EfficientNetLite0, RandomWeightsWarning, get_backbone, read_state_dict,
                        set_threads, weights_digest)
+from .whisper import (WHISPER_BACKBONES, WhisperBackbone, WhisperConfig,  # noqa: F401,E402
+                      load_whisper, whisper_log_mel)
+
+ALL_BACKBONES = BACKBONES + WHISPER_BACKBONES
