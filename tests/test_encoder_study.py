@@ -1,0 +1,131 @@
+"""Speech encoders inside the study: frame features per view and layer (cache, silent views),
+--layer auto chosen on training speakers only, speaker normalisation without labels, and an
+end-to-end experiment on the tiny corpus with a tiny random Whisper."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from binser.backbones.whisper import WhisperConfig, load_whisper
+from binser.demo import DemoSpec, make_demo_corpus
+from binser.evaluation import folds
+from binser.experiment import (ExperimentSettings, PooledFeatures, evaluate_fold, run_experiment,
+                               run_folds, speaker_normalised)
+from binser.features import FrameFeatureExtractor
+from binser.results import validate_results
+from test_whisper import random_encoder, save_hf_folder
+
+TINY = WhisperConfig(d_model=64, encoder_layers=2, encoder_attention_heads=4,
+                     encoder_ffn_dim=128, num_mel_bins=80, max_source_positions=1500)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return save_hf_folder(tmp_path_factory.mktemp("tinyw") / "hf", random_encoder(TINY, 1), TINY)
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory):
+    return make_demo_corpus(tmp_path_factory.mktemp("corpus") / "c",
+                            DemoSpec(n_speakers=4, per_emotion=3, max_duration_s=1.6))
+
+
+def test_frame_features_cache_and_silent_side(tmp_path, tiny_dir):
+    torch.set_num_threads(1)
+    backbone = load_whisper("whisper-tiny", tiny_dir)
+    rng = np.random.default_rng(0)
+    stereo = (0.1 * rng.standard_normal((2, 16000))).astype(np.float32)
+    sf.write(tmp_path / "stereo.wav", stereo.T, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "mono.wav", stereo[0], 16000, subtype="FLOAT")
+    paths = [tmp_path / "stereo.wav", tmp_path / "mono.wav"]
+    extractor = FrameFeatureExtractor(backbone, layers=(0, 2), cache_dir=tmp_path / "cache",
+                                      progress=False)
+    with pytest.warns(UserWarning, match="mono"):
+        first = extractor.extract(paths)
+    assert extractor.n_computed == 7          # 4 stereo views + 3 mono views with signal
+    assert first[2]["side"][1].shape == (0, 64) and first[2]["side"][0].shape == (50, 64)
+    alone = backbone.encode_one(stereo[0], [2])[2]
+    np.testing.assert_allclose(first[2]["left"][0], alone, atol=1e-5)
+    assert not np.allclose(first[0]["left"][0], first[2]["left"][0])
+    again = extractor.extract(paths, keep=[2])
+    assert extractor.n_computed == 0 and extractor.n_cached == 8 and list(again) == [2]
+    np.testing.assert_array_equal(again[2]["mid"][0], first[2]["mid"][0])
+
+
+def _planted(n=48, k=4, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(k), n // k)
+    speakers = np.array([f"s{i % 4}" for i in range(n)])
+    signal = {(v, "stats"): rng.normal(size=(n, 10)) + 1.5 * y[:, None] * (rng.random(10) > .5)
+              for v in ("left", "right", "mid", "side")}
+    noise = {key: rng.normal(size=(n, 10)) for key in signal}
+    return y, speakers, signal, noise
+
+
+def test_layer_auto_never_sees_the_test_fold(tmp_path):
+    """Layer 1 is noise on the training speakers; planting a perfect label oracle into its
+    test rows must change neither the layer chosen nor any test probability."""
+    y, speakers, signal, noise = _planted()
+    train, test = folds(list(speakers), "loso")[0]
+    leaked = {key: X.copy() for key, X in noise.items()}
+    for X in leaked.values():
+        X[test] = 0.0
+        X[test, :4] = 50.0 * np.eye(4)[y[test]]
+    settings = ExperimentSettings(dataset="x", root="x", backbone="whisper-tiny", layer="auto",
+                                  poolings=("stats",), n_boot=10)
+    silent = {v: np.zeros(len(y), bool) for v in ("left", "right", "mid", "side")}
+    a, proba_a = evaluate_fold(PooledFeatures({0: signal, 1: noise}, silent), y, speakers,
+                               train, test, settings, 4)
+    b, proba_b = evaluate_fold(PooledFeatures({0: signal, 1: leaked}, silent), y, speakers,
+                               train, test, settings, 4)
+    for view in ("left", "right", "mid", "side"):
+        assert a[f"{view}/stats"][1] == b[f"{view}/stats"][1]
+        assert a[f"{view}/stats"][1]["layer"] == 0
+    for view in proba_a:
+        np.testing.assert_array_equal(proba_a[view], proba_b[view])
+    for name in a:
+        np.testing.assert_array_equal(a[name][0], b[name][0])
+
+
+def test_speaker_norm_is_label_free_and_fold_local():
+    """Changing the labels of the test speaker changes nothing the fold predicts for it."""
+    y, speakers, signal, _ = _planted(seed=2)
+    fold_list = folds(list(speakers), "loso")[:1]
+    test = fold_list[0][1]
+    pooled = speaker_normalised(PooledFeatures({None: signal}, {}), speakers)
+    relabelled = y.copy()
+    relabelled[test] = (relabelled[test] + 1) % 4
+    settings = ExperimentSettings(dataset="x", root="x", poolings=("stats",),
+                                  fusion_pooling="stats", n_boot=10)
+    runs_a, _ = run_folds(pooled, y, speakers, fold_list, settings, 4, progress=False, n_jobs=1)
+    runs_b, _ = run_folds(speaker_normalised(PooledFeatures({None: signal}, {}), speakers),
+                          relabelled, speakers, fold_list, settings, 4, progress=False, n_jobs=1)
+    for name in runs_a:
+        np.testing.assert_array_equal(runs_a[name].predicted[test], runs_b[name].predicted[test])
+    # and the normalisation really is per speaker: each speaker's rows have mean 0
+    X = pooled.layer_features()[("left", "stats")]
+    for s in np.unique(speakers):
+        np.testing.assert_allclose(X[speakers == s].mean(0), 0, atol=1e-9)
+
+
+def test_end_to_end_with_a_tiny_whisper(tmp_path, tiny_dir, tiny_corpus):
+    settings = ExperimentSettings(dataset="folder", root=str(tiny_corpus), protocol="loso",
+                                  backbone="whisper-tiny", weights=str(tiny_dir), layer="auto",
+                                  poolings=("global-avg", "block-max", "stats"),
+                                  speaker_norm=True, cache_dir=str(tmp_path / "cache"),
+                                  n_boot=50, synthetic=True, num_threads=1)
+    results = run_experiment(settings, out=tmp_path / "out", progress=False)
+    assert validate_results(results) == []
+    names = {r["name"] for r in results["runs"]}
+    assert {"left/stats", "best-view", "score-fusion/left+right+mid+side",
+            "speaker-norm:score-fusion/left+right+mid+side", "speaker-norm:best-view"} <= names
+    runs = {r["name"]: r for r in results["runs"]}
+    assert all(layer in (0, 1, 2) for layer in runs["left/stats"]["fold_layer"])
+    assert runs["speaker-norm:left/stats"]["speaker_norm"] is True
+    assert results["backbone"] == "whisper-tiny" and len(results["backbone_weights_sha256"]) == 64
+    assert results["ci_method"] == "speaker-bootstrap" and results["fusion_search"] == "staged"
+    assert {c["verdict"] for c in results["comparisons"]} <= {"supported", "refuted", "undecided"}
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "TRANSDUCTIVE" in report and "whisper-tiny (speech encoder)" in report
