@@ -108,7 +108,8 @@ def test_fusion_weights_are_nested_choice(trained):
 
     model, _, root, settings = trained
     found = corpus("folder", root)
-    feats, _ = extract_features(found, settings, progress=False)   # from the cache
+    layers, _ = extract_features(found, settings, progress=False)   # from the cache
+    feats = layers[None]                                           # CNNs: one "layer"
     y = np.array([u.path.parent.name for u in found])            # labels from folders
     groups = np.array([u.path.name.split("_")[0] for u in found])
     oof = {v: ViewClassifier(random_state=0).oof_proba(
@@ -460,3 +461,386 @@ def test_train_in_finetune_mode_finetunes_one_network_per_view(trained, wavs, tm
     files = wavs[::13]
     assert [p.to_dict() for p in back.predict(files, progress=False)] == \
         [p.to_dict() for p in ft.predict(files, progress=False)]
+
+
+# ------------------------------------------------------------------------------ Whisper models
+
+TINY_WHISPER = dict(d_model=64, encoder_layers=2, encoder_attention_heads=1, encoder_ffn_dim=128,
+                    num_mel_bins=80, max_source_positions=1500)
+mono_ok = pytest.mark.filterwarnings("ignore::binser.views.MonoInputWarning")
+
+
+def save_tiny_whisper(folder: Path) -> Path:
+    """A random 64-D, 2-layer encoder saved as a Hugging Face folder (model.safetensors with
+    the full model's names + config.json). One head, as load_whisper infers without config."""
+    import torch
+    from safetensors.torch import save_file
+
+    from binser.backbones.whisper import WhisperConfig, WhisperEncoder
+
+    config = WhisperConfig(**TINY_WHISPER)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        encoder = WhisperEncoder(config).eval()
+    folder.mkdir(parents=True)
+    save_file({"model.encoder." + k: v.contiguous() for k, v in encoder.state_dict().items()},
+              str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(config.to_dict()))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def whisper_base(tmp_path_factory):
+    """(tiny encoder folder, demo corpus root, cache folder)."""
+    base = tmp_path_factory.mktemp("whisper")
+    root = make_demo_corpus(base / "corpus",
+                            DemoSpec(n_speakers=3, per_emotion=2, max_duration_s=1.2))
+    return save_tiny_whisper(base / "hf"), root, base / "cache"
+
+
+@pytest.fixture(scope="module")
+def whisper_trained(whisper_base, tmp_path_factory):
+    """Four-view Whisper model, layer chosen by inner CV ("auto"): (model, folder, settings)."""
+    hf, root, cache = whisper_base
+    settings = ExperimentSettings(dataset="folder", root=str(root), backbone="whisper-tiny",
+                                  weights=str(hf), layer="auto", synthetic=True,
+                                  cache_dir=str(cache))
+    out = tmp_path_factory.mktemp("wmodel") / "model"
+    return train_model(settings, out, progress=False), out, settings
+
+
+@pytest.fixture(scope="module")
+def whisper_loaded(whisper_trained):
+    return Model.load(whisper_trained[1])
+
+
+@pytest.fixture(scope="module")
+def whisper_norm(whisper_base, tmp_path_factory):
+    """A speaker-normalised left+right Whisper model at layer 1, trained through the CLI."""
+    hf, root, cache = whisper_base
+    out = tmp_path_factory.mktemp("wnorm") / "model"
+    code = main(["train", "--dataset", "folder", "--root", str(root), "--out", str(out),
+                 "--backbone", "whisper-tiny", "--weights", str(hf), "--layer", "1",
+                 "--speaker-norm", "--fusion", "left+right", "--cache-dir", str(cache),
+                 "--quiet"])
+    assert code == 0
+    return Model.load(out)
+
+
+@pytest.fixture(scope="module")
+def whisper_wavs(whisper_base):
+    return sorted(Path(whisper_base[1]).glob("*/*.wav"))
+
+
+def frames_of(model: Model, files, views=None) -> dict[str, list[np.ndarray]]:
+    """The model's layer features, extracted independently of Model.predict (one batch)."""
+    from binser.features import FrameFeatureExtractor
+
+    extractor = FrameFeatureExtractor(model.backbones[model.views[0]], config=model.frontend,
+                                      views=views or model.views, layers=(model.layer,),
+                                      progress=False)
+    return extractor.extract(files)[model.layer]
+
+
+def score_matrix(predictions, model, key="scores") -> np.ndarray:
+    return np.array([[getattr(p, key)[c] for c in model.labels] for p in predictions])
+
+
+def max_score_diff(a, b) -> float:
+    """Largest difference between two lists of predictions: fused, per-view and timeline."""
+    worst = 0.0
+    for p, q in zip(a, b):
+        assert (p.label, p.silent_views, p.speaker_norm) == (q.label, q.silent_views,
+                                                            q.speaker_norm)
+        pairs = [(p.scores, q.scores)] + [(p.view_scores[v], q.view_scores[v])
+                                          for v in p.view_scores]
+        for e, f in zip(p.timeline or [], q.timeline or []):
+            assert (e["start_s"], e["end_s"]) == (f["start_s"], f["end_s"])
+            pairs.append((e["scores"], f["scores"]))
+        for s, t in pairs:
+            assert s.keys() == t.keys()
+            worst = max(worst, max(abs(s[c] - t[c]) for c in s))
+    return worst
+
+
+def test_whisper_model_folder_layer_choice_and_card(whisper_trained, whisper_base):
+    from binser.backbones.whisper import WhisperConfig, load_whisper
+
+    model, folder, _ = whisper_trained
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["MODEL_CARD.md", "backbone.safetensors", "classifier_left.safetensors",
+                     "classifier_mid.safetensors", "classifier_right.safetensors",
+                     "classifier_side.safetensors", "model.json"]
+    doc = json.loads((folder / MODEL_JSON).read_text())
+    spec = doc["backbone"]
+    source_sha = file_sha256(whisper_base[0] / "model.safetensors")
+    assert (spec["family"], spec["name"], spec["feature_dim"]) == ("whisper", "whisper-tiny", 64)
+    assert spec["config"] == WhisperConfig(**TINY_WHISPER).to_dict()
+    assert spec["weights_sha256"] == source_sha and spec["layer"] == model.layer
+    assert doc["pooling"]["name"] == "stats" and doc["speaker_norm"] is False
+    selection = doc["training"]["layer_selection"]
+    assert set(selection["scores"]) == {"0", "1", "2"} and selection["chosen"] == model.layer
+    for layer, score in selection["scores"].items():
+        assert score == pytest.approx(np.mean(list(selection["view_scores"][layer].values())))
+    best = max(selection["scores"], key=lambda k: (selection["scores"][k], -int(k)))
+    assert int(best) == model.layer
+    assert selection["scores"][best] == pytest.approx(
+        np.mean([c.best_score_ for c in model.classifiers.values()]))
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert f"speech encoder whisper-tiny, layer {model.layer}, weights sha256 " \
+           f"{source_sha[:16]}" in card
+    assert "px" not in card and "ImageNet-pretrained" not in card
+    # the stored encoder: float32, names that load_whisper reads back to the same network
+    again = load_whisper("whisper-tiny", weights=folder / "backbone.safetensors")
+    assert again.config == model.backbones["left"].config
+    assert again.weights_id == model.backbones["left"].weights_id
+
+
+def test_whisper_save_load_predict_identical(whisper_trained, whisper_loaded, whisper_wavs):
+    model = whisper_trained[0]
+    assert (whisper_loaded.family, whisper_loaded.layer) == ("whisper", model.layer)
+    assert whisper_loaded.backbones["side"].weights_id == model.backbones["side"].weights_id
+    assert whisper_loaded.backbones["side"].weights_sha256 == \
+        model.backbones["side"].weights_sha256
+    files = whisper_wavs[::3]
+    a = model.predict(files, timeline=True, progress=False)
+    b = whisper_loaded.predict(files, timeline=True, progress=False)
+    assert max_score_diff(a, b) < 1e-9
+    for p in a:
+        assert p.error is None and p.silent_views == [] and p.speaker_norm is None
+        assert sum(p.scores.values()) == pytest.approx(1.0) and p.timeline
+
+
+@mono_ok
+def test_whisper_mono_file_side_silent(whisper_loaded, loaded, whisper_wavs, tmp_path):
+    model = whisper_loaded
+    data, sr = sf.read(whisper_wavs[5], dtype="int16")
+    mono = tmp_path / "mono.wav"
+    sf.write(mono, data[:, 0], sr, subtype="PCM_16")
+    (p,) = model.predict([mono], progress=False)
+    assert p.silent_views == ["side"] and "[silent: side]" in format_prediction(p)
+    assert p.view_scores["side"] == {c: 0.25 for c in model.labels}
+    # left/right/mid scored independently: same frames, pooling and classifiers
+    frames = frames_of(model, [mono], views=("left", "right", "mid"))
+    s = {}
+    for v in ("left", "right", "mid"):
+        X = model.pooling.make().fit_transform(frames[v])
+        s[v] = model.view_proba(v, X)[0]
+        assert max(abs(p.view_scores[v][c] - s[v][k]) for k, c in enumerate(model.labels)) \
+            < 1e-9
+    w = model.weights
+    others = (w["gamma"] * (w["alpha"] * s["left"] + (1 - w["alpha"]) * s["right"])
+              + (1 - w["gamma"]) * w["beta"] * s["mid"])
+    constant = (1 - w["gamma"]) * (1 - w["beta"]) / len(model.labels)   # the silent side
+    fused = np.array([p.scores[c] for c in model.labels])
+    assert np.abs(fused - (others + constant)).max() < 1e-9
+    assert p.label == model.labels[int(np.argmax(others))]   # the other views decide
+    (q,) = loaded.predict([mono], progress=False)             # image CNN models alike
+    assert q.silent_views == ["side"] and q.view_scores["side"] == {c: 0.25 for c in q.scores}
+
+
+def test_whisper_timeline_windows(whisper_loaded, whisper_wavs, tmp_path):
+    from binser.backbones.whisper import n_output_frames
+    from binser.model import encoder_windows
+
+    assert encoder_windows(1) == [(0, 1)] and encoder_windows(50) == [(0, 50)]
+    assert encoder_windows(51) == [(0, 50), (25, 51)]
+    assert encoder_windows(115) == [(0, 50), (25, 75), (50, 100), (75, 115)]
+    data, sr = sf.read(whisper_wavs[0], dtype="int16")
+    long = np.concatenate([data, data, data])[:int(2.3 * sr)]       # exactly 2.3 s
+    path = tmp_path / "long.wav"
+    sf.write(path, long, sr, subtype="PCM_16")
+    assert n_output_frames(len(long)) == 115
+    (p,) = whisper_loaded.predict([path], timeline=True, progress=False)
+    assert [e["start_s"] for e in p.timeline] == [0.0, 0.5, 1.0, 1.5]
+    assert [e["end_s"] for e in p.timeline] == [1.0, 1.5, 2.0, 2.3]
+    for e in p.timeline:
+        assert sum(e["scores"].values()) == pytest.approx(1.0)
+    # windows are scored like files: the second one equals scoring its frames alone
+    frames = frames_of(whisper_loaded, [path])
+    fused, _ = whisper_loaded.score_segments({v: [frames[v][0][25:75]]
+                                              for v in whisper_loaded.views})
+    assert max(abs(p.timeline[1]["scores"][c] - fused[0][k])
+               for k, c in enumerate(whisper_loaded.labels)) < 1e-9
+    short = tmp_path / "short.wav"                                   # 0.6 s: one window
+    sf.write(short, data[:int(0.6 * sr)], sr, subtype="PCM_16")
+    (q,) = whisper_loaded.predict([short], timeline=True, progress=False)
+    assert len(q.timeline) == 1 and q.timeline[0]["scores"] == q.scores
+    assert (q.timeline[0]["start_s"], q.timeline[0]["end_s"]) == (0.0, 0.6)
+
+
+def test_whisper_bad_files_skipped_or_raised(whisper_loaded, whisper_base, whisper_wavs,
+                                            tmp_path):
+    from binser.errors import AudioError
+
+    bad = tmp_path / "noise.wav"
+    bad.write_bytes(b"this is not audio at all" * 10)
+    missing = tmp_path / "missing.flac"
+    data, sr = sf.read(whisper_wavs[0], dtype="int16")
+    blip = tmp_path / "blip.wav"                     # 5 ms: too short for Whisper's front end
+    sf.write(blip, data[:80], sr, subtype="PCM_16")
+    good = whisper_loaded.predict(whisper_wavs[:2], progress=False)
+    cache = whisper_base[2]            # the training run's frames: shared, not recomputed
+    out = whisper_loaded.predict([whisper_wavs[0], bad, missing, blip, whisper_wavs[1]],
+                                 progress=False, cache_dir=cache)
+    assert [p.error is None for p in out] == [True, False, False, False, True]
+    assert "noise.wav" in out[1].error and "missing.flac" in out[2].error
+    assert "blip.wav" in out[3].error and "too short" in out[3].error
+    assert out[3].label is None and out[3].scores == {}
+    for p, q in zip(good, [out[0], out[4]]):
+        assert max(abs(p.scores[c] - q.scores[c]) for c in p.scores) < 1e-6
+    with pytest.raises(AudioError, match="missing.flac"):
+        whisper_loaded.predict([whisper_wavs[0], missing], progress=False, on_error="fail")
+    with pytest.raises(AudioError, match="blip.wav.*too short"):
+        whisper_loaded.predict([whisper_wavs[0], blip], progress=False, on_error="fail")
+
+
+def copies(files, folder: Path) -> list[Path]:
+    """Copies under neutral names in one folder: nothing tells their labels."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for k, f in enumerate(files):
+        out.append(folder / f"f{k}.wav")
+        shutil.copy(f, out[-1])
+    return out
+
+
+def test_whisper_speaker_norm_own_statistics_and_fallback(whisper_norm, whisper_wavs,
+                                                         tmp_path):
+    from binser.normalisation import speaker_normalise
+
+    model = whisper_norm
+    assert model.speaker_norm and model.min_utterances == 5 and model.views == ("left", "right")
+    doc = json.loads((model.path / MODEL_JSON).read_text())
+    assert doc["speaker_norm"] is True and "transductive" in doc["speaker_norm_definition"]
+    assert doc["speaker_norm_min_utterances"] == 5 and doc["backbone"]["layer"] == 1
+    assert set(doc["normaliser_files"].values()) <= set(doc["sha256"])
+    card = (model.path / "MODEL_CARD.md").read_text()
+    assert "TRANSDUCTIVE" in card and "fewer than 5 files" in card
+    speaker = [f for f in whisper_wavs if f.name.startswith("spk02_")]      # 8 files
+    files = copies(speaker[:6], tmp_path / "unlabelled")
+    preds = model.predict(files, progress=False)
+    assert {p.speaker_norm for p in preds} == {"own statistics over 6 files"}
+    # by hand: pooled features standardised over these 6 files, then the classifiers
+    frames = frames_of(model, files)
+    proba = {}
+    for v in model.views:
+        X = model.pooling.make().fit_transform(frames[v])
+        proba[v] = model.view_proba(v, speaker_normalise(X, ["s"] * len(files)))
+    want = model.fuse_scores(proba)
+    assert np.abs(score_matrix(preds, model) - want).max() < 1e-9
+    # one file alone: the average training speaker, and the prediction says so
+    (one,) = model.predict(files[:1], progress=False)
+    assert one.speaker_norm == "fallback: average training speaker (only 1 file)"
+    proba = {}
+    for v in model.views:
+        X = model.pooling.make().fit_transform([frames[v][0]])
+        norm = model.normalisers[v]
+        proba[v] = model.view_proba(v, (X - norm.fallback_mean_) / norm.fallback_std_)
+    assert np.abs(score_matrix([one], model) - model.fuse_scores(proba)).max() < 1e-9
+    # the folder a file sits in (a label, for a corpus) changes nothing
+    (other,) = model.predict(copies(files[:1], tmp_path / "sadness"), progress=False)
+    assert other.scores == one.scores
+    # speakers per file: six of one speaker use their own statistics, the last falls back
+    data, sr = sf.read(files[0], dtype="int16")
+    short = tmp_path / "short.wav"                          # 0.6 s: a single timeline window
+    sf.write(short, data[:int(0.6 * sr)], sr, subtype="PCM_16")
+    mixed = model.predict(files[:5] + [short, files[5]], speakers=["a"] * 6 + ["b"],
+                          timeline=True, progress=False)
+    assert [p.speaker_norm for p in mixed] == ["own statistics over 6 files"] * 6 + [
+        "fallback: average training speaker (only 1 file)"]
+    (last,) = model.predict(files[5:], progress=False)
+    assert mixed[6].scores == pytest.approx(last.scores, abs=1e-6)
+    # a window is standardised with its file's speaker statistics: one window == the file
+    assert len(mixed[5].timeline) == 1
+    assert mixed[5].timeline[0]["scores"] == pytest.approx(mixed[5].scores, abs=1e-12)
+
+
+def test_speakers_refused_by_plain_model(whisper_loaded, whisper_wavs):
+    from binser.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="speaker normalisation"):
+        whisper_loaded.predict(whisper_wavs[:1], speakers=["a"], progress=False)
+
+
+def test_cli_predict_speaker_options(whisper_norm, whisper_trained, whisper_wavs, tmp_path,
+                                     capsys):
+    plain = str(whisper_trained[1])
+    files = [str(f) for f in whisper_wavs if f.name.startswith("spk01_")][:5]
+    assert main(["predict", plain, files[0], "--speaker", "x", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--speaker:" in err and "without speaker normalisation" in err
+    table = tmp_path / "speakers.csv"
+    table.write_text("path,speaker\n" + "".join(f"{f},anna\n" for f in files[:4])
+                     + f"{files[4]},bert\n")
+    assert main(["predict", plain, files[0], "--speakers", str(table), "--quiet"]) == 2
+    assert "--speakers:" in capsys.readouterr().err
+    norm = str(whisper_norm.path)
+    assert main(["predict", norm, *files, "--speakers", str(table), "--json", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    notes = [e["speaker_norm"] for e in json.loads(captured.out)]
+    assert notes == ["fallback: average training speaker (only 4 files)"] * 4 + [
+        "fallback: average training speaker (only 1 file)"]
+    assert "note: speaker normalisation used the average training speaker" in captured.err
+    assert main(["predict", norm, *files, "--speaker", "anna", "--json", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert {e["speaker_norm"] for e in json.loads(captured.out)} == \
+        {"own statistics over 5 files"}
+    assert "note:" not in captured.err
+    assert main(["predict", norm, files[0], "--speakers", str(tmp_path / "none.csv"),
+                 "--quiet"]) == 2
+    assert "none.csv" in capsys.readouterr().err
+
+
+@pytest.fixture
+def whisper_copy(whisper_trained, tmp_path):
+    return Path(shutil.copytree(whisper_trained[1], tmp_path / "wcopy"))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda b: b.update(layer=3), "layer 3 is not a layer"),
+    (lambda b: b.update(layer=-1), "layer -1 is not a layer"),
+    (lambda b: b.update(layer="1"), "layer '1' is not a layer"),
+    (lambda b: b.update(layer=True), "layer True is not a layer"),
+    (lambda b: b["config"].update(d_model=0), "d_model must be in"),
+    (lambda b: b["config"].update(encoder_attention_heads=3), "not divisible"),
+    (lambda b: b["config"].update(encoder_layers=3), "do not fit the Whisper encoder"),
+    (lambda b: b.update(feature_dim=32), "feature_dim 32"),
+    (lambda b: b.update(name="whisper-huge"), "unknown Whisper backbone"),
+    (lambda b: b.update(family="vit"), "unknown backbone family"),
+    (lambda b: b["weights_id"].update(left="0" * 16), "identity"),
+])
+def test_tampered_whisper_backbone_refused(whisper_copy, change, message):
+    rewrite_json(whisper_copy, lambda doc: change(doc["backbone"]))
+    with pytest.raises(ModelError, match=message):
+        Model.load(whisper_copy)
+
+
+def test_tampered_speaker_norm_refused(whisper_norm, tmp_path):
+    folder = Path(shutil.copytree(whisper_norm.path, tmp_path / "n"))
+    rewrite_json(folder, lambda doc: doc.update(speaker_norm_min_utterances=0))
+    with pytest.raises(ModelError, match="min_utterances"):
+        Model.load(folder)
+    from safetensors.numpy import load_file, save_file
+
+    rewrite_json(folder, lambda doc: doc.update(speaker_norm_min_utterances=5))
+    target = folder / "normaliser_left.safetensors"
+    arrays = load_file(str(target))
+    arrays["fallback_std"] = -arrays["fallback_std"]
+    save_file(arrays, str(target))
+    rewrite_json(folder, lambda doc: None, rehash=(target.name,))
+    with pytest.raises(ModelError, match="normaliser_left.*positive"):
+        Model.load(folder)
+
+
+def test_old_cnn_model_json_without_new_fields_loads(model_copy, trained, wavs):
+    def old(doc):
+        for key in ("family",):
+            doc["backbone"].pop(key)
+        doc.pop("speaker_norm")
+    rewrite_json(model_copy, old)
+    model = Model.load(model_copy)
+    assert (model.family, model.layer, model.speaker_norm) == ("imagenet", None, False)
+    files = wavs[:3]
+    assert [p.to_dict() for p in model.predict(files, progress=False)] == \
+        [p.to_dict() for p in trained[0].predict(files, progress=False)]

@@ -192,12 +192,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .model import train_model
 
     settings = with_overrides(settings_from_args(args, args.dataset, args.root),
-                              fusion_pooling=args.pooling)
+                              fusion_pooling=args.pooling)   # None: the backbone's default
     fusion = None if args.fusion == "none" else args.fusion
     model = train_model(settings, args.out, fusion=fusion, progress=not args.quiet,
                         cross_validate=args.cross_validate, overwrite=args.overwrite)
+    backbone = model.backbones[model.views[0]].name
+    layer = f" layer {model.layer}" if model.layer is not None else ""
     print(f"model saved to {args.out}: labels {', '.join(model.labels)}; views "
-          f"{', '.join(model.views)}; fusion {model.fusion or 'none'} {model.weights}")
+          f"{', '.join(model.views)}; backbone {backbone}{layer}; pooling "
+          f"{model.pooling.name}; fusion {model.fusion or 'none'} {model.weights}"
+          + ("; speaker-normalised (transductive)" if model.speaker_norm else ""))
     return 0
 
 
@@ -218,16 +222,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .model import Model, format_prediction
+    from .errors import ConfigError
+    from .model import Model, format_prediction, read_speakers_csv
 
     model = Model.load(args.model)
+    option = "--speaker" if args.speaker is not None else "--speakers" if args.speakers else None
+    if option and not model.speaker_norm:
+        raise ConfigError(f"{option}: model {args.model} was trained without speaker "
+                          "normalisation (train --speaker-norm), so it takes no speakers; "
+                          f"drop {option}")
+    speakers = ([args.speaker] * len(args.files) if args.speaker is not None else
+                read_speakers_csv(args.speakers, args.files) if args.speakers else None)
     predictions = model.predict(args.files, timeline=args.timeline, batch_size=args.batch_size,
-                                progress=not args.quiet, on_error=args.on_error)
+                                progress=not args.quiet, on_error=args.on_error,
+                                speakers=speakers)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
     else:
         for prediction in predictions:
             print(format_prediction(prediction))
+    fallback = [p for p in predictions if (p.speaker_norm or "").startswith("fallback")]
+    if fallback:
+        print(f"binser: note: speaker normalisation used the average training speaker "
+              f"(fallback) for {len(fallback)} of {len(predictions)} file(s): their speaker "
+              f"has fewer than {model.min_utterances} files in this call; give more files "
+              "per speaker (--speaker/--speakers) for their own statistics", file=sys.stderr)
     failed = sum(p.error is not None for p in predictions)
     if failed:
         print(f"binser: {failed} of {len(predictions)} file(s) could not be read (see above)",
@@ -299,7 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fusion", default="left+right+mid+side",
                    choices=(*FUSIONS, "none"),
                    help="score fusion (none: train the single view given by --views)")
-    p.add_argument("--pooling", default=None, help="pooling (default: block-max)")
+    p.add_argument("--pooling", default=None,
+                   help="pooling (default: stats for whisper-* encoders, block-max for image "
+                        "CNNs)")
     p.add_argument("--cross-validate", action="store_true",
                    help="also cross-validate (--protocol) for the model card's scores")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
@@ -331,10 +352,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model folder written by 'binser train'")
     p.add_argument("files", nargs="+")
     p.add_argument("--json", action="store_true", help="print a JSON list")
-    p.add_argument("--timeline", action="store_true", help="scores per segment over time")
+    p.add_argument("--timeline", action="store_true",
+                   help="scores over time: per segment (CNNs) or per 1 s window, 0.5 s hop "
+                        "(whisper)")
     p.add_argument("--on-error", choices=ON_ERROR, default="skip",
                    help="skip: report unreadable files and go on (exit code 1); fail: stop")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="segments per network call (CNNs) or files encoded together (whisper)")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--speaker", default=None, metavar="NAME",
+                     help="speaker-normalised models: every file is of speaker NAME (the "
+                          "default too: all files of the call are one speaker)")
+    who.add_argument("--speakers", default=None, metavar="FILE.csv",
+                     help="speaker-normalised models: CSV with the columns path,speaker")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)
     return parser
