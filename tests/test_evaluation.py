@@ -405,3 +405,15 @@ def test_paired_comparison_bad_inputs():
         paired_comparison(y, pred_a, pred_b, spk, CLASSES, n_boot=0)
     with pytest.raises(ConfigError, match="predictions"):
         paired_comparison(y, pred_a, pred_b[:-1], spk, CLASSES)
+
+
+def test_speaker_independence_is_verified_not_assumed():
+    from binser.evaluation import folds, speaker_independence
+
+    speakers = ["a", "a", "b", "b", "c", "c"]
+    assert speaker_independence(folds(speakers, "loso"), speakers)["independent"] is True
+    shared = folds(speakers, "split", ["train", "test", "train", "train", "test", "test"])
+    verdict = speaker_independence(shared, speakers)
+    assert verdict["independent"] is False and "a" in verdict["reason"]
+    per_file = [f"u{i}" for i in range(6)]
+    assert speaker_independence(folds(per_file, "loso"), per_file)["independent"] is False

@@ -151,6 +151,34 @@ def folds(speakers: Sequence[Any], protocol: str,
     return _split(splits, len(names))
 
 
+def speaker_independence(fold_list: Sequence[tuple[np.ndarray, np.ndarray]],
+                         speakers: Sequence[Any]) -> dict[str, Any]:
+    """Whether every fold's training and test speakers are disjoint, verified.
+
+    Returns ``dict(independent, reason)``: ``independent`` is False when a fold shares a
+    speaker between its training and test parts (e.g. a ``split`` manifest with the same
+    speaker in both), or when every utterance is its own speaker (a ``folder`` corpus whose
+    file names carry no speaker: the folds are then leave-one-utterance-out).
+    """
+    spk = np.asarray(speakers).astype(str)
+    shared = []
+    for k, (train, test) in enumerate(fold_list):
+        common = sorted(set(spk[train]) & set(spk[test]))
+        if common:
+            shared.append(f"fold {k + 1}: {', '.join(common[:5])}")
+    if shared:
+        return {"independent": False,
+                "reason": "speakers in both training and test data (" + "; ".join(shared[:5])
+                          + "): SPEAKER-DEPENDENT evaluation"}
+    if len(spk) > 1 and len(np.unique(spk)) == len(spk):
+        return {"independent": False,
+                "reason": "every utterance has its own speaker id (file names carry no "
+                          "speaker?): the folds may hold one person's recordings on both "
+                          "sides; treat the results as SPEAKER-DEPENDENT"}
+    return {"independent": True, "reason": "every fold's training and test speakers are "
+                                           "disjoint (verified)"}
+
+
 def _codes(labels: Sequence, classes: Sequence, what: str) -> np.ndarray:
     index = {c: i for i, c in enumerate(classes)}
     try:
