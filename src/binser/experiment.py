@@ -676,7 +676,8 @@ def comparison_pairs(run_names: Sequence[str], prefix: str = "") -> list[tuple[s
     for base in sorted(n for n in names if n.startswith(f"{prefix}opensmile/")):
         if four in names:
             pairs.append((f"deep four-view fusion beats {base[len(prefix):]}", four, base))
-    return pairs
+    tag = f"[{prefix.rstrip(':')}] " if prefix else ""
+    return [(tag + claim, a, b) for claim, a, b in pairs]
 
 
 def compare_runs(runs: Mapping[str, RunPredictions], y: np.ndarray, classes: list[str],
