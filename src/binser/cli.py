@@ -26,6 +26,36 @@ def _layer(text: str) -> int | str:
     return value
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def _csv_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -61,7 +91,7 @@ def add_experiment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ci-method", default=d.ci_method,
                    choices=("speaker-bootstrap", "utterance-bootstrap"),
                    help="UA interval: resample speakers (default) or utterances")
-    p.add_argument("--input-size", type=int, default=None,
+    p.add_argument("--input-size", type=_positive_int, default=None,
                    help="backbone input size in pixels (default: the backbone's)")
     p.add_argument("--weights", default=None,
                    help="backbone weights: a .pth/.safetensors file (CNNs); for whisper-* a "
@@ -74,18 +104,23 @@ def add_experiment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--finetune-preset", default=d.finetune_preset, choices=FINETUNE_PRESETS,
                    help="paper: SGD, batch 30, lr 0.001, up to 300 epochs with early stopping; "
                         "cpu: reduced (96 px, last blocks only, 8 epochs) for a 2-core CPU")
-    p.add_argument("--epochs", type=int, default=None, help="maximum fine-tuning epochs")
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help="maximum fine-tuning epochs")
     p.add_argument("--views", type=_csv_list, default=d.views,
                    help="comma-separated views (default: left,right,mid,side)")
     p.add_argument("--poolings", type=_csv_list, default=d.poolings,
                    help="comma-separated poolings (default: all four)")
-    p.add_argument("--blocks", type=int, default=d.blocks, help="blocks l (default: 2)")
-    p.add_argument("--levels", type=int, default=None, help="multi-level pooling 1..L")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--blocks", type=_positive_int, default=d.blocks,
+                   help="blocks l (default: 2)")
+    p.add_argument("--levels", type=_positive_int, default=None, help="multi-level pooling 1..L")
+    p.add_argument("--batch-size", type=_positive_int, default=d.batch_size,
+                   help="segments per network call (default: %(default)s)")
+    p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch CPU threads for extraction and fine-tuning (default: torch's)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--n-boot", type=int, default=d.n_boot, help="bootstrap resamples for the UA CI")
+    p.add_argument("--seed", type=_non_negative_int, default=d.seed,
+                   help="random seed (default: %(default)s)")
+    p.add_argument("--n-boot", type=_positive_int, default=d.n_boot,
+                   help="bootstrap resamples for the UA CI (default: %(default)s)")
     p.add_argument("--cache-dir", default=None,
                    help="feature cache (default: $BINSER_CACHE_DIR or ~/.cache/binser)")
     p.add_argument("--baselines", type=_csv_list, default=(),
@@ -166,6 +201,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .preflight import check_file
 
     figure = args.output
+    if figure:
+        from .outputs import check_output_file
+
+        check_output_file(figure, "-o")
     check_file(args.file)   # AudioError naming the file and cause (silent, too short ...)
     result = inspect_file(args.file, figure=figure)
     if args.json:
@@ -188,9 +227,15 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
     from .experiment import with_overrides
     from .model import train_model
 
+    ignored = [option for option, given in (("--baselines", args.baselines),
+                                            ("--no-report", args.no_report)) if given]
+    if ignored:
+        raise ConfigError(f"{' and '.join(ignored)}: not used by train (a model has no "
+                          "baselines and no report; use 'binser experiment')")
     settings = with_overrides(settings_from_args(args, args.dataset, args.root),
                               fusion_pooling=args.pooling)   # None: the backbone's default
     fusion = None if args.fusion == "none" else args.fusion
@@ -263,11 +308,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         args.backbone = "efficientnet_lite0"
         print("[binser] demo: backbone efficientnet_lite0 (packaged, no download); pass "
               "--backbone whisper-base --weights FOLDER for the speech encoder")
+    from .outputs import OutputFolder
+
     out = Path(args.out)
+    settings = settings_from_args(args, "folder", out / "corpus", synthetic=True)
+    settings.validate()   # every setting, before the corpus is written
+    target = OutputFolder(out, keep=("corpus",))   # checked and locked before any work
     root = make_demo_corpus(out / "corpus")
     print(f"[binser] synthetic stereo demo corpus in {root}")
-    settings = settings_from_args(args, "folder", root, synthetic=True)
-    results = run_experiment(settings, out=out, progress=not args.quiet,
+    results = run_experiment(settings, out=target, progress=not args.quiet,
                              report=not args.no_report)
     print_summary(results)
     print(f"\nSYNTHETIC demo finished in {time.perf_counter() - start:.0f} s. Open "
@@ -295,17 +344,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_datasets)
 
     p = sub.add_parser("scan", help="count a corpus's utterances, labels, speakers; flag mono files")
-    p.add_argument("dataset")
-    p.add_argument("root")
+    p.add_argument("dataset", help="corpus name (see 'binser datasets')")
+    p.add_argument("root", help="corpus folder")
     p.add_argument("--manifest", default=None, help="CSV manifest (csv and baum1s corpora)")
-    p.add_argument("--on-error", choices=ON_ERROR, default="skip")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--on-error", choices=ON_ERROR, default="skip",
+                   help="skip: list bad files and scan the rest (default); fail: stop")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("inspect", help="facts about one audio/video file and its four views")
-    p.add_argument("file")
-    p.add_argument("-o", "--output", default=None, help="save the four-view spectrogram PNG here")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("file", help="audio or video file")
+    p.add_argument("-o", "--output", default=None,
+                   help="save the four-view spectrogram figure here (.png, .pdf or .svg)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("experiment", help="the paper's experiments on a corpus")
@@ -337,9 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print one JSON object (progress lines go to stderr)")
     p.add_argument("--parts", default=",".join(PARTS),
                    help=f"comma-separated subset of {','.join(PARTS)}")
-    p.add_argument("--threads", type=int, default=None, help="default: one per core")
-    p.add_argument("--batch-size", type=int, default=bench_defaults.batch)
-    p.add_argument("--seconds", type=float, default=bench_defaults.seconds,
+    p.add_argument("--threads", type=_positive_int, default=None, help="default: one per core")
+    p.add_argument("--batch-size", type=_positive_int, default=bench_defaults.batch,
+                   help="images per network call (default: %(default)s)")
+    p.add_argument("--seconds", type=_positive_float, default=bench_defaults.seconds,
                    help="measuring time per backbone case")
     p.add_argument("--work", default=None,
                    help="folder for the study's cache and outputs (default: a temporary one)")
@@ -350,14 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="predict the emotion of audio/video files with a model")
     p.add_argument("model", help="model folder written by 'binser train'")
-    p.add_argument("files", nargs="+")
+    p.add_argument("files", nargs="+", help="audio or video files")
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.add_argument("--timeline", action="store_true",
                    help="scores over time: per segment (CNNs) or per 1 s window, 0.5 s hop "
                         "(whisper)")
     p.add_argument("--on-error", choices=ON_ERROR, default="skip",
                    help="skip: report unreadable files and go on (exit code 1); fail: stop")
-    p.add_argument("--batch-size", type=int, default=64,
+    p.add_argument("--batch-size", type=_positive_int, default=64,
                    help="segments per network call (CNNs) or files encoded together (whisper)")
     who = p.add_mutually_exclusive_group()
     who.add_argument("--speaker", default=None, metavar="NAME",
@@ -365,23 +417,70 @@ def build_parser() -> argparse.ArgumentParser:
                           "default too: all files of the call are one speaker)")
     who.add_argument("--speakers", default=None, metavar="FILE.csv",
                      help="speaker-normalised models: CSV with the columns path,speaker")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_predict)
     return parser
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C (joblib then aborts its workers)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _stop_workers() -> None:
+    """Kill joblib's reusable loky workers, if any were started (after an interruption)."""
+    try:
+        from joblib.externals.loky import reusable_executor
+
+        executor = reusable_executor._executor
+        if executor is not None:
+            executor.shutdown(wait=False, kill_workers=True)
+    except Exception:   # noqa: BLE001  (best effort on the way out)
+        pass
+
+
+def _describe_os_error(error: OSError) -> str:
+    where = f"{error.filename}: " if error.filename else ""
+    return f"{where}{error.strerror or error}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import signal
+    import threading
+
+    handler = None
+    if threading.current_thread() is threading.main_thread():
+        handler = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()   # a closed pipe shows here, not at interpreter exit
+        return code
     except BinserError as error:
         print(f"binser: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("binser: interrupted; finished work is kept in the cache, rerun to resume",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        _stop_workers()
+        terminated = isinstance(interrupt, Terminated)
+        print(f"binser: {'terminated' if terminated else 'interrupted'}; finished work is kept "
+              "in the cache, rerun to resume", file=sys.stderr)
+        return 143 if terminated else 130
+    except BrokenPipeError:   # `binser ... | head`: the reader left; stop quietly
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        return 141
+    except OSError as error:
+        print(f"binser: error: {_describe_os_error(error)}", file=sys.stderr)
+        return 1
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == "__main__":

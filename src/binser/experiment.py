@@ -149,6 +149,52 @@ class ExperimentSettings:
             raise ConfigError(f"unknown fine-tuning preset {self.finetune_preset!r}; choose "
                               f"from {', '.join(FINETUNE_PRESETS)}")
         check_on_error(self.on_error)
+        self._validate_numbers_and_paths()
+
+    def _validate_numbers_and_paths(self) -> None:
+        """Every number and path, up front (before any file is decoded), in the CLI's words."""
+        from .evaluation import parse_protocol
+
+        parse_protocol(self.protocol)
+
+        def whole(value: Any, option: str, low: int, high: int | None = None,
+                  optional: bool = True) -> None:
+            if value is None and optional:
+                return
+            if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                    or value < low or (high is not None and value > high)):
+                limit = f"in {low}..{high}" if high is not None else f">= {low}"
+                raise ConfigError(f"{option} must be an integer {limit}, got {value!r}")
+
+        whole(self.batch_size, "--batch-size", 1, 65536, optional=False)
+        whole(self.num_threads, "--threads", 1, 1024)
+        whole(self.blocks, "--blocks", 1, 64, optional=False)
+        whole(self.levels, "--levels", 1, 64)
+        whole(self.finetune_epochs, "--epochs", 1, 100000)
+        whole(self.seed, "--seed", 0, 2 ** 32 - 1, optional=False)
+        if not is_encoder(self.backbone):
+            from .backbones.imagenet import MIN_INPUT_SIZE
+
+            whole(self.input_size, "--input-size", MIN_INPUT_SIZE.get(self.backbone, 32), 1024)
+        elif self.input_size is not None:
+            raise ConfigError(f"--input-size applies to image CNNs, not to {self.backbone}")
+        if self.weights is not None and str(self.weights) != "random":
+            path = Path(self.weights)
+            if not path.exists():
+                raise ConfigError(f"--weights {path}: no such file or folder")
+            allowed = ((".safetensors", ".pt", ".bin") if is_encoder(self.backbone)
+                       else (".pth", ".pt", ".safetensors", ".bin"))
+            if path.is_file() and path.suffix.lower() not in allowed:
+                raise ConfigError(f"--weights {path}: not a weights file for {self.backbone} "
+                                  f"(expected {', '.join(allowed)}"
+                                  f"{' or a Hugging Face folder' if is_encoder(self.backbone) else ''})")
+            if path.is_dir() and not is_encoder(self.backbone):
+                raise ConfigError(f"--weights {path}: a folder; {self.backbone} takes one "
+                                  f"{'/'.join(allowed)} file")
+        if self.cache_dir is not None:
+            from .outputs import check_folder
+
+            check_folder(self.cache_dir, "--cache-dir")
 
     def resolved_fusion_pooling(self) -> str:
         """The pooling whose scores are fused: ``fusion_pooling``, else the backbone's default
@@ -574,6 +620,8 @@ def run_folds(pooled: PooledFeatures | Sequence[PooledFeatures], y: np.ndarray, 
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
+    from .workers import in_worker
+
     n = len(y)
     runs: dict[str, RunPredictions] = {}
     test_proba: dict[str, np.ndarray] = {}
@@ -581,7 +629,8 @@ def run_folds(pooled: PooledFeatures | Sequence[PooledFeatures], y: np.ndarray, 
     per_fold = [as_pooled(p) for p in pooled] if isinstance(pooled, (list, tuple)) \
         else [as_pooled(pooled)] * len(fold_list)
     outcomes = Parallel(n_jobs=jobs, return_as="generator")(
-        delayed(evaluate_fold)(fold_pooled, y, groups, train, test, settings, n_classes)
+        delayed(in_worker)(os.getpid(), evaluate_fold,   # workers exit if this process dies
+                           fold_pooled, y, groups, train, test, settings, n_classes)
         for fold_pooled, (train, test) in zip(per_fold, fold_list))
     bar = tqdm(total=len(fold_list), desc="folds", unit="fold", disable=not progress)
     for (train, test), (fold_runs, fold_proba) in zip(fold_list, outcomes):
@@ -753,15 +802,28 @@ def write_predictions_csv(corpus: Corpus, fold_of: np.ndarray, runs: dict[str, R
 
 def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
                    progress: bool = True, report: bool = True,
-                   corpus_loader: Callable[..., Corpus] = load_corpus) -> dict[str, Any]:
+                   corpus_loader: Callable[..., Corpus] = load_corpus,
+                   keep: Sequence[str] = ()) -> dict[str, Any]:
     """Run the whole study; write ``results.json`` (and the report) to ``out`` if given.
+
+    ``out`` is checked and locked before any work and replaced whole at the end (entries of
+    the old folder named in ``keep`` are carried over, e.g. the demo's ``corpus``).
 
     Returns the results dictionary (the SPEC's ``results.json`` contract).
     """
     settings.validate()
+    target = None
+    if out is not None:   # checked and locked now; written whole at the end (binser.outputs)
+        from .outputs import OutputFolder
+
+        target = out if isinstance(out, OutputFolder) else OutputFolder(out, keep=keep)
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
     corpus = corpus_loader(settings.dataset, settings.root, manifest=settings.manifest)
+    if len(corpus.labels) < 2:
+        raise ConfigError(f"{settings.dataset} at {settings.root}: {len(corpus.labels)} "
+                          f"emotion class(es) ({', '.join(corpus.labels) or 'none'}); a study "
+                          "needs at least 2")
     # Every file is checked (decoded once) before any expensive work; see binser.preflight.
     corpus, skipped = screen_corpus(corpus, settings.on_error, settings.frontend, progress=progress)
     classes = list(corpus.labels)
@@ -872,17 +934,17 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
     }
     timing["total_s"] = time.perf_counter() - t0
     results["timing"] = timing
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(results, out / "results.json")
-        write_predictions_csv(corpus, fold_of, runs, classes, out / "predictions.csv")
-        if report:
-            from .report import write_report
+    if target is not None:   # a temporary sibling, swapped in whole: one run's output
+        with target.staged() as stage:
+            write_json_atomic(results, stage / "results.json")
+            write_predictions_csv(corpus, fold_of, runs, classes, stage / "predictions.csv")
+            if report:
+                from .report import write_report
 
-            example = corpus[int(np.argmax(first.n_rows[settings.views[0]]))]
-            write_report(results, out, example_path=example.path, config=settings.frontend)
-        _progress(f"results written to {out}", progress)
+                example = corpus[int(np.argmax(first.n_rows[settings.views[0]]))]
+                write_report(results, stage, example_path=example.path,
+                             config=settings.frontend)
+        _progress(f"results written to {target.path}", progress)
     return results
 
 

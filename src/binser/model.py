@@ -436,7 +436,8 @@ class Model:
         check_on_error(on_error)
         paths = [Path(p) for p in paths]
         ids = self._speaker_ids(speakers, len(paths))
-        features, failures = self._extract(paths, batch_size, progress, on_error, cache_dir)
+        features, failures = self._checked_extract(paths, batch_size, progress, on_error,
+                                                   cache_dir)
         self._refuse_all_silent(paths, features, failures, on_error)
         good = [i for i in range(len(paths)) if i not in failures]
         out = [Prediction(str(p), None, error=failures[i]) if i in failures else None
@@ -493,6 +494,32 @@ class Model:
         return (f"fallback: average training speaker for view(s) {', '.join(fell_back)} "
                 f"(fewer than {self.min_utterances} files with signal there); own statistics "
                 f"over {files} for the others")
+
+    def _checked_extract(self, paths: list[Path], batch_size: int, progress: bool,
+                         on_error: str, cache_dir: str | Path | None
+                         ) -> tuple[dict[str, list[np.ndarray | None]], dict[int, str]]:
+        """:meth:`_extract` of the files that pass the same input checks as ``inspect``,
+        ``scan`` and ``experiment`` (:func:`binser.preflight.check_file`: unreadable,
+        truncated, silent, too short or too long); the others are failures."""
+        from .preflight import check_file
+
+        failures: dict[int, str] = {}
+        for i, path in enumerate(paths):
+            try:
+                check_file(path, self.frontend)
+            except AudioError as error:
+                if on_error == "fail":
+                    raise
+                failures[i] = str(error)
+        keep = [i for i in range(len(paths)) if i not in failures]
+        found, failed = (self._extract([paths[i] for i in keep], batch_size, progress,
+                                       on_error, cache_dir) if keep else ({}, {}))
+        features: dict[str, list] = {v: [None] * len(paths) for v in self.views}
+        for view, rows in found.items():
+            for j, row in enumerate(rows):
+                features[view][keep[j]] = row
+        failures.update({keep[j]: message for j, message in failed.items()})
+        return features, failures
 
     def _extract(self, paths: list[Path], batch_size: int, progress: bool, on_error: str,
                  cache_dir: str | Path | None
@@ -723,7 +750,7 @@ def _check_target(out: Path, overwrite: bool) -> None:
         raise ConfigError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise ConfigError(f"{out}: folder exists and is not empty (pass overwrite=True "
+            raise ConfigError(f"{out}: folder exists and is not empty (pass --overwrite "
                               "to replace a saved model)")
         if not (out / MODEL_JSON).is_file():
             raise ConfigError(f"{out}: not replacing a non-empty folder that holds no "
@@ -868,6 +895,7 @@ def _build(root: Path, document: Mapping[str, Any]) -> Model:
     else:
         config, layer = _whisper_spec(root, spec, mode)
     frontend = FrontEndConfig.from_dict(document["frontend"])
+    _check_frontend(frontend)
     fusion = document["fusion"]["name"]
     weights = {str(k): float(w) for k, w in document["fusion"]["weights"].items()}
     if any(not 0.0 <= w <= 1.0 for w in weights.values()):
@@ -891,6 +919,42 @@ def _check_pooling(pooling: PoolingSpec) -> None:
     if pooling.levels is not None and not (isinstance(pooling.levels, int)
                                            and 1 <= pooling.levels <= MAX_BLOCKS):
         raise ValueError(f"pooling levels must be None or an integer in 1..{MAX_BLOCKS}")
+
+
+# Front-end values a model may carry (wider than any sensible setting, narrow enough that no
+# value can ask for a runaway allocation): name -> (low, high), inclusive.
+FRONTEND_BOUNDS: dict[str, tuple[float, float]] = {
+    "sample_rate": (4000, 96000), "n_mels": (1, 512), "fmin": (0.0, 48000.0),
+    "fmax": (1.0, 48000.0), "win_ms": (1.0, 200.0), "hop_ms": (1.0, 200.0),
+    "n_fft": (16, 16384), "power_floor": (1e-30, 1e-2), "segment_frames": (1, 2048),
+    "segment_hop": (1, 2048), "delta_width": (3, 99), "side_scale": (1e-3, 1e3),
+    "max_duration_s": (0.01, 86400.0),
+}
+_FRONTEND_INTS = ("sample_rate", "n_mels", "n_fft", "segment_frames", "segment_hop",
+                  "delta_width")
+
+
+def _check_frontend(frontend: FrontEndConfig) -> None:
+    """Refuse front-end values outside :data:`FRONTEND_BOUNDS` (like pooling and input
+    size): a tampered ``segment_frames = 1e7`` would otherwise ask for tens of GiB."""
+    for name, (low, high) in FRONTEND_BOUNDS.items():
+        value = getattr(frontend, name)
+        whole = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+        if name in _FRONTEND_INTS and not whole:
+            raise ValueError(f"frontend {name} must be an integer, got {value!r}")
+        if (not isinstance(value, (int, float, np.integer, np.floating))
+                or isinstance(value, bool) or not low <= value <= high):
+            raise ValueError(f"frontend {name} must lie in {low}..{high}, got {value!r}")
+    if not frontend.fmin < frontend.fmax <= frontend.sample_rate / 2:
+        raise ValueError(f"frontend needs fmin < fmax <= sample_rate/2, got fmin "
+                         f"{frontend.fmin}, fmax {frontend.fmax}, sample_rate "
+                         f"{frontend.sample_rate}")
+    if frontend.n_fft < round(frontend.win_ms * frontend.sample_rate / 1000):
+        raise ValueError("frontend n_fft must be at least the window length in samples")
+    if frontend.delta_width % 2 == 0:
+        raise ValueError(f"frontend delta_width must be odd, got {frontend.delta_width}")
+    if frontend.window not in ("hamming", "hann", "hanning", "blackman", "boxcar", "bartlett"):
+        raise ValueError(f"frontend window {frontend.window!r} is not supported")
 
 
 def _check_input_size(input_size: int) -> None:
@@ -1298,6 +1362,11 @@ def model_views(fusion: str | None, views: Sequence[str]) -> tuple[str, ...]:
         return tuple(views)
     if fusion not in FUSIONS:
         raise ConfigError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
+    missing = [v for v in FUSIONS[fusion] if v not in views]
+    if missing:
+        raise ConfigError(f"--fusion {fusion} trains the views {', '.join(FUSIONS[fusion])}, "
+                          f"but --views {','.join(views)} leaves out {', '.join(missing)}; "
+                          "drop --views, or use --fusion none with one view")
     return tuple(FUSIONS[fusion])
 
 
@@ -1479,11 +1548,21 @@ def train_model(settings, out_dir: str | Path | None = None, fusion: str | None 
     views = model_views(fusion, settings.views)
     spec = PoolingSpec(pooling or settings.resolved_fusion_pooling(), settings.blocks,
                        settings.levels)
+    target = None
+    if out_dir is not None:   # checked (and locked) before any work; Model.save swaps it in
+        from .outputs import OutputFolder
+
+        _check_target(Path(out_dir), overwrite)
+        target = OutputFolder(out_dir, option="--out", overwrite=True)
     if is_encoder(settings.backbone) and finetuned_backbones is not None:
         raise ConfigError(f"{settings.backbone}: speech encoders are used frozen; fine-tuned "
                           "backbones apply to image CNNs only")
     corpus = (corpus_loader or load_corpus)(settings.dataset, settings.root,
                                             manifest=settings.manifest)
+    if len(corpus.labels) < 2:
+        raise ConfigError(f"{settings.dataset} at {settings.root}: {len(corpus.labels)} "
+                          f"emotion class(es) ({', '.join(corpus.labels) or 'none'}); a model "
+                          "needs at least 2")
     # Bad files: stop before any expensive work, or leave them out (settings.on_error).
     corpus, _skipped = screen_corpus(corpus, settings.on_error, settings.frontend,
                                      progress=progress)
@@ -1510,11 +1589,15 @@ def train_model(settings, out_dir: str | Path | None = None, fusion: str | None 
              progress)
         cv_results = run_experiment(settings, out=None, progress=progress, report=False)
     info = training_info(corpus, settings, fit, oof_ua, cv_results, fusion, spec, layer_scores)
+    info["n_skipped"] = len(_skipped)   # every file left out, naming problems and bad audio
     model = Model(labels, views, backbones, fit.classifiers, spec, fusion, weights,
                   settings.frontend, "frozen" if finetuned_backbones is None else "finetuned",
                   info, layer=fit.layer, normalisers=fit.normalisers)
-    if out_dir is not None:
-        model.save(out_dir, overwrite=overwrite)
+    if target is not None:
+        try:
+            model.save(out_dir, overwrite=overwrite)
+        finally:
+            target.release()
         _say(f"model saved to {out_dir}", progress)
     return model
 
@@ -1737,8 +1820,10 @@ def _card_pooling(pooling: PoolingSpec) -> str:
 
 
 def _card_protocol(info: Mapping[str, Any]) -> list[str]:
-    oof = info.get("fusion_oof_ua")
-    oof_text = f" (out-of-fold UA {100 * oof:.1f} %)" if oof is not None else ""
+    # The fusion's own out-of-fold UA is measured on the probabilities its weights were
+    # chosen on (in-sample for the weights, optimistic): the card shows only the nested
+    # cross-validated figures (--cross-validate).
+    oof_text = ""
     lines = ["## Protocol", "",
              "- trained on ALL utterances of the corpus (the final model);",
              f"- {info.get('classifier_selection', '')};",

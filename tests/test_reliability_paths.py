@@ -1,0 +1,282 @@
+"""Reliability, round two (issue 12): output paths, settings up front, signals, workers,
+whole output folders, predict's input checks, bounded model values.
+
+The CLI runs as a subprocess on a tiny synthetic corpus (3 speakers x 4 emotions x 2 files,
+0.7-0.8 s). Each test checks the exit code, that stderr's error is one line naming the
+cause with no traceback, and that nothing was written (or the old folder is untouched).
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from binser.demo import DemoSpec, make_demo_corpus
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="POSIX signals, /proc")
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+FAST = ["--threads", "1", "--n-boot", "20", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return make_demo_corpus(tmp_path_factory.mktemp("paths") / "corpus",
+                            DemoSpec(n_speakers=3, per_emotion=2, min_duration_s=0.7,
+                                     max_duration_s=0.8))
+
+
+def _binser(*argv: str, timeout: float = 240) -> tuple[int, str, str]:
+    done = subprocess.run([sys.executable, "-m", "binser", *map(str, argv)],
+                          capture_output=True, text=True, timeout=timeout, env=ENV)
+    return done.returncode, done.stdout, done.stderr
+
+
+def _one_line_error(stderr: str, *words: str) -> None:
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("binser")]
+    assert len(lines) == 1 and lines[0].startswith("binser: error:"), stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+def _experiment(corpus: Path, out: Path, cache: Path, *extra: str) -> list[str]:
+    return ["experiment", "--dataset", "folder", "--root", corpus, "--out", out,
+            "--cache-dir", cache, "--backbone", "efficientnet_lite0", *FAST, *extra]
+
+
+# ------------------------------------------------------------------ output and cache paths
+
+PATH_CASES = {
+    "out is a file": (lambda c, t: _experiment(c, t / "file.txt", t / "cache"),
+                      ["--out", "is a file"]),
+    "cache is a file": (lambda c, t: _experiment(c, t / "out", t / "file.txt"),
+                        ["--cache-dir", "is a file"]),
+    "out under a file": (lambda c, t: _experiment(c, t / "file.txt" / "out", t / "cache"),
+                         ["--out", "not a folder"]),
+    "out is someone's folder": (lambda c, t: _experiment(c, t / "other", t / "cache"),
+                                ["--out", "holds no binser output"]),
+    "train out not empty": (lambda c, t: ["train", "--dataset", "folder", "--root", c,
+                                          "--out", t / "other", "--cache-dir", t / "cache",
+                                          *FAST], ["--overwrite"]),
+    "inspect -o txt": (lambda c, t: ["inspect", next(c.rglob("*.wav")), "-o", t / "x.txt"],
+                       ["-o", "unsupported file type"]),
+    "inspect -o under a wav": (lambda c, t: ["inspect", next(c.rglob("*.wav")), "-o",
+                                             next(c.rglob("*.wav")) / "x.png"],
+                               ["-o", "not a folder"]),
+    "inspect -o /proc": (lambda c, t: ["inspect", next(c.rglob("*.wav")), "-o",
+                                       "/proc/x.png"], ["/proc"]),
+    "demo out is a file": (lambda c, t: ["demo", "--out", t / "file.txt", *FAST],
+                           ["--out", "is a file"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PATH_CASES))
+def test_bad_output_paths_fail_at_once_naming_the_option(case, corpus, tmp_path):
+    (tmp_path / "file.txt").write_text("keep me")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    argv, words = PATH_CASES[case]
+    start = time.perf_counter()
+    code, _, stderr = _binser(*argv(corpus, tmp_path))
+    assert code == 2, stderr
+    _one_line_error(stderr, *words)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert (tmp_path / "file.txt").read_text() == "keep me"
+    assert time.perf_counter() - start < 60
+
+
+# ------------------------------------------------------------------ settings up front
+
+SETTING_CASES = {
+    "protocol": (["--protocol", "banana"], ["protocol"]),
+    "weights not weights": (["--weights", "{wav}"], ["--weights"]),
+    "input size": (["--input-size", "5000"], ["--input-size"]),
+    "one class": (["--root", "{one_class}"], ["2"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SETTING_CASES))
+def test_settings_are_checked_before_any_decoding(case, corpus, tmp_path):
+    one_class = tmp_path / "one"
+    (one_class / "anger").mkdir(parents=True)
+    for wav in sorted((corpus / "anger").glob("*.wav"))[:4]:
+        (one_class / "anger" / wav.name).symlink_to(wav)
+    extra, words = SETTING_CASES[case]
+    extra = [e.format(wav=next(corpus.rglob("*.wav")), one_class=one_class) for e in extra]
+    code, _, stderr = _binser(*_experiment(corpus, tmp_path / "out", tmp_path / "cache"),
+                              *extra)
+    assert code == 2, stderr
+    _one_line_error(stderr, *words)
+    assert "preflight" not in stderr
+    assert not (tmp_path / "out").exists()
+    assert not list((tmp_path / "cache").rglob("*.npy")) if (tmp_path / "cache").exists() \
+        else True
+
+
+@pytest.mark.parametrize("argv", [["--n-boot", "0"], ["--threads", "0"], ["--levels", "0"],
+                                  ["--batch-size", "-1"]])
+def test_cli_numbers_are_refused_by_argparse(argv, corpus, tmp_path):
+    code, _, stderr = _binser(*_experiment(corpus, tmp_path / "out", tmp_path / "cache"),
+                              *argv)
+    assert code == 2 and argv[0] in stderr.splitlines()[-1] and "Traceback" not in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_refuses_options_it_would_ignore(corpus, tmp_path):
+    base = ["train", "--dataset", "folder", "--root", corpus, "--out", tmp_path / "m",
+            "--cache-dir", tmp_path / "cache", *FAST]
+    code, _, stderr = _binser(*base, "--fusion", "mid+side", "--views", "left")
+    assert code == 2
+    _one_line_error(stderr, "--views", "mid")
+    code, _, stderr = _binser(*base, "--no-report")
+    assert code == 2
+    _one_line_error(stderr, "--no-report")
+    assert not (tmp_path / "m").exists()
+
+
+# ------------------------------------------------------------------ pipes and OS errors
+
+def test_closed_stdout_is_a_quiet_exit():
+    process = subprocess.Popen([sys.executable, "-m", "binser", "datasets"], env=ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()   # the reader is gone before the first line (like `| head -0`)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 141
+    assert b"Traceback" not in stderr and b"Broken" not in stderr, stderr
+
+
+def test_os_error_is_one_line(monkeypatch, capsys):
+    from binser import cli
+
+    def fail(args):
+        raise PermissionError(13, "Permission denied", "/somewhere/results.json")
+
+    monkeypatch.setattr(cli, "cmd_datasets", fail)
+    assert cli.main(["datasets"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "binser: error: /somewhere/results.json: Permission denied"
+
+
+# ------------------------------------------------------------------ whole output folders
+
+def test_rerun_replaces_the_folder_whole_and_a_lock_stops_a_second_writer(corpus, tmp_path):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    code, _, stderr = _binser(*_experiment(corpus, out, cache, "--views", "left,right"))
+    assert code == 0, stderr
+    (out / "stale.png").write_text("from an older run")
+    code, _, stderr = _binser(*_experiment(corpus, out, cache, "--views", "left",
+                                           "--poolings", "block-max", "--no-report"))
+    assert code == 0, stderr
+    assert sorted(p.name for p in out.iterdir()) == ["predictions.csv", "results.json"]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith((".partial", ".old"))]
+    # A run holding the folder's lock: a second run stops at once, the folder untouched.
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with open(tmp_path / ".out.lock", "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        code, _, stderr = _binser(*_experiment(corpus, out, cache, "--views", "left"))
+    assert code == 2
+    _one_line_error(stderr, "another binser run")
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+# ------------------------------------------------------------------ signals and workers
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _start_and_wait_for_workers(argv: list) -> tuple[subprocess.Popen, set[int]]:
+    process = subprocess.Popen([sys.executable, "-m", "binser", *map(str, argv)], env=ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and process.poll() is None:
+        children = _children(process.pid)
+        if len(children) >= 2:   # loky workers (and their resource tracker): folds running
+            time.sleep(1.0)
+            return process, _children(process.pid) | children
+        time.sleep(0.1)
+    process.kill()
+    pytest.fail("the classifier stage never started worker processes")
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_no_worker_survives_the_command(how, corpus, tmp_path):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    out.mkdir()
+    (out / "results.json").write_text("{}")     # an older run's output
+    (out / "report.html").write_text("old")
+    before = {p.name: p.read_text() for p in out.iterdir()}
+    process, children = _start_and_wait_for_workers(_experiment(corpus, out, cache))
+    process.send_signal(getattr(signal, how))
+    _, stderr = process.communicate(timeout=60)
+    if how == "SIGTERM":
+        assert process.returncode == 143, stderr
+        assert "Traceback" not in stderr and "terminated" in stderr.splitlines()[-1]
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(pid) for pid in children):
+        time.sleep(0.2)
+    assert not [pid for pid in children if _alive(pid)], "worker processes survived"
+    assert {p.name: p.read_text() for p in out.iterdir()} == before   # untouched
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+# ------------------------------------------------------------------ predict and models
+
+def test_predict_applies_the_input_checks(corpus, tmp_path):
+    model = tmp_path / "model"
+    code, _, stderr = _binser("train", "--dataset", "folder", "--root", corpus, "--out", model,
+                              "--cache-dir", tmp_path / "cache", "--fusion", "none",
+                              "--views", "left", "--poolings", "block-max", *FAST)
+    assert code == 0, stderr
+    zero, one, cut = tmp_path / "zero.wav", tmp_path / "one.wav", tmp_path / "cut.wav"
+    sf.write(zero, np.zeros((16000, 2), np.float32), 16000)
+    sf.write(one, np.full((1, 2), 0.3, np.float32), 16000)
+    data = next(corpus.rglob("*.wav")).read_bytes()
+    cut.write_bytes(data[: len(data) // 3])
+    good = next(corpus.rglob("*.wav"))
+    code, stdout, stderr = _binser("predict", model, zero, one, cut, good, "--quiet")
+    assert code == 1 and "Traceback" not in stderr
+    lines = stdout.splitlines()
+    for bad in (zero, one, cut):
+        assert any(str(bad) in line and "error" in line.lower() for line in lines), stdout
+    assert not any(str(good) in line and "error" in line.lower() for line in lines), stdout
+
+
+@pytest.mark.parametrize("field,value", [("segment_frames", 10 ** 7), ("n_mels", 200000),
+                                         ("side_scale", 1e9), ("segment_hop", 10 ** 6)])
+def test_model_front_end_values_are_bounded(field, value):
+    from dataclasses import replace
+
+    from binser.config import FrontEndConfig
+    from binser.model import _check_frontend
+
+    _check_frontend(FrontEndConfig())
+    with pytest.raises(ValueError, match=field):
+        _check_frontend(replace(FrontEndConfig(), **{field: value}))
