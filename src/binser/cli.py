@@ -278,6 +278,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
                           f"drop {option}")
     speakers = ([args.speaker] * len(args.files) if args.speaker is not None else
                 read_speakers_csv(args.speakers, args.files) if args.speakers else None)
+    if args.per_channel:   # two-party recordings: one speaker per channel
+        from .serve.commands import predict_per_channel
+
+        if speakers is not None:
+            raise ConfigError("--per-channel takes no --speaker/--speakers")
+        return predict_per_channel(model, args)
     predictions = model.predict(args.files, timeline=args.timeline, batch_size=args.batch_size,
                                 progress=not args.quiet, on_error=args.on_error,
                                 speakers=speakers)
@@ -297,6 +303,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"binser: {failed} of {len(predictions)} file(s) could not be read (see above)",
               file=sys.stderr)
     return 1 if failed else 0
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from .serve.commands import run_stream
+
+    return run_stream(args)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve.commands import run_serve
+
+    return run_serve(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -417,8 +435,17 @@ def build_parser() -> argparse.ArgumentParser:
                           "default too: all files of the call are one speaker)")
     who.add_argument("--speakers", default=None, metavar="FILE.csv",
                      help="speaker-normalised models: CSV with the columns path,speaker")
+    p.add_argument("--per-channel", action="store_true",
+                   help="two-party stereo recordings: each channel is one speaker with its own "
+                        "label and timeline (windows where it is silent are marked so)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_predict)
+
+    from .serve.commands import add_parsers
+
+    add_parsers(sub)
+    for name, func in (("stream", cmd_stream), ("serve", cmd_serve)):
+        sub.choices[name].set_defaults(func=func)
     return parser
 
 

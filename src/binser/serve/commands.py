@@ -1,0 +1,250 @@
+"""The ``binser stream`` and ``binser serve`` commands and ``predict --per-channel``
+(called from :mod:`binser.cli`)."""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import sys
+import time
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..errors import ConfigError
+from .stream import FORMATS, StreamEngine, analyse_file, format_window
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def add_parsers(sub) -> None:
+    """The ``stream`` and ``serve`` sub-commands (``sub``: the CLI's subparsers)."""
+    p = sub.add_parser("stream", help="emotion per analysis window of a file played in real "
+                                      "time, raw PCM on standard input, or a microphone")
+    p.add_argument("model", help="model folder written by 'binser train'")
+    p.add_argument("source", nargs="?", default=None,
+                   help="audio/video file, or - for raw interleaved PCM on standard input "
+                        "(see --rate, --channels, --format); omit with --mic")
+    p.add_argument("--mic", action="store_true",
+                   help="record from the default microphone (needs 'sounddevice')")
+    p.add_argument("--rate", type=positive_int, default=16000,
+                   help="standard input / microphone sample rate, Hz (default %(default)s)")
+    p.add_argument("--channels", type=int, choices=(1, 2), default=2,
+                   help="standard input / microphone channels (default %(default)s)")
+    p.add_argument("--format", choices=tuple(FORMATS), default="s16le",
+                   help="standard input sample format (default %(default)s)")
+    p.add_argument("--chunk-ms", type=positive_float, default=100.0,
+                   help="audio handed to the engine at a time, ms (default %(default)s)")
+    p.add_argument("--fast", action="store_true",
+                   help="a file as fast as possible instead of in real time")
+    p.add_argument("--per-channel", action="store_true",
+                   help="two-party recording: one speaker per channel, one timeline each")
+    p.add_argument("--silence-db", type=float, default=None,
+                   help="a channel (per-channel mode; default -50) or window (binaural mode; "
+                        "default: off) quieter than this many dBFS is reported silent")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=run_stream)
+
+    p = sub.add_parser("serve", help="HTTP + WebSocket server with a web page (needs the "
+                                     "'serve' extra)")
+    p.add_argument("model", help="model folder written by 'binser train'")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default %(default)s; any other needs --token)")
+    p.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
+    p.add_argument("--token", default=os.environ.get("BINSER_TOKEN"),
+                   help="secret required by the API and the stream (default $BINSER_TOKEN)")
+    p.add_argument("--max-upload-mb", type=positive_float, default=50.0,
+                   help="largest upload, MiB (default %(default)s)")
+    p.add_argument("--max-stream-s", type=positive_float, default=3600.0,
+                   help="longest stream, seconds of audio (default %(default)s)")
+    p.add_argument("--max-streams", type=positive_int, default=4,
+                   help="concurrent WebSocket streams (default %(default)s)")
+    p.add_argument("--threads", type=positive_int, default=2,
+                   help="model computations run at once (default %(default)s)")
+    p.set_defaults(func=run_serve)
+
+
+# ------------------------------------------------------------------------------ stream
+
+def _file_chunks(model, path: str, chunk: float) -> Iterator[tuple[np.ndarray, int]]:
+    from ..audio import load_audio
+
+    sr = model.frontend.sample_rate
+    audio = load_audio(path, sr=sr, max_duration_s=model.frontend.max_duration_s)
+    step = max(1, int(chunk * sr))
+    for s in range(0, audio.shape[1], step):
+        yield audio[:, s:s + step].T, sr
+
+
+def _stdin_chunks(args, chunk: float) -> Iterator[bytes]:
+    frame = FORMATS[args.format].itemsize * args.channels
+    size = max(1, int(chunk * args.rate)) * frame
+    stdin = sys.stdin.buffer
+    rest = b""
+    while True:
+        data = stdin.read(size)
+        if not data:
+            break
+        data = rest + data
+        cut = len(data) - len(data) % frame
+        rest = data[cut:]
+        yield data[:cut]
+
+
+def _mic_chunks(args, chunk: float) -> Iterator[np.ndarray]:
+    try:
+        import sounddevice
+    except (ImportError, OSError) as exc:
+        raise ConfigError(f"--mic needs the 'sounddevice' package and PortAudio ({exc})") \
+            from exc
+    import queue
+
+    blocks: queue.Queue = queue.Queue()
+    with sounddevice.InputStream(samplerate=args.rate, channels=args.channels,
+                                 dtype="float32", blocksize=max(1, int(chunk * args.rate)),
+                                 callback=lambda data, *_: blocks.put(data.copy())):
+        print("binser: recording; Ctrl-C to stop", file=sys.stderr)
+        try:
+            while True:
+                yield blocks.get()
+        except KeyboardInterrupt:
+            return
+
+
+def _show(result, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"type": "window", **result.to_dict()}), flush=True)
+    else:
+        print(format_window(result), flush=True)
+
+
+def run_stream(args: argparse.Namespace) -> int:
+    from ..model import Model
+
+    if args.mic == (args.source is not None):
+        raise ConfigError("give one source: a file, - for standard input, or --mic")
+    model = Model.load(args.model)
+    chunk = args.chunk_ms / 1000.0
+    if args.source == "-" or args.mic:
+        engine = StreamEngine(model, args.rate, args.channels, per_channel=args.per_channel,
+                              silence_db=args.silence_db)
+        source = _stdin_chunks(args, chunk) if not args.mic else _mic_chunks(args, chunk)
+        for piece in source:
+            results = (engine.feed_bytes(piece, args.format) if isinstance(piece, bytes)
+                       else engine.feed(piece))
+            for r in results:
+                _show(r, args.json)
+    else:
+        engine = None
+        began = time.monotonic()
+        for frames, sr in _file_chunks(model, args.source, chunk):
+            if engine is None:
+                engine = StreamEngine(model, sr, frames.shape[1],
+                                      per_channel=args.per_channel,
+                                      silence_db=args.silence_db)
+            if not args.fast:   # real time: this chunk is "recorded" once its end is due
+                due = began + engine.duration_s + len(frames) / sr
+                time.sleep(max(0.0, due - time.monotonic()))
+            for r in engine.feed(frames):
+                _show(r, args.json)
+    for r in engine.finish():
+        _show(r, args.json)
+    summary = engine.summary()
+    if args.json:
+        print(json.dumps({"type": "end", "summary": summary}), flush=True)
+    else:
+        print(_summary_text(summary), flush=True)
+    return 0
+
+
+def _summary_text(summary: dict[str, Any]) -> str:
+    def one(s):
+        if s["label"] is None:
+            return "(silent throughout)"
+        best = sorted(s["scores"].items(), key=lambda kv: -kv[1])[:3]
+        return f"{s['label']}  ({', '.join(f'{k} {v:.2f}' for k, v in best)})"
+
+    head = f"overall over {summary['windows']} windows, {summary['duration_s']:.2f} s: "
+    if "channels" in summary:
+        return head + "  |  ".join(f"{n}: {one(s)}" for n, s in summary["channels"].items())
+    return head + one(summary)
+
+
+# ------------------------------------------------------------------------------ predict
+
+def predict_per_channel(model, args: argparse.Namespace) -> int:
+    """``predict --per-channel``: each file through the engine, one timeline per channel."""
+    from ..errors import BinserError
+
+    out, failed = [], 0
+    for path in args.files:
+        try:
+            result = analyse_file(model, path, per_channel=True)
+        except BinserError as exc:
+            if args.on_error == "fail":
+                raise
+            failed += 1
+            result = {"path": str(path), "error": str(exc)}
+        if not args.timeline:
+            result.pop("windows", None)
+        out.append(result)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for result in out:
+            if "error" in result:
+                print(f"{result['path']}: ERROR {result['error']}")
+                continue
+            print(f"{result['path']}: {_summary_text(result['summary'])}")
+            for w in result.get("windows", []):
+                print("    " + format_window(w))
+    return 1 if failed else 0
+
+
+# ------------------------------------------------------------------------------ serve
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .app import ServeSettings, create_app
+    except ImportError as exc:
+        raise ConfigError(f"binser serve needs the 'serve' extra: pip install "
+                          f"'binser[serve]' ({exc})") from exc
+    from ..model import Model
+
+    if not is_loopback(args.host) and not args.token:
+        raise ConfigError(f"--host {args.host} is reachable from other machines: give "
+                          "--token SECRET (or $BINSER_TOKEN), or bind 127.0.0.1")
+    model = Model.load(args.model)
+    settings = ServeSettings(max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
+                             max_stream_s=args.max_stream_s, max_streams=args.max_streams,
+                             compute_threads=args.threads, token=args.token or None)
+    app = create_app(model, settings)
+    print(f"binser: serving {args.model} on http://{args.host}:{args.port}/ "
+          f"(API docs at /docs)", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                ws_max_size=settings.max_message_bytes + 4096)
+    return 0
