@@ -280,3 +280,12 @@ def test_model_front_end_values_are_bounded(field, value):
     _check_frontend(FrontEndConfig())
     with pytest.raises(ValueError, match=field):
         _check_frontend(replace(FrontEndConfig(), **{field: value}))
+
+
+@pytest.mark.parametrize("argv,words", [(["scan", "folder", "{wav}"], ["a file, not a corpus"]),
+                                        (["predict", "{wav}", "{wav}"], ["a file, not a model"])])
+def test_a_file_where_a_folder_is_wanted_is_named_so(argv, words, corpus):
+    wav = next(corpus.rglob("*.wav"))
+    code, _, stderr = _binser(*[a.format(wav=wav) for a in argv])
+    assert code == 2
+    _one_line_error(stderr, *words)

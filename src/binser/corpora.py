@@ -633,6 +633,9 @@ def corpus(name: str, root: str | Path, manifest: str | Path | None = None,
     adapter = _adapter(name)
     key = str(name).strip().lower()
     folder = Path(os.path.normpath(Path(root).expanduser().absolute()))
+    if folder.exists() and not folder.is_dir():
+        raise CorpusError(f"{folder}: a file, not a corpus folder (give the folder that "
+                          "holds the corpus)")
     if not folder.is_dir():
         raise CorpusError(f"{folder}: corpus folder not found")
     if manifest is not None and not adapter.uses_manifest:

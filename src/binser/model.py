@@ -705,6 +705,9 @@ class Model:
         root = Path(path)
         if root.name == MODEL_JSON and root.is_file():
             root = root.parent
+        if root.is_file():
+            raise ModelError(f"{root}: a file, not a model folder (the first argument is the "
+                             "folder written by 'binser train'; the audio files follow it)")
         if not root.is_dir():
             raise ModelError(f"{root}: not a model folder (no such directory)")
         document = read_document(root)
