@@ -70,13 +70,14 @@ def test_summary_ratios():
                "frontend": {"binser_xrt": 600.0, "vs_librosa": 12.0},
                "extraction": [{"ratio": 0.95, "binser_img_s": 50.0}, {"ratio": 0.5}],
                "opensmile": {"xrt": 150.0},
-               "study": {"cold": {"wall_s": 300.0, "peak_rss_mb": 900.0},
+               "study": {"command": "binser experiment --backbone whisper-base --out OUT",
+                         "cold": {"wall_s": 300.0, "peak_rss_mb": 900.0},
                          "warm": {"wall_s": 20.0, "peak_rss_mb": 1200.0}}}
     s = summary(figures)
     assert s["frontend_xrt"] == 600.0 and s["frontend_vs_opensmile"] == 4.0
     assert s["extraction_ratio"] == 0.95 and s["extraction_img_s"] == 50.0
     assert (s["study_cold_s"], s["study_warm_s"], s["peak_rss_mb"]) == (300.0, 20.0, 1200.0)
-    assert s["gpu_extraction_ratio"] is None
+    assert s["gpu_extraction_ratio"] is None and s["study_backbone"] == "whisper-base"
     gpu = summary({**figures, "extraction_gpu": [{"ratio": 0.93, "binser_img_s": 4000.0}]})
     assert (gpu["gpu_extraction_ratio"], gpu["gpu_extraction_img_s"]) == (0.93, 4000.0)
     empty = summary({"quick": False})

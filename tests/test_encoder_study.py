@@ -129,3 +129,28 @@ def test_end_to_end_with_a_tiny_whisper(tmp_path, tiny_dir, tiny_corpus):
     assert {c["verdict"] for c in results["comparisons"]} <= {"supported", "refuted", "undecided"}
     report = (tmp_path / "out" / "report.md").read_text()
     assert "TRANSDUCTIVE" in report and "whisper-tiny (speech encoder)" in report
+
+
+def test_features_do_not_depend_on_the_thread_count_or_the_batch(tmp_path, tiny_dir):
+    """--threads 1 and 2 give bit-identical frames and CNN features (binser.parallel)."""
+    from binser.backbones import get_backbone
+    from binser.features import SegmentFeatureExtractor
+
+    rng = np.random.default_rng(5)
+    for i, seconds in enumerate((0.7, 1.9, 1.2)):
+        sf.write(tmp_path / f"f{i}.wav", (0.1 * rng.standard_normal((int(16000 * seconds), 2))
+                                          ).astype(np.float32), 16000, subtype="FLOAT")
+    paths = sorted(tmp_path.glob("f*.wav"))
+    whisper = load_whisper("whisper-tiny", tiny_dir)
+    frames = [FrameFeatureExtractor(whisper, layers=(2,), num_threads=t, progress=False)
+              .extract(paths)[2] for t in (1, 2)]
+    alone = FrameFeatureExtractor(whisper, layers=(2,), progress=False).extract(paths[1:2])[2]
+    cnn = get_backbone("efficientnet_lite0", input_size=64)
+    segments = [SegmentFeatureExtractor(cnn, num_threads=t, batch_size=b, progress=False)
+                .extract(paths) for t, b in ((1, 64), (2, 64), (2, 5))]
+    for view in ("left", "side"):
+        for i in range(3):
+            np.testing.assert_array_equal(frames[0][view][i], frames[1][view][i])
+            np.testing.assert_array_equal(segments[0][view][i], segments[1][view][i])
+            np.testing.assert_array_equal(segments[0][view][i], segments[2][view][i])
+        np.testing.assert_array_equal(alone[view][0], frames[1][view][1])

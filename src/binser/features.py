@@ -27,15 +27,17 @@ import numpy as np
 import torch
 
 from .audio import load_audio
-from .backbones import Backbone, set_threads
+from .backbones import Backbone
+from .parallel import single_thread_map
 from .cache import HASH_CHUNK, CacheWarning, FeatureCache, file_sha256  # noqa: F401
 from .config import FrontEndConfig
 from .errors import ConfigError
 from .spectrogram import views_images
 from .views import ALL_VIEWS, VIEWS, binaural_views, silent_views
 
-CACHE_FORMAT = "binser-segment-features-v2"  # bump when the feature computation changes
-FRAME_CACHE_FORMAT = "binser-frame-features-v1"
+CACHE_FORMAT = "binser-segment-features-v3"  # bump when the feature computation changes
+FRAME_CACHE_FORMAT = "binser-frame-features-v2"
+SUB_BATCH = 16   # images per single-threaded work item (fixed: results never depend on threads)
 
 
 def cache_key(file_digest: str, view: str, config_digest: str, backbone_name: str,
@@ -145,8 +147,9 @@ class SegmentFeatureExtractor:
     """Per-view segment features ``(n_i, d)`` of audio files with a frozen backbone.
 
     ``views``: subset of ``left right mid side mono``. ``cache_dir``: feature cache folder
-    (None: no cache). ``batch_size``: segments per backbone call. ``num_threads``: torch CPU
-    threads during :meth:`extract` (None: leave torch's setting). ``channels_last``: run the
+    (None: no cache). ``batch_size``: segments per batch. ``num_threads``: worker threads,
+    each computing sub-batches with one torch thread (None: one per core); the features do
+    not depend on it. ``channels_last``: run the
     network in channels-last memory format (faster on CPU for convolutions).
 
     :meth:`extract` puts the backbone's model in eval mode (restored afterwards), converts
@@ -177,9 +180,6 @@ class SegmentFeatureExtractor:
     def extract(self, paths: Sequence[str | Path]) -> dict[str, list[np.ndarray]]:
         """``{view: [features of paths[i] (n_i, d) float32, ...]}`` in the order of ``paths``."""
         paths = [Path(p) for p in paths]
-        threads_before = torch.get_num_threads()
-        if self.num_threads is not None:
-            set_threads(self.num_threads)
         was_training = self.backbone.model.training
         self.backbone.model.eval()
         self.backbone.refresh_weights_id()
@@ -187,7 +187,6 @@ class SegmentFeatureExtractor:
             return self._extract(paths)
         finally:
             self.backbone.model.train(was_training)
-            torch.set_num_threads(threads_before)
 
     def keys(self, path: str | Path, digest: str | None = None) -> dict[str, str]:
         """Cache keys ``{view: key}`` of one file (``digest``: its sha256 if known)."""
@@ -241,12 +240,28 @@ class SegmentFeatureExtractor:
         return file_images(path, views, self.config)
 
     def _features(self, images: np.ndarray) -> np.ndarray:
-        """(B, 3, F, L) images in [0, 1] -> (B, d) float32 features."""
-        with torch.inference_mode():
-            x = self.backbone.normalise(images, channels_last=self.channels_last)
-            out = self.backbone.model(x)
+        """(B, 3, F, L) images in [0, 1] -> (B, d) float32 features.
+
+        On the CPU, sub-batches of exactly :data:`SUB_BATCH` images (the last one padded with
+        blank images: kernels are chosen by batch size) run single-threaded side by side
+        (:func:`binser.parallel.single_thread_map`): a segment's features then never depend
+        on the thread count, the batch size or the other segments of the batch."""
+        def run(part: np.ndarray) -> np.ndarray:
+            n = len(part)
+            if n < SUB_BATCH and self.backbone.device.type == "cpu":   # kernels depend on
+                part = np.concatenate([part, np.zeros((SUB_BATCH - n, *part.shape[1:]),  # size
+                                                      part.dtype)])
+            with torch.inference_mode():
+                x = self.backbone.normalise(part, channels_last=self.channels_last)
+                return self.backbone.model(x).float().cpu().numpy()[:n]
+
+        if self.backbone.device.type != "cpu":
+            out = run(images)
+        else:
+            parts = [images[i:i + SUB_BATCH] for i in range(0, len(images), SUB_BATCH)]
+            out = np.concatenate(single_thread_map(run, parts, self.num_threads))
         self.n_computed += len(images)
-        return out.float().cpu().numpy()
+        return out
 
 
 class _RunState:
@@ -320,8 +335,9 @@ class FrameFeatureExtractor:
     layers computed (and cached) whenever a file is encoded; :meth:`extract` returns those
     in ``keep`` (default: all). ``batch_files``: files decoded and encoded together (their
     views are batched by length inside the encoder, masked, so batching never changes a
-    value). A silent view gets ``n_i = 0`` rows. ``num_threads``: torch CPU threads during
-    :meth:`extract`.
+    value). A silent view gets ``n_i = 0`` rows. ``num_threads``: worker threads, each
+    encoding one signal alone with one torch thread (None: one per core); the frames do not
+    depend on it.
     """
 
     def __init__(self, backbone, config: FrontEndConfig = FrontEndConfig(),
@@ -357,13 +373,7 @@ class FrameFeatureExtractor:
         keep = self.layers if keep is None else tuple(int(k) for k in keep)
         if not set(keep) <= set(self.layers):
             raise ConfigError(f"keep layers {list(keep)} not among computed {list(self.layers)}")
-        threads_before = torch.get_num_threads()
-        if self.num_threads is not None:
-            set_threads(self.num_threads)
-        try:
-            return self._extract([Path(p) for p in paths], keep)
-        finally:
-            torch.set_num_threads(threads_before)
+        return self._extract([Path(p) for p in paths], keep)
 
     def _extract(self, paths: list[Path], keep: tuple[int, ...]):
         results = {layer: {v: [None] * len(paths) for v in self.views} for layer in keep}
@@ -421,10 +431,24 @@ class FrameFeatureExtractor:
                     signals.append(audio_views[view])
         if not signals:
             return
-        encoded = self.backbone.encode(signals, self.layers)
+        encoded = self._encode_signals(signals)
         self.n_computed += len(signals)
         for (index, view, keys), frames in zip(owners, encoded):
             self._store(index, view, keys, frames, keep, results)
+
+    def _encode_signals(self, signals: list[np.ndarray]) -> list[dict[int, np.ndarray]]:
+        """Each signal encoded ALONE (no padding, one intra-op thread), several side by side
+        on the CPU: a file's frames depend only on the file, never on the batch or the
+        thread count (see :mod:`binser.parallel`). On a GPU: length-sorted masked batches."""
+        if self.backbone.device.type != "cpu":
+            return self.backbone.encode(signals, self.layers)
+        order = sorted(range(len(signals)), key=lambda i: -len(signals[i]))  # longest first
+        done = single_thread_map(lambda i: self.backbone.encode([signals[i]], self.layers)[0],
+                                 order, self.num_threads)
+        out: list = [None] * len(signals)
+        for i, frames in zip(order, done):
+            out[i] = frames
+        return out
 
     def _store(self, index: int, view: str, keys: dict, frames: dict, keep: tuple[int, ...],
                results: dict) -> None:

@@ -1309,7 +1309,7 @@ def _tolerant_frame_extractor_class():
             if not signals:
                 return
             try:
-                encoded = self.backbone.encode(signals, self.layers)
+                encoded = self._encode_signals(signals)
             except AudioError:
                 encoded = None
             if encoded is not None:
@@ -1321,7 +1321,7 @@ def _tolerant_frame_extractor_class():
                 by_file.setdefault(index, []).append(k)
             for index, ks in by_file.items():
                 try:
-                    frames = self.backbone.encode([signals[k] for k in ks], self.layers)
+                    frames = self._encode_signals([signals[k] for k in ks])
                 except AudioError as exc:
                     path = owners[ks[0]][1]
                     self._fail(index, path, AudioError(path, _view_cause(exc.cause, [
