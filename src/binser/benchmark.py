@@ -98,8 +98,9 @@ def librosa_reference_images(path: Path, config: FrontEndConfig) -> dict[str, np
             fmax=config.fmax)
         logmel = 10.0 * np.log10(np.maximum(mel, config.power_floor))
         frames, hop = config.segment_frames, config.segment_hop
-        if logmel.shape[1] < frames:   # one segment, padded with the minimum
-            pad = frames - logmel.shape[1]
+        n = 1 + max(0, -(-(logmel.shape[1] - frames) // hop))   # cover every frame
+        pad = (n - 1) * hop + frames - logmel.shape[1]
+        if pad > 0:   # the last segment runs past the end: padded with the minimum
             logmel = np.pad(logmel, ((0, 0), (0, pad)), constant_values=logmel.min())
         images = []
         for start in range(0, logmel.shape[1] - frames + 1, hop):

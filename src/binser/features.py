@@ -35,7 +35,7 @@ from .errors import ConfigError
 from .spectrogram import views_images
 from .views import ALL_VIEWS, VIEWS, binaural_views, silent_views
 
-CACHE_FORMAT = "binser-segment-features-v3"  # bump when the feature computation changes
+CACHE_FORMAT = "binser-segment-features-v4"  # bump when the feature computation changes
 FRAME_CACHE_FORMAT = "binser-frame-features-v2"
 SUB_BATCH = 16   # images per single-threaded work item (fixed: results never depend on threads)
 

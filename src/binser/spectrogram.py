@@ -239,27 +239,34 @@ def _operator_t(length: int, width: int, order: int, dtype) -> np.ndarray:
 
 
 def n_segments(T: int, frames: int = 64, hop: int = 30) -> int:
-    """Number of segments ``segment`` cuts from T frames: 1 if T < frames (padded), else
-    1 + (T - frames) // hop (starts 0, hop, 2*hop ... while start + frames <= T)."""
+    """Number of segments ``segment`` cuts from T frames: ``1 + ceil(max(T - frames, 0) /
+    hop)``; starts 0, hop, 2*hop ... until the whole log-Mel is covered (the last segment
+    may run past T and is then padded, see :func:`segment`)."""
     if frames < 1 or hop < 1:
         raise ConfigError(f"segment frames and hop must be >= 1, got {frames}, {hop}")
     if T < 1:
         raise BinserError(f"cannot segment an empty log-Mel (T={T})")
-    return 1 if T < frames else 1 + (T - frames) // hop
+    return 1 + -(-max(T - frames, 0) // hop)
+
+
+def padded_length(T: int, frames: int = 64, hop: int = 30) -> int:
+    """Frames the segments span: ``(n - 1) * hop + frames`` (>= T)."""
+    return (n_segments(T, frames, hop) - 1) * hop + frames
 
 
 def _windows(logmel: np.ndarray, frames: int, hop: int) -> np.ndarray:
-    """Segments (n, F, frames) of a log-Mel (F, T): a strided view where T >= frames, else
-    one segment padded at the end with the log-Mel's minimum (a new array)."""
+    """Segments (n, F, frames) of a log-Mel (F, T): a strided view of the log-Mel, padded
+    at the end with its minimum to :func:`padded_length` first where that exceeds T."""
     if logmel.ndim != 2:
         raise BinserError(f"expected a log-Mel of shape (F, T), got {logmel.shape}")
     n_bands, T = logmel.shape
     n = n_segments(T, frames, hop)
-    if T < frames:
+    total = padded_length(T, frames, hop)
+    if total > T:
         fill = logmel.min() if logmel.size else 0.0   # F = 0: nothing to fill (fuzzing)
-        padded = np.full((1, n_bands, frames), fill, dtype=np.float32)
-        padded[0, :, :T] = logmel
-        return padded
+        padded = np.full((n_bands, total), fill, dtype=np.float32)
+        padded[:, :T] = logmel
+        logmel = padded
     view = np.lib.stride_tricks.sliding_window_view(logmel, frames, axis=1)  # (F, W, frames)
     return view[:, : (n - 1) * hop + 1 : hop].transpose(1, 0, 2)
 
@@ -267,8 +274,10 @@ def _windows(logmel: np.ndarray, frames: int, hop: int) -> np.ndarray:
 def segment(logmel: np.ndarray, frames: int = 64, hop: int = 30) -> np.ndarray:
     """Cut a log-Mel (F, T) into context windows (n, F, frames) float32 (a copy).
 
-    Starts 0, hop, 2*hop ... while start + frames <= T. An utterance shorter than ``frames``
-    gives exactly one segment, padded at the end with the utterance's minimum value.
+    Starts 0, hop, 2*hop ... until the segments cover all T frames (SPEC: "over the whole
+    log-Mel"); where the last segment runs past T it is padded at the end with the
+    utterance's minimum value, so an utterance shorter than ``frames`` gives exactly one
+    padded segment and no frame is ever dropped.
     """
     logmel = np.asarray(logmel, dtype=np.float32)
     return np.ascontiguousarray(_windows(logmel, frames, hop))
@@ -353,13 +362,14 @@ def resize_images(images, size: int):
 # --------------------------------------------------------------------------- composition
 
 
-def _sources(logmels: np.ndarray, frames: int) -> np.ndarray:
-    """Log-Mels (V, F, T) to segment from; when T < frames, each padded at the end to
-    ``frames`` with its own minimum (so that it yields exactly one segment)."""
+def _sources(logmels: np.ndarray, frames: int, hop: int) -> np.ndarray:
+    """Log-Mels (V, F, T) to segment from; where the segments run past T
+    (:func:`padded_length`), each padded at the end with its own minimum."""
     V, n_bands, T = logmels.shape
-    if T >= frames:
+    total = padded_length(T, frames, hop)
+    if total == T:
         return logmels
-    padded = np.empty((V, n_bands, frames), dtype=np.float32)
+    padded = np.empty((V, n_bands, total), dtype=np.float32)
     padded[...] = logmels.min(axis=(1, 2))[:, None, None]
     padded[:, :, :T] = logmels
     return padded
@@ -450,7 +460,7 @@ def _logmel_images(logmels: np.ndarray, config: FrontEndConfig) -> np.ndarray:
     V, n_bands, T = logmels.shape
     n = n_segments(T, frames, hop)
     _check_delta_args(frames, width, 2)
-    sources = _sources(logmels, frames)
+    sources = _sources(logmels, frames, hop)
     images = np.empty((V, n, 3, n_bands, frames), dtype=np.float32)
     images[:, :, 0] = _segment_view(sources, n, frames, hop)
     _delta_channels(sources, images[:, :, 0], images[:, :, 1:], n, hop, width)

@@ -142,6 +142,7 @@ class _Analyser:
         self.base = 0          # absolute index of buf[:, 0]
         self.total = 0         # samples received
         self.next = 0          # next window index
+        self.mel_min: dict[str, float] = {}   # per view: smallest log-Mel value so far (dB)
 
     # ------------------------------------------------------------ spans
 
@@ -264,6 +265,16 @@ class _Analyser:
                 views = self.views(self.samples(lo, hi))
                 mels = log_mel_batch(np.stack([views[v] for v in wanted]), self.sr,
                                      replace(cfg, center=False))
+                # frames past the end of the stream: predict pads the last segment with
+                # the utterance's minimum; the running minimum of every frame seen so far
+                # (windows overlap, so they cover every frame) is that minimum
+                valid = 1 + self.total // cfg.hop_length - k * cfg.segment_hop
+                for i, v in enumerate(wanted):
+                    seen = mels[i, :, :max(valid, 0)]
+                    if seen.size:
+                        self.mel_min[v] = min(self.mel_min.get(v, np.inf), float(seen.min()))
+                    if valid < cfg.segment_frames:
+                        mels[i, :, max(valid, 0):] = self.mel_min.get(v, float(mels[i].min()))
             imgs = _logmel_images(mels, cfg)
             images.append({v: imgs[i] for i, v in enumerate(wanted)})
         empty = np.zeros((0, model.backbones[model.views[0]].feature_dim), np.float32)
