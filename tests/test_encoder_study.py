@@ -154,3 +154,43 @@ def test_features_do_not_depend_on_the_thread_count_or_the_batch(tmp_path, tiny_
             np.testing.assert_array_equal(segments[0][view][i], segments[1][view][i])
             np.testing.assert_array_equal(segments[0][view][i], segments[2][view][i])
         np.testing.assert_array_equal(alone[view][0], frames[1][view][1])
+
+
+def test_a_mono_corpus_has_no_side_runs_and_shows_n_a(tmp_path, tiny_dir, tiny_corpus):
+    """Side carries no signal in any file: no side runs, listed under absent_views, left out
+    of the fusions (mid+side dropped), n/a in the report; not 4 % UA below chance."""
+    mono_root = tmp_path / "mono"
+    for path in sorted(tiny_corpus.rglob("*.wav")):
+        data, sr = sf.read(path, dtype="float32")
+        target = mono_root / path.relative_to(tiny_corpus)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(target, data[:, 0], sr, subtype="FLOAT")
+    settings = ExperimentSettings(dataset="folder", root=str(mono_root), protocol="loso",
+                                  backbone="whisper-tiny", weights=str(tiny_dir), layer=1,
+                                  poolings=("stats",), cache_dir=str(tmp_path / "cache"),
+                                  n_boot=20, synthetic=True, num_threads=1)
+    with pytest.warns(UserWarning, match="mono"):
+        results = run_experiment(settings, out=tmp_path / "out", progress=False)
+    names = {r["name"] for r in results["runs"]}
+    assert results["absent_views"] == ["side"] and not any(results["silent_views"].values())
+    assert not any(n.startswith("side/") for n in names)
+    assert "score-fusion/mid+side" not in names and "score-fusion/left+right+mid+side" in names
+    assert validate_results(results) == []
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| Side | n/a | n/a | n/a | n/a |" in report and "side: every file (n/a)" in report
+
+
+def test_scan_warns_when_speakers_show_one_label_each(tmp_path):
+    from binser.corpora import corpus
+    from binser.scan import format_scan, scan_corpus
+
+    rng = np.random.default_rng(0)
+    for label, speakers in (("joy", ("s1", "s2")), ("anger", ("s3", "s4")),
+                            ("sadness", ("s5", "s6"))):
+        for spk in speakers:
+            folder = tmp_path / label
+            folder.mkdir(exist_ok=True)
+            sf.write(folder / f"{spk}_a.wav", 0.1 * rng.standard_normal((8000, 2)), 16000)
+    text = format_scan(scan_corpus(corpus("folder", tmp_path), progress=False))
+    assert "warning: speakers show on average 33% of the labels (6 of 6 speakers a single" \
+        in text

@@ -25,6 +25,7 @@ import numpy as np
 from .audio import audio_info, channels_identical, load_audio
 from .corpora import Corpus
 from .errors import AudioError
+from .normalisation import coverage_warning
 from .preflight import check_on_error
 
 _BLOCK_FRAMES = 1 << 18  # frames per block when comparing channels (~5.5 s at 48 kHz)
@@ -79,6 +80,7 @@ class ScanReport:
     def n_readable(self) -> int:
         """Files whose metadata and samples could be read."""
         return self.n_utterances - len(self.unreadable)
+    speaker_norm_warning: str | None = None   # speakers cover few labels (see normalisation)
 
 
 # --------------------------------------------------------------------------- channel check
@@ -162,6 +164,8 @@ def _summarise(corpus: Corpus, scans: list[FileScan], elapsed_s: float) -> ScanR
     return ScanReport(
         name=corpus.name, root=corpus.root, n_utterances=len(corpus),
         label_counts=corpus.label_counts(), speaker_counts=corpus.speaker_counts(),
+        speaker_norm_warning=coverage_warning([u.label for u in corpus],
+                                              [u.speaker for u in corpus]) if len(corpus) else None,
         split_counts=corpus.split_counts(),
         total_duration_s=float(sum(durations)),
         min_duration_s=float(min(durations, default=0.0)),
@@ -261,6 +265,8 @@ def format_scan(report: ScanReport) -> str:
     lines += _table("per label", report.label_counts, n)
     lines += _table("per speaker", report.speaker_counts, n)
     lines += _table("per split", report.split_counts, n)
+    if report.speaker_norm_warning:
+        lines += [f"warning: {report.speaker_norm_warning}", ""]
     lines += _path_list("mono files (Side view all zeros, L = R)", report.mono, report.root)
     lines += _path_list("stereo files with bit-identical channels (Side view all zeros)",
                         report.identical_channels, report.root)
