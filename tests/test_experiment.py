@@ -99,6 +99,16 @@ def test_test_fold_never_influences_its_own_fold(tiny_study):
     runs_b, _ = run_folds(leaked, y, speakers, fold_list, settings, k, progress=False)
     for name in runs_a:
         assert runs_a[name].fold_extra[0] == runs_b[name].fold_extra[0], name
+    # not only the discrete choices: every probability fitted on fold 0's training part
+    # (the out-of-fold scores behind the nested weights) is the same, bit for bit
+    from binser.experiment import FoldResultCache
+
+    train0 = fold_list[0][0]
+    for key in base:
+        a = FoldResultCache(None, y, speakers, train0, test0, 0, k).oof_proba(base[key])
+        b = FoldResultCache(None, y, speakers, train0, test0, 0, k).oof_proba(leaked[key])
+        np.testing.assert_array_equal(a, b)
+        assert a.shape == (len(train0), k) and np.allclose(a.sum(axis=1), 1.0)
 
 
 def test_second_run_reuses_the_feature_cache(tiny_study, monkeypatch):

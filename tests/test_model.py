@@ -438,9 +438,13 @@ def test_fuzzed_model_json_fields(trained, fuzz_copy, key, value):
     doc["content_sha256"] = content_sha256(doc)
     (fuzz_copy / MODEL_JSON).write_text(json.dumps(doc))
     try:
-        Model.load(fuzz_copy)
+        model = Model.load(fuzz_copy)
     except ModelError:
-        pass
+        return
+    # it loaded: then it must be a working model, not garbage that fails later
+    wav = sorted(Path(trained[2]).glob("*/*.wav"))[0]
+    (p,) = model.predict([wav], progress=False, on_error="fail")
+    assert p.label in model.labels and abs(sum(p.scores.values()) - 1.0) < 1e-6
 
 
 def test_train_in_finetune_mode_finetunes_one_network_per_view(trained, wavs, tmp_path):
