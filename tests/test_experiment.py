@@ -156,6 +156,9 @@ def test_finetune_mode_trains_per_fold_on_training_speakers_only(tmp_path):
             assert record["weights_id"] != frozen_id
     names = {r["name"] for r in results["runs"]}
     assert {"left/block-max", "score-fusion/left+right", "feature-fusion/left+right"} <= names
+    runs = {r["name"]: r for r in results["runs"]}
+    assert "saw those utterances" in runs["score-fusion/left+right"]["caveat"]
+    assert "caveat" not in runs["left/block-max"]
 
 
 def test_threads_option_reaches_extraction_and_finetuning():

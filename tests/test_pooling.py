@@ -166,3 +166,13 @@ def test_pool_utterances_flags_views_without_frames():
     np.testing.assert_allclose(out[2], [2, 2, 0, 0])
     with pytest.raises(PoolingInputError, match="every utterance is empty"):
         pool_utterances(make_pooling("stats"), [np.zeros((0, 2))])
+
+
+def test_absolute_block_pooling_follows_eqs_6_and_7():
+    x = np.array([[1.0, -4.0], [-3.0, 2.0], [0.5, 0.0]])
+    signed = BlockTemporalPooling("max", blocks=1).fit_transform([x])[0]
+    absolute = BlockTemporalPooling("max", blocks=1, absolute=True).fit_transform([x])[0]
+    dx = np.array([[-2.0, 3.0], [-0.25, 2.0], [1.75, -1.0]])    # (x[t+1] - x[t-1]) / 2, edges
+    np.testing.assert_allclose(signed, np.r_[x.max(0), dx.max(0)])
+    np.testing.assert_allclose(absolute, np.r_[np.abs(x).max(0), np.abs(dx).max(0)])
+    assert make_pooling("block-avg", absolute=True).absolute is True

@@ -112,6 +112,9 @@ def add_experiment_options(p: argparse.ArgumentParser) -> None:
                    help="comma-separated poolings (default: all four)")
     p.add_argument("--blocks", type=_positive_int, default=d.blocks,
                    help="blocks l (default: 2)")
+    p.add_argument("--abs-pooling", action="store_true",
+                   help="block pooling of |X| and |dX| (the paper's eqs. 6-7 as printed) "
+                        "instead of the signed values")
     p.add_argument("--levels", type=_positive_int, default=None, help="multi-level pooling 1..L")
     p.add_argument("--batch-size", type=_positive_int, default=d.batch_size,
                    help="segments per network call (default: %(default)s)")
@@ -153,7 +156,8 @@ def settings_from_args(args: argparse.Namespace, dataset: str, root: str,
         ci_method=args.ci_method,
         input_size=args.input_size, weights=args.weights, allow_random=args.allow_random,
         mode=args.mode, views=tuple(args.views), poolings=tuple(args.poolings),
-        blocks=args.blocks, levels=args.levels, manifest=getattr(args, "manifest", None),
+        blocks=args.blocks, levels=args.levels, pool_abs=args.abs_pooling,
+        manifest=getattr(args, "manifest", None),
         cache_dir=cache_dir, batch_size=args.batch_size,
         n_boot=args.n_boot, seed=args.seed, synthetic=synthetic,
         on_error=getattr(args, "on_error", "fail"), baselines=tuple(args.baselines),

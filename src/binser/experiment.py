@@ -36,6 +36,10 @@ from .views import VIEWS
 
 MODES = ("frozen", "finetune")
 NORM_PREFIX = "speaker-norm:"
+FINETUNE_NESTED_CAVEAT = (
+    "fine-tuned mode: the fold's networks were fine-tuned on all its training speakers, so "
+    "the out-of-fold scores that choose C and the nested fusion weights come from networks "
+    "that saw those utterances (optimistic for the weights; the test speakers are never seen)")
 FINETUNE_PRESETS = ("paper", "cpu")
 BASELINES = ("opensmile",)
 
@@ -80,6 +84,7 @@ class ExperimentSettings:
     poolings: tuple[str, ...] = POOLINGS
     blocks: int = 2
     levels: int | None = None
+    pool_abs: bool = False                    # block pooling of |X|, |dX| (eqs. 6-7 as printed)
     fusion_pooling: str | None = None         # None: block-max (CNNs), stats (encoders)
     fusion_search: str = "staged"             # the paper's two stages, or "joint"
     speaker_norm: bool = False                # add runs on speaker-normalised features
@@ -339,7 +344,8 @@ def pool_features(features: dict[str, list[np.ndarray]], settings: ExperimentSet
     pooled, silent = {}, {}
     for view in settings.views:
         for name in settings.poolings:
-            pooling = make_pooling(name, blocks=settings.blocks, levels=settings.levels)
+            pooling = make_pooling(name, blocks=settings.blocks, levels=settings.levels,
+                                   absolute=settings.pool_abs)
             try:
                 pooled[(view, name)], silent[view] = pool_utterances(pooling, features[view])
             except PoolingInputError:
@@ -894,6 +900,10 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
             run.extra["speaker_norm"] = True
             runs[run.name] = run
     timing["classifiers_s"] = time.perf_counter() - t
+    if settings.mode == "finetune":   # issue 11.7c: say what the nested weights saw
+        for name, run in runs.items():
+            if "score-fusion/" in name and not name.endswith("@oracle"):
+                run.extra["caveat"] = FINETUNE_NESTED_CAVEAT
 
     run_names = sorted(runs, key=_run_order)
     results: dict[str, Any] = {

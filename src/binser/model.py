@@ -191,12 +191,14 @@ class PoolingSpec:
     name: str = "block-max"
     blocks: int = 2
     levels: int | None = None
+    absolute: bool = False          # block pooling of |X|, |dX| (paper eqs. 6-7)
 
     def make(self):
         """A fresh pooling transformer (stateless)."""
         from .pooling import make_pooling
 
-        return make_pooling(self.name, blocks=self.blocks, levels=self.levels)
+        return make_pooling(self.name, blocks=self.blocks, levels=self.levels,
+                            absolute=bool(self.absolute))
 
     def output_dim(self, d: int) -> int:
         """Pooled size ``D`` for segment features of size ``d``."""
@@ -1550,7 +1552,7 @@ def train_model(settings, out_dir: str | Path | None = None, fusion: str | None 
     settings.validate()
     views = model_views(fusion, settings.views)
     spec = PoolingSpec(pooling or settings.resolved_fusion_pooling(), settings.blocks,
-                       settings.levels)
+                       settings.levels, settings.pool_abs)
     target = None
     if out_dir is not None:   # checked (and locked) before any work; Model.save swaps it in
         from .outputs import OutputFolder

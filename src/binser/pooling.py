@@ -16,6 +16,9 @@ Exact definitions (all per feature dimension):
 * ``BlockTemporalPooling(blocks=l)`` output order:
   ``[pool(X_1), ..., pool(X_l), pool(dX_1), ..., pool(dX_l)]``, each part ``d`` values,
   so ``D = 2*l*d``.
+* ``BlockTemporalPooling(absolute=True)`` pools ``|X|`` and ``|dX|`` instead of ``X`` and
+  ``dX``: the paper's eqs. 6-7 write ``max |x_j|``. binser's default is the signed values
+  (for ReLU features ``X >= 0`` the two differ only in ``dX``); RESULTS.md compares both.
 * ``BlockTemporalPooling(levels=L)`` concatenates the single-level outputs for
   ``l = 1, 2, ..., L`` in that order (``D = 2*d*(1+2+...+L)``); ``blocks`` is ignored.
 * ``StatsPooling`` (``stats``, beyond the paper; the usual pooling for speech encoders):
@@ -99,9 +102,12 @@ def _pool(x: np.ndarray, kind: str) -> np.ndarray:
     return x.max(axis=0) if kind == "max" else x.mean(axis=0)
 
 
-def block_pool(x: np.ndarray, l: int, kind: str) -> np.ndarray:
-    """One utterance ``(n, d)`` -> ``(2*l*d,)``: blocks of ``X`` then blocks of ``dX``."""
+def block_pool(x: np.ndarray, l: int, kind: str, absolute: bool = False) -> np.ndarray:
+    """One utterance ``(n, d)`` -> ``(2*l*d,)``: blocks of ``X`` then blocks of ``dX``
+    (of ``|X|`` and ``|dX|`` with ``absolute``, eqs. 6-7)."""
     dx = temporal_delta(x)
+    if absolute:
+        x, dx = np.abs(x), np.abs(dx)
     bounds = block_bounds(x.shape[0], l)
     parts = [_pool(x[s:e], kind) for s, e in bounds] + [_pool(dx[s:e], kind) for s, e in bounds]
     return np.concatenate(parts)
@@ -145,10 +151,12 @@ class BlockTemporalPooling(_SegmentPooling):
     ``blocks=l`` gives ``D = 2*l*d``; ``levels=L`` gives ``D = 2*d*(1+...+L)``.
     """
 
-    def __init__(self, kind: str = "max", blocks: int = 2, levels: int | None = None):
+    def __init__(self, kind: str = "max", blocks: int = 2, levels: int | None = None,
+                 absolute: bool = False):
         self.kind = kind
         self.blocks = blocks
         self.levels = levels
+        self.absolute = absolute
 
     def _check_params(self) -> None:
         _check_kind(self.kind)
@@ -164,7 +172,8 @@ class BlockTemporalPooling(_SegmentPooling):
         return list(range(1, self.levels + 1)) if self.levels is not None else [self.blocks]
 
     def _pool_one(self, x: np.ndarray) -> np.ndarray:
-        return np.concatenate([block_pool(x, l, self.kind) for l in self.block_counts()])
+        return np.concatenate([block_pool(x, l, self.kind, self.absolute)
+                               for l in self.block_counts()])
 
 
 class StatsPooling(_SegmentPooling):
@@ -205,8 +214,10 @@ def pool_utterances(pooling: _SegmentPooling, X: Sequence[np.ndarray]
     return out, silent
 
 
-def make_pooling(name: str, blocks: int = 2, levels: int | None = None) -> _SegmentPooling:
-    """Pooling transformer by run name: one of :data:`POOLINGS`."""
+def make_pooling(name: str, blocks: int = 2, levels: int | None = None,
+                 absolute: bool = False) -> _SegmentPooling:
+    """Pooling transformer by run name: one of :data:`POOLINGS` (``absolute``: block
+    pooling of ``|X|``, ``|dX|``)."""
     if name not in POOLINGS:
         raise ConfigError(f"unknown pooling {name!r}; choose one of {', '.join(POOLINGS)}")
     if name == "stats":
@@ -216,4 +227,4 @@ def make_pooling(name: str, blocks: int = 2, levels: int | None = None) -> _Segm
     family, kind = name.split("-")
     if family == "global":
         return GlobalPooling(kind=kind)
-    return BlockTemporalPooling(kind=kind, blocks=blocks, levels=levels)
+    return BlockTemporalPooling(kind=kind, blocks=blocks, levels=levels, absolute=absolute)

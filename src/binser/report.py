@@ -148,6 +148,9 @@ def build_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block
                      "on the test data (optimistic by construction)."),
                ("table", ["Score-level fusion", "UA nested", "CI nested", "weights nested",
                           "UA oracle", "weights oracle"], rows)]
+    caveat = next((r["caveat"] for r in results["runs"] if r.get("caveat")), None)
+    if caveat:
+        blocks.append(("warn", f"Nested fusion in {caveat}"))
     rows = [[title, pct(r["ua"]), pct(r["wa"]), pct(r["macro_f1"]), _ci(r)]
             for fusion, title in FUSION_TITLES.items() if (r := runs.get(f"feature-fusion/{fusion}"))]
     blocks += [("h2", f"Table {n + 1}: feature-level fusion (concatenation, one SVM)"),
