@@ -102,6 +102,8 @@ class ExperimentSettings:
     baseline_views: tuple[str, ...] = ("left",)   # the paper's practice: the left channel
     finetune_preset: str = "paper"            # mode finetune: "paper" (SGD, 300 epochs) or "cpu"
     finetune_epochs: int | None = None        # override the preset's maximum epochs
+    executor: str = "local"                   # where features and folds run: local or ray
+    ray_address: str | None = None            # --executor ray: cluster address (None: local)
     frontend: FrontEndConfig = field(default_factory=FrontEndConfig)
 
     def validate(self) -> None:
@@ -154,6 +156,9 @@ class ExperimentSettings:
             raise ConfigError(f"unknown fine-tuning preset {self.finetune_preset!r}; choose "
                               f"from {', '.join(FINETUNE_PRESETS)}")
         check_on_error(self.on_error)
+        from .executors import check_executor
+
+        check_executor(self.executor, self.ray_address)
         self._validate_numbers_and_paths()
 
     def _validate_numbers_and_paths(self) -> None:
@@ -272,8 +277,13 @@ def extract_features(corpus: Corpus, settings: ExperimentSettings, progress: boo
 
 
 def iter_layer_features(corpus: Corpus, settings: ExperimentSettings, backbone,
-                        progress: bool = True):
-    """Yield ``(layer, {view: [(n_i, d), ...]})``, one layer at a time (see above)."""
+                        progress: bool = True, executor=None):
+    """Yield ``(layer, {view: [(n_i, d), ...]})``, one layer at a time (see above).
+    ``executor`` (default: ``settings.executor``) decides where missing features are
+    computed (:mod:`binser.executors`); what is computed never depends on it."""
+    from .executors import executor_for
+
+    executor = executor or executor_for(settings)
     paths = [u.path for u in corpus]
     if not is_encoder(settings.backbone):
         from .features import SegmentFeatureExtractor
@@ -282,6 +292,7 @@ def iter_layer_features(corpus: Corpus, settings: ExperimentSettings, backbone,
                                             views=settings.views, cache_dir=settings.cache_dir,
                                             batch_size=settings.batch_size,
                                             num_threads=settings.num_threads, progress=progress)
+        executor.prepare_features(extractor, paths, progress)
         yield None, extractor.extract(paths)
         return
     from .features import FrameFeatureExtractor
@@ -290,6 +301,7 @@ def iter_layer_features(corpus: Corpus, settings: ExperimentSettings, backbone,
     extractor = FrameFeatureExtractor(backbone, config=settings.frontend, views=settings.views,
                                       layers=layers, cache_dir=settings.cache_dir,
                                       num_threads=settings.num_threads, progress=progress)
+    executor.prepare_features(extractor, paths, progress)
     if settings.cache_dir is None:          # nothing to reload from: hold every layer
         yield from extractor.extract(paths).items()
         return
@@ -613,31 +625,31 @@ def default_jobs(n_folds: int) -> int:
 
 def run_folds(pooled: PooledFeatures | Sequence[PooledFeatures], y: np.ndarray, groups: np.ndarray,
               fold_list: Sequence[tuple[np.ndarray, np.ndarray]], settings: ExperimentSettings,
-              n_classes: int, progress: bool = True, n_jobs: int | None = None
-              ) -> tuple[dict[str, RunPredictions], dict[str, np.ndarray]]:
+              n_classes: int, progress: bool = True, n_jobs: int | None = None,
+              executor=None) -> tuple[dict[str, RunPredictions], dict[str, np.ndarray]]:
     """Cross-validate every single view x pooling, nested score fusion and feature fusion,
     folds in parallel processes.
 
     ``pooled``: utterance features for all folds (frozen mode), or one per fold (fine-tuned
     mode: each fold's networks saw only its training speakers).
     Returns the runs (keyed by run name) and, for the oracle fusion, the pooled test
-    probabilities of each view at the fusion pooling.
+    probabilities of each view at the fusion pooling. ``executor`` (default:
+    ``settings.executor``): where the folds run (joblib processes or Ray tasks).
     """
-    from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
-    from .workers import in_worker
+    from .executors import executor_for
 
+    executor = executor or executor_for(settings)
     n = len(y)
     runs: dict[str, RunPredictions] = {}
     test_proba: dict[str, np.ndarray] = {}
     jobs = n_jobs or default_jobs(len(fold_list))
     per_fold = [as_pooled(p) for p in pooled] if isinstance(pooled, (list, tuple)) \
         else [as_pooled(pooled)] * len(fold_list)
-    outcomes = Parallel(n_jobs=jobs, return_as="generator")(
-        delayed(in_worker)(os.getpid(), evaluate_fold,   # workers exit if this process dies
-                           fold_pooled, y, groups, train, test, settings, n_classes)
-        for fold_pooled, (train, test) in zip(per_fold, fold_list))
+    outcomes = executor.map_folds(
+        evaluate_fold, [(fold_pooled, y, groups, train, test, settings, n_classes)
+                        for fold_pooled, (train, test) in zip(per_fold, fold_list)], jobs)
     bar = tqdm(total=len(fold_list), desc="folds", unit="fold", disable=not progress)
     for (train, test), (fold_runs, fold_proba) in zip(fold_list, outcomes):
         for name, (predicted, chosen) in fold_runs.items():
@@ -750,6 +762,8 @@ def compare_runs(runs: Mapping[str, RunPredictions], y: np.ndarray, classes: lis
     out = []
     for claim, a, b in pairs:
         tested = (runs[a].predicted >= 0) & (runs[b].predicted >= 0)
+        if len(np.unique(speakers[tested])) < 2:   # a speaker-level test needs >= 2 speakers
+            continue
         result = paired_comparison(names[y[tested]], names[runs[a].predicted[tested]],
                                    names[runs[b].predicted[tested]], speakers[tested], classes,
                                    n_boot=n_boot, seed=seed)
@@ -862,9 +876,12 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
         pooled: Any = [pooled_study_features([(None, f)], settings) for f in fold_features]
         first = pooled[0]
     else:
+        from .executors import executor_for
+
         backbone = load_backbone(settings)
+        executor = executor_for(settings)
         first = pooled = pooled_study_features(
-            iter_layer_features(corpus, settings, backbone, progress), settings)
+            iter_layer_features(corpus, settings, backbone, progress, executor), settings)
     timing["features_s"] = time.perf_counter() - t
     if first.absent:
         _progress(f"no signal in any file for view(s) {', '.join(first.absent)}: no runs, left "
