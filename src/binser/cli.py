@@ -137,6 +137,18 @@ def add_experiment_options(p: argparse.ArgumentParser) -> None:
                         "results.json (default: %(default)s)")
     p.add_argument("--no-report", action="store_true", help="write results.json only")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_executor_options(p)
+
+
+def add_executor_options(p: argparse.ArgumentParser) -> None:
+    """``--executor`` and ``--ray-address`` (where features and folds run; same numbers)."""
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="where feature extraction and the fold classifiers run: this machine, "
+                        "or a Ray cluster (needs binser[ray]); the results are identical "
+                        "(default: %(default)s)")
+    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="--executor ray: the cluster to join ('auto', 'ray://host:10001'); "
+                        "default: $RAY_ADDRESS, else a new local cluster")
 
 
 def settings_from_args(args: argparse.Namespace, dataset: str, root: str,
@@ -162,7 +174,9 @@ def settings_from_args(args: argparse.Namespace, dataset: str, root: str,
         n_boot=args.n_boot, seed=args.seed, synthetic=synthetic,
         on_error=getattr(args, "on_error", "fail"), baselines=tuple(args.baselines),
         baseline_views=tuple(args.baseline_views), finetune_preset=args.finetune_preset,
-        finetune_epochs=args.epochs, num_threads=getattr(args, "threads", None))
+        finetune_epochs=args.epochs, num_threads=getattr(args, "threads", None),
+        executor=getattr(args, "executor", "local"),
+        ray_address=getattr(args, "ray_address", None))
 
 
 def print_summary(results: dict) -> None:
@@ -288,9 +302,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if speakers is not None:
             raise ConfigError("--per-channel takes no --speaker/--speakers")
         return predict_per_channel(model, args)
+    from .executors import make_executor
+
+    executor = make_executor(args.executor, args.ray_address)   # one-line error without ray
     predictions = model.predict(args.files, timeline=args.timeline, batch_size=args.batch_size,
                                 progress=not args.quiet, on_error=args.on_error,
-                                speakers=speakers)
+                                speakers=speakers, executor=executor)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
     else:
@@ -443,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="two-party stereo recordings: each channel is one speaker with its own "
                         "label and timeline (windows where it is silent are marked so)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_executor_options(p)
     p.set_defaults(func=cmd_predict)
 
     from .serve.commands import add_parsers

@@ -424,7 +424,7 @@ class Model:
     def predict(self, paths: Sequence[str | Path], timeline: bool = False, batch_size: int = 64,
                 progress: bool = True, on_error: str = "skip",
                 cache_dir: str | Path | None = None,
-                speakers: Sequence[str] | None = None) -> list[Prediction]:
+                speakers: Sequence[str] | None = None, executor=None) -> list[Prediction]:
         """Predict the emotion of each audio or video file (one batched feature run).
 
         ``on_error``: ``"skip"`` reports a file that cannot be read (or in which every view
@@ -432,14 +432,15 @@ class Model:
         the :class:`AudioError`. ``cache_dir``: an optional feature cache. ``batch_size``:
         segments per network call (CNN) or files decoded and encoded together (Whisper).
         ``speakers`` (speaker-normalised models only): one speaker id per path, or None: all
-        files of this call are one speaker (see the module docstring). Returns one
+        files of this call are one speaker (see the module docstring). ``executor``: where
+        the features are computed (:mod:`binser.executors`; default: here). Returns one
         :class:`Prediction` per path, in order.
         """
         check_on_error(on_error)
         paths = [Path(p) for p in paths]
         ids = self._speaker_ids(speakers, len(paths))
         features, failures = self._checked_extract(paths, batch_size, progress, on_error,
-                                                   cache_dir)
+                                                   cache_dir, executor)
         self._refuse_all_silent(paths, features, failures, on_error)
         good = [i for i in range(len(paths)) if i not in failures]
         out = [Prediction(str(p), None, error=failures[i]) if i in failures else None
@@ -498,7 +499,7 @@ class Model:
                 f"over {files} for the others")
 
     def _checked_extract(self, paths: list[Path], batch_size: int, progress: bool,
-                         on_error: str, cache_dir: str | Path | None
+                         on_error: str, cache_dir: str | Path | None, executor=None
                          ) -> tuple[dict[str, list[np.ndarray | None]], dict[int, str]]:
         """:meth:`_extract` of the files that pass the same input checks as ``inspect``,
         ``scan`` and ``experiment`` (:func:`binser.preflight.check_file`: unreadable,
@@ -515,7 +516,7 @@ class Model:
                 failures[i] = str(error)
         keep = [i for i in range(len(paths)) if i not in failures]
         found, failed = (self._extract([paths[i] for i in keep], batch_size, progress,
-                                       on_error, cache_dir) if keep else ({}, {}))
+                                       on_error, cache_dir, executor) if keep else ({}, {}))
         features: dict[str, list] = {v: [None] * len(paths) for v in self.views}
         for view, rows in found.items():
             for j, row in enumerate(rows):
@@ -524,7 +525,7 @@ class Model:
         return features, failures
 
     def _extract(self, paths: list[Path], batch_size: int, progress: bool, on_error: str,
-                 cache_dir: str | Path | None
+                 cache_dir: str | Path | None, executor=None
                  ) -> tuple[dict[str, list[np.ndarray | None]], dict[int, str]]:
         """Features per view for every path, and {path index: error message}.
 
@@ -539,11 +540,15 @@ class Model:
                 extractor = _TolerantFrameExtractor(
                     backbone, config=self.frontend, views=views, layers=(self.layer,),
                     cache_dir=cache_dir, batch_files=batch_size, progress=progress, skip=skip)
+                if executor is not None:   # where the missing features are computed
+                    executor.prepare_features(extractor, paths, progress)
                 features.update(extractor.extract(paths)[self.layer])
             else:
                 extractor = _TolerantExtractor(backbone, config=self.frontend, views=views,
                                                cache_dir=cache_dir, batch_size=batch_size,
                                                progress=progress, skip=skip)
+                if executor is not None:
+                    executor.prepare_features(extractor, paths, progress)
                 features.update(extractor.extract(paths))
             for index, message in extractor.failures.items():
                 failures.setdefault(index, message)
