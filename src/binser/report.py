@@ -131,7 +131,8 @@ def build_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block
     for number, view in enumerate(views, start=2):
         rows = [[POOLING_TITLES[p], *_metric_cells(runs.get(f"{view}/{p}"))] for p in poolings
                 if view in absent or f"{view}/{p}" in runs]
-        blocks += [("h2", f"Table {number}: feature pooling methods, {view} Mel-spectrogram"),
+        what = "view (waveform)" if results.get("layer") is not None else "Mel-spectrogram"
+        blocks += [("h2", f"Table {number}: feature pooling methods, {view} {what}"),
                    ("table", ["Pooling method", "UA", "WA", "F1", "UA CI"], rows)]
     n = len(views) + 2
     rows = []
