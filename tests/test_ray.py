@@ -122,3 +122,13 @@ def test_ray_address_needs_the_ray_executor(corpus, tmp_path, capsys):
                      "--ray-address", "auto", "--quiet"])
     assert code == 2
     assert "--ray-address applies to --executor ray" in capsys.readouterr().err
+
+
+def test_bench_ray_part_smoke(ray_cluster, corpus):
+    from binser.benchmark import ray_speed, summary
+
+    paths = sorted(Path(corpus).rglob("*.wav"))[:4]
+    figures = ray_speed(paths, None, workers=(1, 2), threads=2)
+    assert [r["workers"] for r in figures["ray"]] == [1, 2]
+    assert all(r["identical"] and r["vs_local"] > 0 for r in figures["ray"])
+    assert set(summary({"quick": True, "ray": figures})["ray_vs_local"]) == {"1", "2"}

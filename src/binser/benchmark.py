@@ -19,6 +19,11 @@ Every figure is measured on the machine it runs on, over EMOVO (or a subset with
 * **encoder** (:func:`encoder_speed`): Whisper-base frames per second of binser's batched,
   masked path against a bare PyTorch loop over the same encoder on pre-made log-Mels (the
   ceiling), where the weights are available (``../shared/models/whisper-base``).
+* **Ray** (:func:`ray_speed`): feature extraction (whisper-base where its weights are
+  available, else efficientnet_lite0) with the local executor and with the Ray executor at 1
+  and 2 workers on a local Ray cluster of this machine's cores, as ratios to local (actor
+  start and backbone shipping included), features checked identical; the GPU's files/s
+  where torch sees one.
 * **openSMILE** (:func:`opensmile_speed`): decode + ComParE 2016 functionals of the left
   channel, x real time, with as many worker threads as binser's front end; the ratio is
   binser's front end (four views) over openSMILE (one view).
@@ -436,9 +441,85 @@ def opensmile_speed(paths: Sequence[Path], jobs: int | None = None,
     return {"feature_set": feature_set, "view": "left", "jobs": jobs, "xrt": rate}
 
 
+# ------------------------------------------------------------------------------------- Ray
+
+def ray_speed(paths: Sequence[Path], whisper: Path | None = None,
+              workers: Sequence[int] = (1, 2), threads: int | None = None) -> dict[str, Any]:
+    """Feature extraction of ``paths`` (no cache: everything computed) with the local executor
+    and with :class:`binser.executors.RayExecutor` at each count of ``workers`` on a local Ray
+    cluster of ``threads`` CPUs (default: every core); files/s, each Ray figure as a ratio to
+    local (wall time includes starting the actors and shipping the backbone), and whether
+    the features are identical. Backbone: whisper-base when ``whisper`` weights are given,
+    else efficientnet_lite0 (224 px). Where torch sees a GPU, also the local GPU's files/s."""
+    import ray
+    import torch
+
+    from .executors import RayExecutor
+    from .features import FrameFeatureExtractor, SegmentFeatureExtractor
+    from .parallel import check_workers
+
+    cores = check_workers(threads)
+    if whisper is not None:
+        from .backbones.whisper import load_whisper
+
+        backbone = load_whisper("whisper-base", weights=whisper)
+        make = lambda b: FrameFeatureExtractor(b, layers=(b.default_layer,),  # noqa: E731
+                                               num_threads=cores, progress=False)
+    else:
+        from .backbones import get_backbone
+
+        backbone = get_backbone("efficientnet_lite0", input_size=224)
+        make = lambda b: SegmentFeatureExtractor(b, num_threads=cores,  # noqa: E731
+                                                 progress=False)
+
+    def flat(result: dict) -> list[np.ndarray]:
+        if whisper is not None:
+            result = next(iter(result.values()))
+        return [a for v in sorted(result) for a in result[v]]
+
+    def timed(run: Callable[[], dict]) -> tuple[float, list[np.ndarray]]:
+        t0 = time.perf_counter()
+        out = run()
+        return time.perf_counter() - t0, flat(out)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MonoInputWarning)
+        local_s, reference = timed(lambda: make(backbone).extract(paths))
+        started = not ray.is_initialized()
+        if started:
+            ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+        rows = []
+        try:
+            for n in workers:
+                def on_ray(n: int = n) -> dict:
+                    extractor = make(backbone)
+                    RayExecutor(workers=n).prepare_features(extractor, paths, progress=False)
+                    return extractor.extract(paths)
+
+                wall, got = timed(on_ray)
+                rows.append({"workers": n, "wall_s": wall, "files_s": len(paths) / wall,
+                             "vs_local": local_s / wall,
+                             "identical": len(got) == len(reference) and all(
+                                 np.array_equal(a, b) for a, b in zip(got, reference))})
+        finally:
+            if started:
+                ray.shutdown()
+        out: dict[str, Any] = {"backbone": backbone.name, "files": len(paths), "cores": cores,
+                               "local_wall_s": local_s, "local_files_s": len(paths) / local_s,
+                               "ray": rows}
+        if torch.cuda.is_available():
+            (backbone.to("cuda") if hasattr(backbone, "to") else backbone.model.to("cuda"))
+            make(backbone).extract(paths[:4])                      # warm-up
+            gpu_s, _ = timed(lambda: make(backbone).extract(paths))
+            out.update(gpu_name=torch.cuda.get_device_name(0), gpu_wall_s=gpu_s,
+                       gpu_files_s=len(paths) / gpu_s)
+    return out
+
+
 # ------------------------------------------------------------------------------ the suite
 
-PARTS = ("frontend", "extraction", "encoder", "study", "opensmile")
+PARTS = ("frontend", "extraction", "encoder", "study", "opensmile", "ray")
 
 
 @dataclass
@@ -514,6 +595,24 @@ def run_bench(options: BenchOptions, report: Callable[[str], None] = print) -> d
         else:
             report(f"openSMILE ComParE 2016 (left channel): {sm['xrt']:.0f}x real time")
         figures["opensmile"] = sm
+    if "ray" in options.parts:
+        from .executors import ray_available
+
+        if not ray_available():
+            figures["ray"] = {"error": "ray is not installed (pip install 'binser[ray]')"}
+            report(f"ray: not measured ({figures['ray']['error']})")
+        else:
+            subset = files if options.quick else files[::4]
+            rs = ray_speed(subset, whisper, threads=options.threads)
+            figures["ray"] = rs
+            report(f"ray ({rs['backbone']}, {rs['files']} files, {rs['cores']} cores): local "
+                   f"{rs['local_files_s']:.2f} files/s; " + "; ".join(
+                       f"Ray {r['workers']} worker(s) {r['files_s']:.2f} files/s = "
+                       f"{r['vs_local']:.2f}x local, identical {r['identical']}"
+                       for r in rs["ray"]))
+            if "gpu_files_s" in rs:
+                report(f"ray: one {rs['gpu_name']}: {rs['gpu_files_s']:.1f} files/s "
+                       f"({rs['backbone']}, local executor)")
     if "study" in options.parts:
         work = options.work or Path(tempfile.mkdtemp(prefix="binser-bench-"))
         root = quick_root(files, work) if options.quick else Path(options.root)
@@ -556,6 +655,8 @@ def summary(figures: dict[str, Any]) -> dict[str, Any]:
         "study_backbone": st["command"].split("--backbone ")[1].split()[0] if st else None,
         "gpu_extraction_ratio": gpu[0]["ratio"] if gpu else None,
         "gpu_extraction_img_s": gpu[0]["binser_img_s"] if gpu else None,
+        "ray_vs_local": ({str(r["workers"]): r["vs_local"] for r in figures["ray"]["ray"]}
+                         if figures.get("ray", {}).get("ray") else None),
         "quick": figures["quick"],
     }
 
