@@ -132,3 +132,22 @@ def test_bench_ray_part_smoke(ray_cluster, corpus):
     assert [r["workers"] for r in figures["ray"]] == [1, 2]
     assert all(r["identical"] and r["vs_local"] > 0 for r in figures["ray"])
     assert set(summary({"quick": True, "ray": figures})["ray_vs_local"]) == {"1", "2"}
+
+
+def test_train_and_predict_on_ray_equal_local(ray_cluster, corpus, tmp_path):
+    from dataclasses import replace
+
+    from binser.model import train_model
+
+    local = settings(corpus, tmp_path / "cache_local", "local")
+    model = train_model(local, None, progress=False)
+    remote = train_model(replace(local, executor="ray", cache_dir=str(tmp_path / "cache_ray")),
+                         None, progress=False)
+    assert remote.weights == model.weights
+    paths = sorted(Path(corpus).rglob("*.wav"))[:5]
+    here = model.predict(paths, progress=False)
+    there = model.predict(paths, progress=False, executor=RayExecutor(workers=2),
+                          cache_dir=tmp_path / "predict_cache")
+    assert [p.to_dict() for p in here] == [p.to_dict() for p in there]
+    assert [p.to_dict() for p in remote.predict(paths, progress=False)] == \
+        [p.to_dict() for p in here]
