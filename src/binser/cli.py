@@ -15,15 +15,8 @@ from .errors import BinserError
 
 
 def _layer(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a layer number or 'auto', got {text!r}")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"layer must be >= 0, got {value}")
-    return value
+    """--layer: 'auto' or a layer number >= 0."""
+    return text if text == "auto" else _non_negative_int(text)
 
 
 def _positive_int(text: str) -> int:

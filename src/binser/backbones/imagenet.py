@@ -255,6 +255,19 @@ def _as_tensor_dict(loaded: object, source: str | Path) -> dict[str, torch.Tenso
     return dict(loaded)
 
 
+def state_dict_problems(missing: list[str], unexpected: list[str], wrong: list[str],
+                        wrong_label: str = "wrong shape") -> str:
+    """One line naming missing, unexpected and mis-shaped tensors ('' when all fit)."""
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)}: {', '.join(missing[:8])}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)}: {', '.join(unexpected[:8])}")
+    if wrong:
+        problems.append(f"{wrong_label} {len(wrong)}: {'; '.join(wrong[:8])}")
+    return " | ".join(problems)
+
+
 def _check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor],
                       source: str | Path, head: str) -> None:
     """Raise ModelError naming missing, unexpected and mis-shaped entries.
@@ -273,16 +286,10 @@ def _check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor],
             want = (n_classes,) + want[1:]  # a head of any class count is accepted
         if want != got:
             wrong.append(f"{name} {got} (expected {want})")
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)}: {', '.join(missing[:8])}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)}: {', '.join(unexpected[:8])}")
-    if wrong:
-        problems.append(f"wrong shape {len(wrong)}: {'; '.join(wrong[:8])}")
+    problems = state_dict_problems(missing, unexpected, wrong)
     if problems:
         raise ModelError(f"{source}: state dict does not fit {type(model).__name__} "
-                         f"({' | '.join(problems)})")
+                         f"({problems})")
 
 
 def _set_head(model: nn.Module, head: str, num_classes: int) -> nn.Linear:

@@ -71,9 +71,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cache import default_cache_dir
+from ..cache import default_cache_dir, file_sha256
 from ..errors import AudioError, ConfigError, ModelError
-from .imagenet import weights_digest
+from .imagenet import state_dict_problems, weights_digest
 
 WHISPER_SIZES = ("tiny", "base", "small", "medium", "large-v3")
 WHISPER_BACKBONES = tuple(f"whisper-{s}" for s in WHISPER_SIZES)
@@ -98,7 +98,6 @@ RELEASED_DIMS = {
 }
 
 _HUB_FILES = ("model.safetensors", "config.json")
-_HASH_CHUNK = 1 << 20
 
 
 # --------------------------------------------------------------------------------------
@@ -571,14 +570,11 @@ def _encoder_names(keys: Iterable[str]) -> dict[str, str]:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+    """sha256 of a weights file (:func:`binser.cache.file_sha256`), ModelError if unreadable."""
     try:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(_HASH_CHUNK), b""):
-                digest.update(block)
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read weights file ({exc.strerror or exc})") from exc
-    return digest.hexdigest()
+        return file_sha256(path)
+    except AudioError as exc:
+        raise ModelError(f"{path}: cannot read weights file ({exc.cause})") from exc
 
 
 def _read_config_json(path: Path) -> WhisperConfig:
@@ -689,16 +685,10 @@ def _build_model(config: WhisperConfig, state: Mapping[str, torch.Tensor],
              for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
     wrong += [f"{k} has dtype {state[k].dtype}" for k in expected
               if k in state and not state[k].is_floating_point()]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)}: {', '.join(missing[:8])}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)}: {', '.join(unexpected[:8])}")
-    if wrong:
-        problems.append(f"wrong {len(wrong)}: {'; '.join(wrong[:8])}")
+    problems = state_dict_problems(missing, unexpected, wrong, wrong_label="wrong")
     if problems:
         raise ModelError(f"{source}: weights do not fit a Whisper encoder with "
-                         f"{config.to_dict()} ({' | '.join(problems)})")
+                         f"{config.to_dict()} ({problems})")
     model.load_state_dict({k: state[k].to(torch.float32).contiguous() for k in expected},
                           strict=True, assign=True)
     return model.eval()
