@@ -55,7 +55,6 @@ to float32.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import re
