@@ -151,3 +151,26 @@ def test_train_and_predict_on_ray_equal_local(ray_cluster, corpus, tmp_path):
     assert [p.to_dict() for p in here] == [p.to_dict() for p in there]
     assert [p.to_dict() for p in remote.predict(paths, progress=False)] == \
         [p.to_dict() for p in here]
+
+
+def test_interrupted_driver_keeps_finished_batches(ray_cluster, corpus, tmp_path, monkeypatch):
+    submitted: list[int] = []
+
+    def interrupt(executor: RayExecutor, actor: int, n: int) -> None:
+        submitted.append(n)
+        if n == 4:                           # batches 1-2 are back by now, or soon
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(executors, "FILES_PER_TASK", 4)
+    monkeypatch.setattr(RayExecutor, "fault_hook", staticmethod(interrupt))
+    run = settings(corpus, tmp_path / "cache", "ray")
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(run, out=tmp_path / "out", progress=False, report=False)
+    kept = list((tmp_path / "cache").glob("[0-9a-f][0-9a-f]/*.npy"))
+    assert kept and not (tmp_path / "out").exists()
+    submitted.clear()
+    monkeypatch.setattr(RayExecutor, "fault_hook",
+                        staticmethod(lambda e, a, n: submitted.append(n)))
+    run_experiment(run, out=tmp_path / "out", progress=False, report=False)
+    n_files = len(list(Path(corpus).rglob("*.wav")))
+    assert 0 < len(submitted) < n_files // 4   # only the batches not finished before

@@ -20,14 +20,14 @@ classifiers). An executor decides only WHERE:
 A file's features depend only on the file (fixed single-threaded work items, each Whisper
 signal encoded alone on the CPU), so the two executors give the same numbers bit for bit.
 
-Faults: an actor that dies mid-batch (killed, out of memory, node lost) is restarted by Ray
-(``max_restarts``) and its batch is submitted again, up to :data:`MAX_ATTEMPTS` times. An
+Faults: an actor that dies mid-batch (killed, out of memory, node lost) is replaced by a new
+one (up to :data:`ACTOR_RESTARTS` times per worker slot) and its batch is submitted again, up
+to :data:`MAX_ATTEMPTS` times. An
 interrupted driver keeps every batch already written to the cache; a rerun resumes.
 """
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -40,7 +40,7 @@ RAY_MISSING = ("--executor ray needs the optional package ray "
                "(pip install 'binser[ray]')")
 FILES_PER_TASK = 8      # files per actor call: small enough to balance, big enough to batch
 MAX_ATTEMPTS = 3        # submissions of one batch before the run gives up
-ACTOR_RESTARTS = 4      # Ray restarts of one dead feature actor
+ACTOR_RESTARTS = 4      # replacements of one worker slot's dead feature actor
 
 
 def ray_available() -> bool:
@@ -204,8 +204,12 @@ class RayExecutor:
             raise ConfigError(RAY_MISSING) from None
         self.ray = ray
         if not ray.is_initialized():
+            local = address is None and not os.environ.get("RAY_ADDRESS")
+            from .parallel import default_workers
+
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+                     configure_logging=False,   # a new local cluster: the cores we may use
+                     **({"num_cpus": default_workers()} if local else {}))
         if workers is not None and (int(workers) != workers or workers < 1):
             raise ConfigError(f"Ray workers must be a positive integer, got {workers!r}")
         self.workers = workers
@@ -258,13 +262,15 @@ class RayExecutor:
                 self.ray.kill(actor, no_restart=True)
 
     def _start_actors(self, extractor: Any, n: int, resources: dict[str, float]) -> list:
+        """``n`` started actors holding the backbone; ``self._new_actor()`` makes another."""
         ray = self.ray
         kind, kwargs = _worker_recipe(extractor)
-        backbone_ref = ray.put(extractor.backbone)
-        cls = ray.remote(max_restarts=ACTOR_RESTARTS, max_task_retries=0)(_FeatureWorker)
+        backbone_ref = ray.put(extractor.backbone)   # shipped once, shared by every actor
+        cls = ray.remote(max_restarts=0, max_task_retries=0)(_FeatureWorker)
         use_gpu = "num_gpus" in resources
-        actors = [cls.options(**resources).remote(backbone_ref, kind, kwargs, use_gpu)
-                  for _ in range(n)]
+        self._new_actor = lambda: cls.options(**resources).remote(backbone_ref, kind, kwargs,
+                                                                  use_gpu)
+        actors = [self._new_actor() for _ in range(n)]
         infos = ray.get([a.info.remote() for a in actors])
         self.pids = [pid for pid, _ in infos]
         wanted = extractor.backbone.weights_id
@@ -276,16 +282,25 @@ class RayExecutor:
     def _run_batches(self, actors: list, batches: list[list[tuple[str, dict]]],
                      overlay: _Overlay, bar) -> None:
         """Keep every live actor busy with one batch; a batch whose actor died goes back to
-        the queue, the actor is probed until Ray has restarted it (or given up on it)."""
+        the queue and a new actor takes the dead one's slot once it answers."""
         ray = self.ray
         lost = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                 ray.exceptions.ObjectLostError)
         queue = list(range(len(batches)))
         attempts = [0] * len(batches)
-        probe_failures = [0] * len(actors)
+        replaced = [0] * len(actors)
         free = list(range(len(actors)))
-        running: dict[Any, tuple[int, int]] = {}   # run ref -> (batch, actor)
-        probes: dict[Any, int] = {}                 # info ref -> actor being restarted
+        running: dict[Any, tuple[int, int]] = {}   # run ref -> (batch, actor slot)
+        probes: dict[Any, int] = {}                 # info ref of a new actor -> its slot
+
+        def replace(slot: int) -> None:
+            """A new actor in ``slot`` (the old one is dead), usable once it answers."""
+            ray.kill(actors[slot], no_restart=True)
+            if replaced[slot] < ACTOR_RESTARTS:
+                replaced[slot] += 1
+                actors[slot] = self._new_actor()
+                probes[actors[slot].info.remote()] = slot
+
         submitted = 0
         while queue or running:
             while queue and free:
@@ -297,7 +312,7 @@ class RayExecutor:
                 if type(self).fault_hook is not None:
                     type(self).fault_hook(self, a, submitted)
             if not running and not probes:
-                raise BinserError("Ray: every feature worker died and none could be restarted")
+                raise BinserError("Ray: every feature worker died and could not be replaced")
             done, _ = ray.wait(list(running) + list(probes), num_returns=1)
             ref = done[0]
             if ref in probes:
@@ -306,10 +321,7 @@ class RayExecutor:
                     self.pids[a] = ray.get(ref)[0]
                     free.append(a)
                 except lost:
-                    probe_failures[a] += 1
-                    if probe_failures[a] <= 20 * ACTOR_RESTARTS:   # still restarting
-                        time.sleep(0.25)
-                        probes[actors[a].info.remote()] = a
+                    replace(a)
                 continue
             b, a = running.pop(ref)
             try:
@@ -319,8 +331,8 @@ class RayExecutor:
                     raise BinserError(f"Ray: a feature batch failed {attempts[b]} times "
                                       f"({type(error).__name__}); giving up") from None
                 self.retried += 1
-                queue.insert(0, b)                       # again, on the next live actor
-                probes[actors[a].info.remote()] = a      # back in the pool once restarted
+                queue.insert(0, b)       # again, on the next live actor
+                replace(a)
                 continue
             free.append(a)
             for (path, keys), arrays in zip(batches[b], files):
