@@ -717,7 +717,8 @@ def summarise_run(r: RunPredictions, y: np.ndarray, classes: list[str],
     return out
 
 
-def comparison_pairs(run_names: Sequence[str], prefix: str = "") -> list[tuple[str, str, str]]:
+def comparison_pairs(run_names: Sequence[str], prefix: str = "",
+                     fusion_pooling: str = "stats") -> list[tuple[str, str, str]]:
     """The paper's claims on the corpus at hand, as ``(claim, run a, run b)`` meaning "a beats
     b", for the runs present: four-view fusion vs the best view chosen on the training
     speakers and vs left alone, binaural (left+right) fusion vs left alone, block vs global
@@ -726,9 +727,8 @@ def comparison_pairs(run_names: Sequence[str], prefix: str = "") -> list[tuple[s
     names = set(run_names)
     four, lr = f"{prefix}score-fusion/left+right+mid+side", f"{prefix}score-fusion/left+right"
     pairs = []
-    lefts = sorted(n for n in names if n.startswith(f"{prefix}left/"))
-    left_fp = next((n for n in lefts if n.endswith("/stats")), None) or next(
-        (n for n in lefts if n.endswith("/block-max")), None)
+    left_fp = f"{prefix}left/{fusion_pooling}" if f"{prefix}left/{fusion_pooling}" in names \
+        else None   # left alone with the pooling whose scores are fused
     if four in names and f"{prefix}best-view" in names:
         pairs.append(("four-view fusion beats the best single view", four, f"{prefix}best-view"))
     if four in names and left_fp:
@@ -748,14 +748,16 @@ def comparison_pairs(run_names: Sequence[str], prefix: str = "") -> list[tuple[s
 
 
 def compare_runs(runs: Mapping[str, RunPredictions], y: np.ndarray, classes: list[str],
-                 speakers: np.ndarray, n_boot: int, seed: int) -> list[dict[str, Any]]:
+                 speakers: np.ndarray, n_boot: int, seed: int,
+                 fusion_pooling: str = "stats") -> list[dict[str, Any]]:
     """Paired speaker-level comparisons (``results.json``'s ``comparisons``) of the claims
     of :func:`comparison_pairs`, plus speaker-normalised vs plain for every run that has
     both."""
     from .evaluation import paired_comparison, verdict
 
     names = np.asarray(classes)
-    pairs = comparison_pairs(list(runs)) + comparison_pairs(list(runs), NORM_PREFIX)
+    pairs = (comparison_pairs(list(runs), "", fusion_pooling)
+             + comparison_pairs(list(runs), NORM_PREFIX, fusion_pooling))
     for name in ("score-fusion/left+right+mid+side", "best-view"):
         if name in runs and NORM_PREFIX + name in runs:
             pairs.append((f"speaker normalisation improves {name}", NORM_PREFIX + name, name))
@@ -957,7 +959,8 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
         "skipped": [{"path": str(p), "reason": why} for p, why in skipped],
         "runs": [summarise_run(runs[name], y, classes, fold_list, settings.n_boot, settings.seed,
                                speakers, settings.ci_method) for name in run_names],
-        "comparisons": compare_runs(runs, y, classes, speakers, settings.n_boot, settings.seed),
+        "comparisons": compare_runs(runs, y, classes, speakers, settings.n_boot, settings.seed,
+                                    settings.resolved_fusion_pooling()),
     }
     timing["total_s"] = time.perf_counter() - t0
     results["timing"] = timing
