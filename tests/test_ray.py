@@ -174,3 +174,15 @@ def test_interrupted_driver_keeps_finished_batches(ray_cluster, corpus, tmp_path
     run_experiment(run, out=tmp_path / "out", progress=False, report=False)
     n_files = len(list(Path(corpus).rglob("*.wav")))
     assert 0 < len(submitted) < n_files // 4   # only the batches not finished before
+
+
+def test_gpu_features_get_their_own_cache_keys(tmp_path):
+    from binser.cache import FeatureCache
+    from binser.executors import _Overlay, _Tagged
+
+    disk = FeatureCache(tmp_path)
+    tagged = _Overlay({}, _Tagged(disk, "cuda"))
+    key = "ab" * 20
+    tagged.put(key, np.ones((2, 3), np.float32))
+    assert disk.get(key) is None and tagged.has(key)       # CPU runs never read it
+    np.testing.assert_array_equal(tagged.get(key, 3), np.ones((2, 3), np.float32))

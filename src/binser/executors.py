@@ -18,7 +18,11 @@ classifiers). An executor decides only WHERE:
   (content-addressed, so still correct, just not shared).
 
 A file's features depend only on the file (fixed single-threaded work items, each Whisper
-signal encoded alone on the CPU), so the two executors give the same numbers bit for bit.
+signal encoded alone on the CPU), so the two executors give the same numbers bit for bit on
+CPU workers. On a cluster with GPUs the actors run there: features then equal the CPU ones
+to float32 rounding only, so they are cached under their own (device-tagged) keys and never
+mix with CPU entries. Fine-tuning (``--mode finetune``) and the openSMILE baselines run on
+the driver; their folds still go to Ray.
 
 Faults: an actor that dies mid-batch (killed, out of memory, node lost) is replaced by a new
 one (up to :data:`ACTOR_RESTARTS` times per worker slot) and its batch is submitted again, up
@@ -163,6 +167,28 @@ class _FeatureWorker:
         return [{view: rows[i] for view, rows in result.items()} for i in range(n)]
 
 
+class _Tagged:
+    """A FeatureCache under keys tagged with the device that computed the entries (GPU
+    features differ from CPU ones by float32 rounding: the two never share an entry)."""
+
+    def __init__(self, disk: Any, tag: str):
+        self.disk, self.tag = disk, tag
+
+    def key(self, key: str) -> str:
+        import hashlib
+
+        return hashlib.sha256(f"{key}|{self.tag}".encode()).hexdigest()[:40]
+
+    def get(self, key: str, feature_dim: int | None = None) -> np.ndarray | None:
+        return self.disk.get(self.key(key), feature_dim)
+
+    def put(self, key: str, features: np.ndarray) -> Any:
+        return self.disk.put(self.key(key), features)
+
+    def path(self, key: str) -> Path:
+        return self.disk.path(self.key(key))
+
+
 class _Overlay:
     """A FeatureCache-like view: entries computed on the cluster (held in memory when there
     is no cache folder) in front of the disk cache."""
@@ -233,9 +259,14 @@ class RayExecutor:
         cache; afterwards ``extractor.extract(paths)`` finds them all (cache or memory)."""
         from tqdm.auto import tqdm
 
-        overlay = extractor.cache if isinstance(extractor.cache, _Overlay) \
-            else _Overlay({}, extractor.cache)
-        extractor.cache = overlay
+        n_actors, resources = self._pool_shape()
+        if isinstance(extractor.cache, _Overlay):
+            overlay = extractor.cache
+        else:   # GPU features equal CPU ones only to float32 rounding: their own cache keys
+            disk = extractor.cache
+            if disk is not None and "num_gpus" in resources:
+                disk = _Tagged(disk, "cuda")
+            overlay = extractor.cache = _Overlay({}, disk)
         if hasattr(extractor.backbone, "refresh_weights_id"):   # keys of the actual weights
             extractor.backbone.refresh_weights_id()
         todo: list[tuple[str, dict]] = []
@@ -250,7 +281,6 @@ class RayExecutor:
             return
         batches = [todo[i:i + self.files_per_task]
                    for i in range(0, len(todo), self.files_per_task)]
-        n_actors, resources = self._pool_shape()
         actors = self._start_actors(extractor, min(n_actors, len(batches)), resources)
         bar = tqdm(total=len(todo), unit="file", desc=f"features (ray, {len(actors)} workers)",
                    disable=not progress, leave=False)
