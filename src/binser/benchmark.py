@@ -300,7 +300,7 @@ def encoder_speed(paths: Sequence[Path], weights: Path, name: str = "whisper-bas
     backbone = load_whisper(name, weights=weights)
     if str(device).startswith("cuda"):
         backbone.to(device)
-    layer = backbone.default_layer if layer is None else layer
+    layer = backbone.n_layers if layer is None else layer   # the default (auto) runs all
     signals = []
     for path in paths:
         with warnings.catch_warnings():
@@ -463,7 +463,7 @@ def ray_speed(paths: Sequence[Path], whisper: Path | None = None,
         from .backbones.whisper import load_whisper
 
         backbone = load_whisper("whisper-base", weights=whisper)
-        make = lambda b: FrameFeatureExtractor(b, layers=(b.default_layer,),  # noqa: E731
+        make = lambda b: FrameFeatureExtractor(b, layers=(b.n_layers,),  # noqa: E731
                                                num_threads=cores, progress=False)
     else:
         from .backbones import get_backbone

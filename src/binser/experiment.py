@@ -77,7 +77,7 @@ class ExperimentSettings:
     backbone: str = "efficientnet_lite0"     # or whisper-<size>; the CLI's "auto" resolves it
     input_size: int | None = None
     weights: str | None = None
-    layer: int | str | None = None            # encoders: hidden-state index, "auto", None = default
+    layer: int | str | None = None            # encoders: hidden-state index or "auto" (= None)
     allow_random: bool = False
     mode: str = "frozen"
     views: tuple[str, ...] = VIEWS
@@ -206,6 +206,14 @@ class ExperimentSettings:
 
             check_folder(self.cache_dir, "--cache-dir")
 
+    def resolved_layer(self) -> int | str | None:
+        """Encoders: the layer index given, else ``"auto"`` (chosen per fold and view by
+        inner CV on the training speakers; the best honest setting measured on EMOVO, see
+        RESULTS.md). None for image CNNs."""
+        if not is_encoder(self.backbone):
+            return None
+        return "auto" if self.layer is None else self.layer
+
     def resolved_fusion_pooling(self) -> str:
         """The pooling whose scores are fused: ``fusion_pooling``, else the backbone's default
         (``stats`` for speech encoders, the paper's ``block-max`` for image CNNs)."""
@@ -241,9 +249,9 @@ def _progress(message: str, enabled: bool) -> None:
 def encoder_layers(settings: ExperimentSettings, backbone) -> tuple[int, ...]:
     """Encoder layers to compute: the one asked for, the backbone's default, or every layer
     (``--layer auto``)."""
-    if settings.layer == "auto":
+    if settings.resolved_layer() == "auto":
         return tuple(range(backbone.n_layers + 1))
-    layer = backbone.default_layer if settings.layer is None else int(settings.layer)
+    layer = int(settings.layer)
     if not 0 <= layer <= backbone.n_layers:
         raise ConfigError(f"{backbone.name} has layers 0..{backbone.n_layers}; --layer {layer} "
                           "is not one of them")
@@ -372,6 +380,7 @@ def pooled_study_features(layer_features, settings: ExperimentSettings) -> Poole
     for layer, features in layer_features:
         by_layer[layer], silent = pool_features(features, settings)
         n_rows = n_rows or {v: [len(f) for f in features[v]] for v in settings.views}
+        del features   # hold one layer's frames at a time
     absent = tuple(v for v in settings.views if v not in silent)
     return PooledFeatures(by_layer, silent, absent, n_rows)
 
@@ -982,7 +991,7 @@ def _layer_description(settings: ExperimentSettings, backbone) -> Any:
     """``layer`` of results.json: the encoder layer used, "auto (per fold ...)", or None."""
     if not is_encoder(settings.backbone):
         return None
-    if settings.layer == "auto":
+    if settings.resolved_layer() == "auto":
         return "auto (per outer fold and view, by inner CV on the training speakers)"
     return encoder_layers(settings, backbone)[0]
 

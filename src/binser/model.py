@@ -1395,10 +1395,6 @@ def training_layers(corpus, settings, views: tuple[str, ...],
 
     if finetuned_backbones is None:
         backbone = load_backbone(settings)
-        if is_encoder(settings.backbone) and settings.layer is None \
-                and not hasattr(backbone, "default_layer"):
-            raise ConfigError(f"{backbone.name}: no default encoder layer is known; pass a "
-                              f"layer (0..{backbone.n_layers}) or 'auto'")
         layers = iter_layer_features(corpus, replace(settings, views=views), backbone, progress)
         return {v: backbone for v in views}, layers
     missing = [v for v in views if v not in finetuned_backbones]
@@ -1489,7 +1485,7 @@ def fit_best_layer(layer_features: Iterable[tuple[Any, Mapping[str, Sequence[np.
         fit = fit_views(features, y, groups, views, spec, settings.seed, settings.speaker_norm,
                         layer)
         scores[layer] = {"mean": fit.score, "views": fit.view_scores}
-        if settings.layer == "auto":
+        if settings.resolved_layer() == "auto":
             _say(f"layer {layer}: mean inner-CV UA {100 * fit.score:.1f} %", progress)
         if best is None or (fit.score, -(layer or 0)) > (best.score, -(best.layer or 0)):
             best = fit
@@ -1679,8 +1675,8 @@ def _layer_selection(settings, fit: LayerFit, scores: Mapping[Any, Mapping[str, 
                      ) -> dict[str, Any]:
     """How the encoder layer was chosen, with every candidate layer's scores."""
     how = ("auto: the layer with the best mean inner-CV UA (speaker-grouped, training data) "
-           "over the model's views; ties to the lower layer" if settings.layer == "auto"
-           else "given" if settings.layer is not None else "the backbone's default")
+           "over the model's views; ties to the lower layer"
+           if settings.resolved_layer() == "auto" else "given")
     return {"method": how, "chosen": fit.layer,
             "scores": {str(k): float(v["mean"]) for k, v in scores.items()},
             "view_scores": {str(k): dict(v["views"]) for k, v in scores.items()}}

@@ -418,14 +418,6 @@ class WhisperBackbone:
         return self.config.encoder_layers
 
     @property
-    def default_layer(self) -> int:
-        """Layer used unless told otherwise: ``round(2 L / 3)`` (4 of 6 for whisper-base; 3 of
-        4 tiny, 8 of 12 small, 16 of 24 medium, 21 of 32 large-v3). Middle-to-upper layers
-        carry the most paralinguistic information; RESULTS.md gives the EMOVO evidence and
-        ``--layer auto`` chooses per fold on the training speakers."""
-        return int(round(2 * self.n_layers / 3))
-
-    @property
     def n_mels(self) -> int:
         """Mel bands of the front end (80, or 128 for large-v3)."""
         return self.config.num_mel_bins
