@@ -400,16 +400,20 @@ class FrameFeatureExtractor:
 
     def _from_cache(self, index: int, view: str, keys: dict, keep: tuple[int, ...],
                     results: dict) -> bool:
-        """Fill ``results`` for (file, view) from the cache if every computed layer is there."""
+        """Fill ``results`` for (file, view) from the cache if every computed layer is there.
+
+        Only the ``keep`` layers are read; the others are checked for presence (``--layer
+        auto`` reads one layer at a time, so reading all of them each time would cost 7x)."""
         if self.cache is None:
             return False
+        if not all(self.cache.path(keys[(view, layer)]).is_file() for layer in self.layers):
+            return False
         found = {}
-        for layer in self.layers:
+        for layer in keep:
             value = self.cache.get(keys[(view, layer)], self.backbone.feature_dim)
             if value is None:
                 return False
-            if layer in keep:
-                found[layer] = value
+            found[layer] = value
         for layer, value in found.items():
             results[layer][view][index] = value
         self.n_cached += 1
