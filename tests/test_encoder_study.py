@@ -194,3 +194,23 @@ def test_scan_warns_when_speakers_show_one_label_each(tmp_path):
     text = format_scan(scan_corpus(corpus("folder", tmp_path), progress=False))
     assert "warning: speakers show on average 33% of the labels (6 of 6 speakers a single" \
         in text
+
+
+def test_mono_files_are_flagged_in_results_and_report(tmp_path, tiny_dir, tiny_corpus):
+    import shutil
+
+    root = tmp_path / "mixed"
+    shutil.copytree(tiny_corpus, root)
+    victim = sorted(root.rglob("*.wav"))[0]
+    data, sr = sf.read(victim, dtype="float32")
+    sf.write(victim, data[:, 0], sr, subtype="FLOAT")
+    settings = ExperimentSettings(dataset="folder", root=str(root), protocol="loso",
+                                  backbone="whisper-tiny", weights=str(tiny_dir), layer=1,
+                                  poolings=("stats",), views=("left", "right"),
+                                  cache_dir=str(tmp_path / "cache"), n_boot=20, synthetic=True,
+                                  num_threads=1)
+    with pytest.warns(UserWarning, match="mono"):
+        results = run_experiment(settings, out=tmp_path / "out", progress=False)
+    assert results["mono_files"] == [str(victim)]
+    assert f"| mono files (L = R) | 1 ({victim.name}) |" in \
+        (tmp_path / "out" / "report.md").read_text()

@@ -865,7 +865,7 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
     independence = speaker_independence(fold_list, speakers)
     _progress(f"{settings.dataset}: {len(corpus)} utterances, {len(classes)} classes, "
               f"{len(corpus.speakers)} speakers, protocol {settings.protocol} "
-              f"({len(fold_list)} folds, "
+              f"({len(fold_list)} fold{'s' if len(fold_list) != 1 else ''}, "
               f"{'speaker-independent' if independence['independent'] else 'SPEAKER-DEPENDENT'})",
               progress)
     if not independence["independent"]:
@@ -955,6 +955,7 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
         "mode": settings.mode,
         "segments_per_view": int(sum(first.n_rows[settings.views[0]])),
         "silent_views": {v: int(m.sum()) for v, m in first.silent.items()},
+        "mono_files": mono_files(corpus),
         "absent_views": list(first.absent),
         "fusion_pooling": settings.resolved_fusion_pooling(),
         "fusion_search": settings.fusion_search,
@@ -985,6 +986,14 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
                              config=settings.frontend)
         _progress(f"results written to {target.path}", progress)
     return results
+
+
+def mono_files(corpus: Corpus) -> list[str]:
+    """Files of a corpus with one channel (L = R, a silent Side): flagged in results.json and
+    the report, as ``scan`` flags them (headers only, no decoding)."""
+    from .audio import audio_info
+
+    return [str(u.path) for u in corpus if audio_info(u.path).channels == 1]
 
 
 def _layer_description(settings: ExperimentSettings, backbone) -> Any:

@@ -25,6 +25,16 @@ WEIGHT_SYMBOLS = {"alpha": "α", "beta": "β", "gamma": "λ"}
 Block = tuple  # ("h1"|"h2"|"p"|"warn", text) | ("table", headers, rows) | ("img", file, caption)
 
 
+def _md_cell(value: Any) -> str:
+    """A Markdown table cell: '|' escaped and line breaks flattened (file names may hold them)."""
+    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _count(n: Any, noun: str) -> str:
+    """'1 fold', '6 folds', '? folds'."""
+    return f"{n} {noun}" if n == 1 else f"{'?' if n is None else n} {noun}s"
+
+
 def pct(value: float | None) -> str:
     """A fraction in 0..1 as a percentage with two decimals ('-' when missing)."""
     return "-" if value is None else f"{100.0 * value:.2f}"
@@ -72,6 +82,12 @@ def _backbone_text(results: dict[str, Any]) -> str:
             f", weights {results.get('backbone_weights_id', '?')}")
 
 
+def _mono_text(results: dict[str, Any]) -> str:
+    files = results.get("mono_files", [])
+    shown = ", ".join(Path(f).name for f in files[:5]) + (" ..." if len(files) > 5 else "")
+    return f"{len(files)}" + (f" ({shown})" if files else "")
+
+
 def _silent_text(results: dict[str, Any]) -> str:
     silent = {v: n for v, n in results.get("silent_views", {}).items() if n}
     parts = [f"{v}: {n} file(s)" for v, n in silent.items()]
@@ -99,7 +115,7 @@ def build_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block
                                "these are not the paper's pretrained features."))
     blocks.append(("table", ["", ""], [
         ["dataset", results["dataset"]],
-        ["protocol", f"{results['protocol']} ({results.get('n_folds', '?')} folds, "
+        ["protocol", f"{results['protocol']} ({_count(results.get('n_folds'), 'fold')}, "
                      + ("speaker-independent" if results.get("speaker_independent", True)
                         else "SPEAKER-DEPENDENT") + ")"],
         ["utterances", str(results["n_utterances"])],
@@ -110,6 +126,7 @@ def build_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block
          str(results.get("segments_per_view", "-"))],
         ["chance level (UA)", pct(1.0 / len(results["classes"]))],
         ["views without signal", _silent_text(results)],
+        ["mono files (L = R)", _mono_text(results)],
     ]))
     ci_text = CI_TEXT.get(results.get("ci_method", "utterance-bootstrap"), "95% interval of UA")
     blocks.append(("p", "All figures are percentages over the pooled predictions of all test "
@@ -231,7 +248,7 @@ def render_markdown(blocks: Sequence[Block]) -> str:
             headers, rows = block[1], block[2]
             out.append("| " + " | ".join(headers) + " |")
             out.append("|" + "|".join("---" for _ in headers) + "|")
-            out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+            out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
             out.append("")
         elif kind == "img":
             out.append(f"![{block[2]}]({block[1]})\n")
