@@ -69,6 +69,10 @@ class FeatureCache:
             raise ConfigError(f"cache key must be lower-case hex, got {key!r}")
         return self.root / key[:2] / f"{key}.npy"
 
+    def has(self, key: str) -> bool:
+        """Whether an entry exists (not read, not checked)."""
+        return self.path(key).is_file()
+
     def get(self, key: str, feature_dim: int | None = None) -> np.ndarray | None:
         """The stored ``(n, d)`` array, or None if absent, unreadable or mis-shaped.
 

@@ -406,7 +406,7 @@ class FrameFeatureExtractor:
         auto`` reads one layer at a time, so reading all of them each time would cost 7x)."""
         if self.cache is None:
             return False
-        if not all(self.cache.path(keys[(view, layer)]).is_file() for layer in self.layers):
+        if not all(self.cache.has(keys[(view, layer)]) for layer in self.layers):
             return False
         found = {}
         for layer in keep:
