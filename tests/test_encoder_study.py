@@ -15,6 +15,7 @@ from binser.experiment import (ExperimentSettings, PooledFeatures, evaluate_fold
                                run_folds, speaker_normalised)
 from binser.features import FrameFeatureExtractor
 from binser.results import validate_results
+from dataclasses import replace
 from test_whisper import random_encoder, save_hf_folder
 
 TINY = WhisperConfig(d_model=64, encoder_layers=2, encoder_attention_heads=4,
@@ -214,3 +215,26 @@ def test_mono_files_are_flagged_in_results_and_report(tmp_path, tiny_dir, tiny_c
     assert results["mono_files"] == [str(victim)]
     assert f"| mono files (L = R) | 1 ({victim.name}) |" in \
         (tmp_path / "out" / "report.md").read_text()
+
+
+def test_warm_rerun_reads_pooled_features_not_frames(tmp_path, tiny_dir, tiny_corpus,
+                                                     monkeypatch):
+    """The pooled-feature cache: a rerun gives the same results without reading frames."""
+    import binser.features as features_module
+
+    settings = ExperimentSettings(dataset="folder", root=str(tiny_corpus), protocol="loso",
+                                  backbone="whisper-tiny", weights=str(tiny_dir), layer="auto",
+                                  poolings=("stats", "block-max"), views=("left", "side"),
+                                  cache_dir=str(tmp_path / "cache"), n_boot=20, synthetic=True,
+                                  num_threads=1)
+    first = run_experiment(settings, out=None, progress=False, report=False)
+
+    def no_frames(*args, **kwargs):
+        raise AssertionError("frames were read although the pooled features are cached")
+    monkeypatch.setattr(features_module.FrameFeatureExtractor, "extract", no_frames)
+    again = run_experiment(settings, out=None, progress=False, report=False)
+    assert again["runs"] == first["runs"] and again["segments_per_view"] == \
+        first["segments_per_view"]
+    with pytest.raises(AssertionError, match="frames were read"):   # another setting: a miss
+        run_experiment(replace(settings, poolings=("stats",)), out=None, progress=False,
+                       report=False)

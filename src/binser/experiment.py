@@ -373,6 +373,77 @@ def pool_features(features: dict[str, list[np.ndarray]], settings: ExperimentSet
     return pooled, silent
 
 
+POOLED_FORMAT = "binser-pooled-features-v1"
+
+
+def _pooled_keys(corpus: Corpus, settings: ExperimentSettings, backbone) -> Callable[[str], str]:
+    """Key maker for the pooled-feature cache of one study: hashes every file's content and
+    everything pooling depends on (backbone identity, front end, views, layers, poolings)."""
+    digest = hashlib.sha256()
+    spec = [POOLED_FORMAT, backbone.name, backbone.weights_id,
+            getattr(backbone, "input_size", None), settings.frontend.digest(),
+            list(settings.views), str(settings.resolved_layer()), list(settings.poolings),
+            settings.blocks, settings.levels, settings.pool_abs]
+    digest.update(json.dumps(spec, default=str).encode())
+    for u in corpus:
+        digest.update(file_sha256(u.path).encode())
+
+    def key(part: str) -> str:
+        entry = digest.copy()
+        entry.update(part.encode())
+        return entry.hexdigest()[:40]
+    return key
+
+
+def cached_study_features(corpus: Corpus, settings: ExperimentSettings, backbone,
+                          progress: bool = True, executor=None) -> PooledFeatures:
+    """:func:`pooled_study_features`, cached whole under ``<cache>/pooled``: a warm rerun
+    reads the utterance-level matrices (MBs) instead of every frame (GBs for ``--layer
+    auto``). Entries are written before a completion marker, so a half-written set is never
+    used."""
+    layers_of = lambda: pooled_study_features(  # noqa: E731
+        iter_layer_features(corpus, settings, backbone, progress, executor), settings)
+    if settings.cache_dir is None:
+        return layers_of()
+    store = FeatureCache(Path(settings.cache_dir) / "pooled")
+    key = _pooled_keys(corpus, settings, backbone)
+    layers = (encoder_layers(settings, backbone) if is_encoder(settings.backbone) else (None,))
+    if store.has(key("complete")):
+        by_layer: dict[Any, dict] = {layer: {} for layer in layers}
+        silent, n_rows = {}, {}
+        for view in settings.views:
+            mask = store.get(key(f"silent|{view}"), 1)
+            rows = store.get(key(f"rows|{view}"), 1)
+            if mask is None or rows is None:
+                break
+            n_rows[view] = [int(r) for r in rows[:, 0]]
+            if mask.all():
+                continue                       # absent view: no matrices
+            silent[view] = mask[:, 0] > 0
+            for layer in layers:
+                for name in settings.poolings:
+                    X = store.get(key(f"{layer}|{view}|{name}"))
+                    if X is None or len(X) != len(corpus):
+                        break
+                    by_layer[layer][(view, name)] = X
+        complete = all(len(m) == len(silent) * len(settings.poolings)
+                       for m in by_layer.values()) and len(n_rows) == len(settings.views)
+        if complete:
+            _progress("utterance-level features from the cache", progress)
+            absent = tuple(v for v in settings.views if v not in silent)
+            return PooledFeatures(by_layer, silent, absent, n_rows)
+    pooled = layers_of()
+    for view in settings.views:
+        mask = pooled.silent.get(view, np.ones(len(corpus), dtype=bool))
+        store.put(key(f"silent|{view}"), mask.astype(np.float32)[:, None])
+        store.put(key(f"rows|{view}"), np.asarray(pooled.n_rows[view], np.float32)[:, None])
+    for layer, mats in pooled.by_layer.items():
+        for (view, name), X in mats.items():
+            store.put(key(f"{layer}|{view}|{name}"), X)
+    store.put(key("complete"), np.ones((1, 1), np.float32))
+    return pooled
+
+
 def pooled_study_features(layer_features, settings: ExperimentSettings) -> PooledFeatures:
     """:class:`PooledFeatures` from ``(layer, {view: frames})`` pairs (pooled one layer at a
     time, so frames of one layer only are held)."""
@@ -891,8 +962,7 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
 
         backbone = load_backbone(settings)
         executor = executor_for(settings)
-        first = pooled = pooled_study_features(
-            iter_layer_features(corpus, settings, backbone, progress, executor), settings)
+        first = pooled = cached_study_features(corpus, settings, backbone, progress, executor)
     timing["features_s"] = time.perf_counter() - t
     if first.absent:
         _progress(f"no signal in any file for view(s) {', '.join(first.absent)}: no runs, left "
