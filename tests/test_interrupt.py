@@ -85,7 +85,7 @@ def _run(command: list[str]) -> None:
 def _entries(cache: Path) -> list[Path]:
     """Segment-feature entries (classifier fold results under classifier/ not counted)."""
     return [p for p in cache.rglob("*.npy") if not p.name.startswith(".")
-            and p.relative_to(cache).parts[0] != "classifier"]
+            and p.relative_to(cache).parts[0] not in ("classifier", "pooled")]
 
 
 def _wait_until(condition, process: subprocess.Popen, timeout: float = 240) -> bool:
@@ -102,12 +102,14 @@ def _wait_until(condition, process: subprocess.Popen, timeout: float = 240) -> b
 
 def _assert_cache_sound(cache: Path) -> int:
     """Every feature entry loads as finite float32 (n, FEATURE_DIM) under its key's folder,
-    every classifier fold result (under classifier/) as finite float64 (n, K); every other
-    file is a writer's temporary. Returns the number of feature entries."""
+    every classifier fold result (under classifier/) as finite float64 (n, K), every pooled
+    study matrix (under pooled/) as finite float32 (n, D); every other file is a writer's
+    temporary. Returns the number of feature entries."""
     for path in cache.rglob("*"):
         fold_result = path.relative_to(cache).parts[0] == "classifier"
+        pooled = path.relative_to(cache).parts[0] == "pooled"
         if path.is_dir():
-            assert re.fullmatch(r"[0-9a-f]{2}|classifier", path.name), path
+            assert re.fullmatch(r"[0-9a-f]{2}|classifier|pooled", path.name), path
             continue
         if TEMP_NAME.match(path.name):
             continue                      # a killed writer's temporary: never read as an entry
@@ -115,7 +117,7 @@ def _assert_cache_sound(cache: Path) -> int:
         array = np.load(path, allow_pickle=False)
         assert array.dtype == (np.float64 if fold_result else np.float32), path
         assert array.ndim == 2 and array.shape[0] >= 1, path
-        assert fold_result or array.shape[1] == FEATURE_DIM, path
+        assert fold_result or pooled or array.shape[1] == FEATURE_DIM, path
         assert np.isfinite(array).all(), path
     return len(_entries(cache))
 
