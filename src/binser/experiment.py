@@ -62,6 +62,12 @@ def resolve_backbone(name: str, weights: str | None, cache_dir: str | Path | Non
     return DEFAULT_ENCODER if (folder / "model.safetensors").is_file() else DEFAULT_CNN
 
 
+def _check_choice(value: Any, choices: Sequence[str], what: str) -> None:
+    """ConfigError naming ``what`` and the choices when ``value`` is not one of them."""
+    if value not in choices:
+        raise ConfigError(f"unknown {what} {value!r}; choose from {', '.join(choices)}")
+
+
 def is_encoder(backbone: str) -> bool:
     """True for speech encoders (``whisper-*``), whose features are 20 ms frames."""
     return str(backbone).startswith("whisper-")
@@ -109,11 +115,8 @@ class ExperimentSettings:
     def validate(self) -> None:
         from .backbones import ALL_BACKBONES
 
-        if self.backbone not in ALL_BACKBONES:
-            raise ConfigError(f"unknown backbone {self.backbone!r}; choose from "
-                              f"{', '.join(ALL_BACKBONES)}")
-        if self.mode not in MODES:
-            raise ConfigError(f"unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
+        _check_choice(self.backbone, ALL_BACKBONES, "backbone")
+        _check_choice(self.mode, MODES, "mode")
         bad = [v for v in self.views if v not in VIEWS + ("mono",)]
         if bad:
             raise ConfigError(f"unknown view(s) {bad}; choose from left right mid side mono")
@@ -133,12 +136,8 @@ class ExperimentSettings:
         from .evaluation import CI_METHODS
         from .fusion import SEARCHES
 
-        if self.fusion_search not in SEARCHES:
-            raise ConfigError(f"unknown fusion search {self.fusion_search!r}; choose from "
-                              f"{', '.join(SEARCHES)}")
-        if self.ci_method not in CI_METHODS:
-            raise ConfigError(f"unknown interval method {self.ci_method!r}; choose from "
-                              f"{', '.join(CI_METHODS)}")
+        _check_choice(self.fusion_search, SEARCHES, "fusion search")
+        _check_choice(self.ci_method, CI_METHODS, "interval method")
         if int(self.n_boot) != self.n_boot or self.n_boot < 1:
             raise ConfigError(f"--n-boot must be a positive integer, got {self.n_boot!r}")
         if is_encoder(self.backbone):
@@ -152,9 +151,7 @@ class ExperimentSettings:
         elif self.layer is not None:
             raise ConfigError(f"--layer applies to speech encoders (whisper-*), not to "
                               f"{self.backbone}")
-        if self.finetune_preset not in FINETUNE_PRESETS:
-            raise ConfigError(f"unknown fine-tuning preset {self.finetune_preset!r}; choose "
-                              f"from {', '.join(FINETUNE_PRESETS)}")
+        _check_choice(self.finetune_preset, FINETUNE_PRESETS, "fine-tuning preset")
         check_on_error(self.on_error)
         from .executors import check_executor
 
