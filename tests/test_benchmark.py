@@ -134,3 +134,13 @@ def test_cli_json_front_end_only(mini_emovo, capsys):
 def test_cli_missing_corpus_is_a_clear_error(tmp_path, capsys):
     assert main(["bench", "--root", str(tmp_path / "nowhere"), "--parts", "frontend"]) == 2
     assert "no EMOVO corpus" in capsys.readouterr().err
+
+
+def test_serve_part_without_a_model_is_skipped(mini_emovo, capsys):
+    """bench --parts serve with no --serve-model: a message, no server, no failure."""
+    assert main(["bench", "--root", str(mini_emovo), "--json", "--parts", "serve"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert "--serve-model" in out["details"]["serve"]["skipped"]
+    assert out["serve_requests_s"] is None and out["serve_max_streams"] is None
+    assert "serve: not measured" in captured.err

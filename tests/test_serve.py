@@ -496,3 +496,33 @@ def test_analyse_file_chunks_agree(model, long_wav):
         return np.array([[w["scores"][k] for k in model.labels] for w in result["windows"]])
 
     assert np.allclose(table(whole), table(parts), atol=1e-9)
+
+
+# ------------------------------------------------------------------------------ bench serve
+
+def test_bench_serve_load_tiny(trained):
+    """bench's serve part end to end on the tiny model: a real 'binser serve' subprocess on
+    loopback, 2 clients x 2 uploads and 1 real-time stream; every figure present, 0 errors,
+    and the server is gone afterwards."""
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("websockets")
+    psutil = pytest.importorskip("psutil")
+    from binser.benchmark import serve_load
+
+    wavs = sorted(Path(trained[2]).glob("*/*.wav"))
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    out = serve_load(trained[1], wavs[:3], clients=2, uploads=2, streams=(1,),
+                     stream_files=wavs[:1], startup_s=60.0, report=lambda s: None)
+    up = out["uploads"]
+    assert (up["requests"], up["ok"], up["errors"]) == (4, 4, 0)
+    assert up["requests_s"] > 0 and 0 < up["p50_ms"] <= up["p99_ms"]
+    assert set(out["rss_mb"]) == {"start", "after_uploads", "after_streams"}
+    assert all(v > 10 for v in out["rss_mb"].values())
+    (row,) = out["streams"]
+    assert row["streams"] == 1 and row["windows"] >= 1 and row["errors"] == []
+    assert row["latency_p50_ms"] >= 0 and row["latency_p99_ms"] >= row["latency_p50_ms"]
+    assert row["wall_p99_ms"] >= row["wall_p50_ms"] >= 0
+    assert row["kept_up"] and out["max_streams_kept_up"] == 1
+    assert row["per_stream"][0]["end_after_audio_s"] < 1.0
+    after = {p.pid for p in psutil.Process().children(recursive=True)}
+    assert after <= before                                   # the server was terminated

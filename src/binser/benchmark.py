@@ -27,6 +27,12 @@ Every figure is measured on the machine it runs on, over EMOVO (or a subset with
 * **openSMILE** (:func:`opensmile_speed`): decode + ComParE 2016 functionals of the left
   channel, x real time, with as many worker threads as binser's front end; the ratio is
   binser's front end (four views) over openSMILE (one view).
+* **serve** (:func:`serve_load`; with ``--serve-model FOLDER`` only, else skipped with a
+  message): ``binser serve`` on a free 127.0.0.1 port as a subprocess; 16 concurrent
+  clients x 25 uploads to POST /predict (requests/s, p50/p99 latency, errors, server RSS
+  before/after), then N = 1, 2, 4, 8 concurrent real-time WebSocket streams (per-window
+  latency p50/p99, whether each N keeps up with real time; stops at the first that does
+  not). Every 4th EMOVO file. The server is always terminated.
 """
 from __future__ import annotations
 
@@ -517,9 +523,274 @@ def ray_speed(paths: Sequence[Path], whisper: Path | None = None,
     return out
 
 
+# --------------------------------------------------------------------------------- serve
+
+SERVE_STREAMS = (1, 2, 4, 8)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _percentiles(values: Sequence[float]) -> dict[str, float | None]:
+    if not len(values):
+        return {"p50": None, "p99": None}
+    return {"p50": float(np.percentile(values, 50)), "p99": float(np.percentile(values, 99))}
+
+
+def _upload_load(url: str, files: Sequence[Path], clients: int, uploads: int,
+                 deadline: float, request_timeout_s: float) -> dict[str, Any]:
+    """``clients`` threads, each POSTing ``uploads`` files (cycling) to ``url``/predict."""
+    import threading
+
+    import httpx
+
+    data = {p: p.read_bytes() for p in files}
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        with httpx.Client(base_url=url, timeout=request_timeout_s, trust_env=False) as http:
+            for j in range(uploads):
+                if time.monotonic() > deadline:
+                    with lock:
+                        errors.append("time limit reached before this upload")
+                    continue
+                path = files[(i * uploads + j) % len(files)]
+                t0 = time.perf_counter()
+                try:
+                    r = http.post("/predict", files={"file": (path.name, data[path],
+                                                              "application/octet-stream")})
+                    problem = None if r.status_code == 200 else f"HTTP {r.status_code}"
+                except httpx.HTTPError as exc:
+                    problem = f"{type(exc).__name__}: {exc}"
+                elapsed = time.perf_counter() - t0
+                with lock:
+                    if problem:
+                        errors.append(problem)
+                    else:
+                        latencies.append(elapsed)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()) + request_timeout_s)
+    wall = time.perf_counter() - start
+    ms = [1000.0 * x for x in latencies]
+    q = _percentiles(ms)
+    return {"clients": clients, "uploads_per_client": uploads, "requests": clients * uploads,
+            "ok": len(latencies), "errors": len(errors) + sum(t.is_alive() for t in threads),
+            "error_kinds": sorted(set(errors))[:5], "wall_s": wall,
+            "requests_s": len(latencies) / wall if wall > 0 else None,
+            "p50_ms": q["p50"], "p99_ms": q["p99"],
+            "mean_ms": float(np.mean(ms)) if ms else None}
+
+
+def _one_stream(port: int, path: Path, chunk_s: float, keep_up_s: float,
+                timeout_s: float) -> dict[str, Any]:
+    """One real-time stream of ``path`` (s16le at its own rate, ``chunk_s`` chunks paced at
+    real time) over WS /stream; the windows' reported and measured latencies."""
+    import threading
+
+    import soundfile as sf
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    pcm, sr = sf.read(path, dtype="int16", always_2d=True)
+    audio_s = len(pcm) / sr
+    step = max(1, int(round(chunk_s * sr)))
+    out: dict[str, Any] = {"file": path.name, "audio_s": audio_s, "windows": 0,
+                           "error": None, "kept_up": False}
+    sent: list[tuple[float, float]] = []        # (audio sent up to, s; wall time)
+    got: list[tuple[float, float, float]] = []  # (window end, s; latency_ms; wall time)
+    state: dict[str, Any] = {"end": None, "error": None}
+    import inspect
+
+    direct = {"proxy": None} if "proxy" in inspect.signature(connect).parameters else {}
+    try:
+        with connect(f"ws://127.0.0.1:{port}/stream", open_timeout=10, close_timeout=5,
+                     max_size=1 << 22, **direct) as ws:   # loopback: never via a proxy
+            ws.send(json.dumps({"type": "start", "sample_rate": sr,
+                                "channels": int(pcm.shape[1]), "format": "s16le"}))
+            ready = json.loads(ws.recv(timeout=10))
+            if ready.get("type") != "ready":
+                raise RuntimeError(f"no ready message: {ready}")
+
+            def receive() -> None:
+                limit = time.monotonic() + timeout_s
+                try:
+                    while time.monotonic() < limit:
+                        m = json.loads(ws.recv(timeout=max(0.1, limit - time.monotonic())))
+                        now = time.perf_counter()
+                        if m.get("type") == "window":
+                            got.append((float(m["end_s"]), float(m["latency_ms"]), now))
+                        elif m.get("type") == "end":
+                            state["end"] = now
+                            return
+                        else:
+                            state["error"] = f"{m.get('code')}: {m.get('message')}"
+                            return
+                    state["error"] = "no end message within the time limit"
+                except (ConnectionClosed, TimeoutError) as exc:
+                    state["error"] = f"{type(exc).__name__}: {exc}"
+
+            receiver = threading.Thread(target=receive, daemon=True)
+            receiver.start()
+            began = time.perf_counter()
+            for s in range(0, len(pcm), step):
+                piece = pcm[s:s + step]
+                due = began + (s + len(piece)) / sr   # this chunk is "recorded" at its end
+                time.sleep(max(0.0, due - time.perf_counter()))
+                ws.send(piece.tobytes())
+                sent.append(((s + len(piece)) / sr, time.perf_counter()))
+                if state["error"]:
+                    break
+            ws.send(json.dumps({"type": "stop"}))
+            receiver.join(timeout_s)
+    except Exception as exc:   # a refused connection, a timeout: this stream failed
+        state["error"] = state["error"] or f"{type(exc).__name__}: {exc}"
+    wall_ms = []
+    for end_s, _, t in got:   # the chunk holding the window's last sample, when it was sent
+        sent_t = next((st for upto, st in sent if upto >= end_s - 1e-6),
+                      sent[-1][1] if sent else t)
+        wall_ms.append(1000.0 * (t - sent_t))
+    out["windows"] = len(got)
+    out["latency_ms"] = [g[1] for g in got]
+    out["wall_ms"] = wall_ms
+    out["error"] = state["error"]
+    if state["end"] is not None and sent:
+        out["end_after_audio_s"] = state["end"] - (began + audio_s)
+        out["kept_up"] = state["error"] is None and out["end_after_audio_s"] <= keep_up_s
+    return out
+
+
+def _stream_load(port: int, files: Sequence[Path], n: int, chunk_s: float, keep_up_s: float,
+                 timeout_s: float) -> dict[str, Any]:
+    """``n`` concurrent real-time streams (stream k plays ``files[k % len(files)]``)."""
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        rows = list(pool.map(lambda k: _one_stream(port, files[k % len(files)], chunk_s,
+                                                   keep_up_s, timeout_s), range(n)))
+    reported = [x for r in rows for x in r.pop("latency_ms")]
+    measured = [x for r in rows for x in r.pop("wall_ms")]
+    q, w = _percentiles(reported), _percentiles(measured)
+    return {"streams": n, "windows": len(reported),
+            "latency_p50_ms": q["p50"], "latency_p99_ms": q["p99"],
+            "wall_p50_ms": w["p50"], "wall_p99_ms": w["p99"],
+            "kept_up": all(r["kept_up"] for r in rows),
+            "errors": [r["error"] for r in rows if r["error"]], "per_stream": rows}
+
+
+def serve_prerequisites() -> str | None:
+    """Why the serve part cannot run here (a missing package), or None."""
+    import importlib.util
+
+    missing = [m for m in ("fastapi", "uvicorn", "multipart", "websockets", "httpx", "psutil")
+               if importlib.util.find_spec(m) is None]
+    return (f"missing package(s) {', '.join(missing)} (pip install 'binser[serve]' httpx "
+            "psutil)") if missing else None
+
+
+def serve_load(model: str | Path, files: Sequence[Path], clients: int = 16, uploads: int = 25,
+               streams: Sequence[int] = SERVE_STREAMS, stream_files: Sequence[Path] | None = None,
+               chunk_s: float = 0.1, keep_up_s: float = 1.0, upload_limit_s: float = 900.0,
+               startup_s: float = 180.0, report: Callable[[str], None] = print
+               ) -> dict[str, Any]:
+    """Load and latency of ``binser serve MODEL`` on loopback (issue 13, item 7).
+
+    Starts ``binser serve MODEL --port P`` (127.0.0.1, a free port, ``--max-streams
+    max(streams)``) as a subprocess, waits for ``GET /health`` (at most ``startup_s``), then:
+
+    * **uploads**: ``clients`` threads x ``uploads`` POST /predict each of ``files`` (cycling),
+      after one warm-up request: ``requests_s``, ``p50_ms``/``p99_ms`` (per request, client
+      side), ``errors`` (anything but 200, timeouts; target 0); no upload starts after
+      ``upload_limit_s``;
+    * **streams**: for each N in ``streams``, N concurrent WS /stream sessions, each playing a
+      file of ``stream_files`` (default ``files``) as s16le in ``chunk_s`` chunks paced at
+      real time: per-window ``latency_p50_ms``/``latency_p99_ms`` (the server's
+      ``latency_ms``) and ``wall_p50_ms``/``wall_p99_ms`` (from sending the chunk holding
+      the window's last sample to receiving its result), ``kept_up`` (every stream's end
+      message arrived within ``keep_up_s`` of the end of its audio, no error); stops after
+      the first N that does not keep up. ``max_streams_kept_up``: the largest N that did;
+    * ``rss_mb``: the server's RSS (process tree) after start, after the uploads, after the
+      streams.
+
+    The server is always terminated (then killed) before returning.
+    """
+    import httpx
+    import psutil
+
+    model = Path(model)
+    if not model.is_dir():
+        raise ConfigError(f"--serve-model {model}: no model folder here (binser train --out)")
+    streams = sorted(set(int(n) for n in streams))
+    stream_files = list(stream_files or files)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tempfile.NamedTemporaryFile(prefix="binser-serve-", suffix=".log", delete=False)
+    command = [sys.executable, "-m", "binser", "serve", str(model), "--host", "127.0.0.1",
+               "--port", str(port), "--max-streams", str(max(streams, default=1))]
+    out: dict[str, Any] = {"model": str(model), "port": port, "files": len(files)}
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        watched = psutil.Process(server.pid)
+        deadline = time.monotonic() + startup_s
+        while True:
+            if server.poll() is not None:
+                raise ConfigError(f"binser serve exited with {server.returncode}:\n"
+                                  + Path(log.name).read_text(errors="replace")[-2000:])
+            try:
+                if httpx.get(f"{url}/health", timeout=2, trust_env=False).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise ConfigError(f"binser serve did not answer /health within {startup_s} s")
+            time.sleep(0.2)
+        out["startup_s"] = startup_s - (deadline - time.monotonic())
+        out["rss_mb"] = {"start": _tree_rss(watched) / 2**20}
+        with httpx.Client(base_url=url, timeout=120, trust_env=False) as http:   # warm-up
+            http.post("/predict", files={"file": (files[0].name, files[0].read_bytes(),
+                                                  "application/octet-stream")})
+        report(f"serve: {clients} clients x {uploads} uploads to POST /predict ...")
+        up = _upload_load(url, files, clients, uploads, time.monotonic() + upload_limit_s,
+                          request_timeout_s=120.0)
+        out["uploads"] = up
+        out["rss_mb"]["after_uploads"] = _tree_rss(watched) / 2**20
+        rows = []
+        longest = max(audio_info(p).duration_s for p in stream_files)
+        for n in streams:
+            report(f"serve: {n} concurrent real-time stream(s) over WS /stream ...")
+            row = _stream_load(port, stream_files, n, chunk_s, keep_up_s,
+                               timeout_s=longest + 60.0)
+            rows.append(row)
+            if not row["kept_up"]:
+                break
+        out["streams"] = rows
+        kept = [r["streams"] for r in rows if r["kept_up"]]
+        out["max_streams_kept_up"] = max(kept) if kept else 0
+        out["rss_mb"]["after_streams"] = _tree_rss(watched) / 2**20
+    finally:
+        server.terminate()
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(10)
+        log.close()
+        os.unlink(log.name)
+    return out
+
+
 # ------------------------------------------------------------------------------ the suite
 
-PARTS = ("frontend", "extraction", "encoder", "study", "opensmile", "ray")
+PARTS = ("frontend", "extraction", "encoder", "study", "opensmile", "ray", "serve")
 
 
 @dataclass
@@ -534,6 +805,7 @@ class BenchOptions:
     seconds: float = 3.0
     work: Path | None = None
     whisper_weights: Path | None = None     # whisper-base folder; None: default_whisper_weights()
+    serve_model: Path | None = None         # model folder for the serve part; None: skipped
 
 
 def run_bench(options: BenchOptions, report: Callable[[str], None] = print) -> dict[str, Any]:
@@ -627,6 +899,29 @@ def run_bench(options: BenchOptions, report: Callable[[str], None] = print) -> d
         report(f"cold and warm results identical: {st['identical']}")
         if options.work is None:
             shutil.rmtree(work, ignore_errors=True)
+    if "serve" in options.parts:
+        why = ("no trained model: pass --serve-model FOLDER (binser train --out FOLDER)"
+               if options.serve_model is None else serve_prerequisites())
+        if why:
+            figures["serve"] = {"skipped": why}
+            report(f"serve: not measured ({why})")
+        else:
+            sv = serve_load(options.serve_model, files[::4], report=report)
+            figures["serve"] = sv
+            up, rss = sv["uploads"], sv["rss_mb"]
+            report(f"serve uploads: {up['clients']} clients x {up['uploads_per_client']}: "
+                   f"{up['requests_s']:.2f} requests/s, p50 {up['p50_ms']:.0f} ms, p99 "
+                   f"{up['p99_ms']:.0f} ms, {up['errors']} errors; server RSS "
+                   f"{rss['start']:.0f} MiB -> {rss['after_uploads']:.0f} MiB")
+            for r in sv["streams"]:
+                report(f"serve streams x{r['streams']}: window latency (server) p50 "
+                       f"{_ms(r['latency_p50_ms'])}, p99 {_ms(r['latency_p99_ms'])}; "
+                       f"chunk sent -> result p50 {_ms(r['wall_p50_ms'])}, p99 "
+                       f"{_ms(r['wall_p99_ms'])}; kept up: {r['kept_up']}"
+                       + (f" ({'; '.join(r['errors'])})" if r["errors"] else ""))
+            report(f"serve: largest number of real-time streams kept up: "
+                   f"{sv['max_streams_kept_up']}; server RSS after the streams "
+                   f"{rss['after_streams']:.0f} MiB")
     figures["summary"] = summary(figures)
     return figures
 
@@ -635,7 +930,8 @@ def summary(figures: dict[str, Any]) -> dict[str, Any]:
     """The ``--json`` keys: ``frontend_xrt``, ``extraction_ratio``, ``extraction_img_s``
     (default backbone, CPU), ``study_cold_s``, ``study_warm_s``, ``peak_rss_mb``,
     ``frontend_vs_opensmile``, and ``gpu_extraction_ratio``/``gpu_extraction_img_s`` where
-    torch sees a CUDA GPU; None where a part was not run."""
+    torch sees a CUDA GPU; ``serve_requests_s``, ``serve_p99_ms``, ``serve_errors`` (uploads)
+    and ``serve_max_streams`` (real-time streams kept up); None where a part was not run."""
     fe, ex = figures.get("frontend"), figures.get("extraction")
     st, sm = figures.get("study"), figures.get("opensmile")
     gpu = figures.get("extraction_gpu")
@@ -657,8 +953,20 @@ def summary(figures: dict[str, Any]) -> dict[str, Any]:
         "gpu_extraction_img_s": gpu[0]["binser_img_s"] if gpu else None,
         "ray_vs_local": ({str(r["workers"]): r["vs_local"] for r in figures["ray"]["ray"]}
                          if figures.get("ray", {}).get("ray") else None),
+        "serve_requests_s": _serve(figures, "uploads", "requests_s"),
+        "serve_p99_ms": _serve(figures, "uploads", "p99_ms"),
+        "serve_errors": _serve(figures, "uploads", "errors"),
+        "serve_max_streams": figures.get("serve", {}).get("max_streams_kept_up"),
         "quick": figures["quick"],
     }
+
+
+def _serve(figures: dict[str, Any], part: str, key: str) -> Any:
+    return figures.get("serve", {}).get(part, {}).get(key)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
 
 
 def _machine() -> str:

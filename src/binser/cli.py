@@ -266,7 +266,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                            batch=args.batch_size, seconds=args.seconds,
                            work=Path(args.work) if args.work else None,
                            whisper_weights=Path(args.whisper_weights) if args.whisper_weights
-                           else None)
+                           else None,
+                           serve_model=Path(args.serve_model) if args.serve_model else None)
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     figures = run_bench(options, report=say)
     if args.json:
@@ -427,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--whisper-weights", default=None,
                    help="whisper-base folder for the encoder part and the study (default: "
                         "$BINSER_WHISPER_BASE or ../shared/models/whisper-base)")
+    p.add_argument("--serve-model", default=None,
+                   help="model folder (binser train --out) for the serve part: load and "
+                        "latency of 'binser serve' on loopback (without it: skipped)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("predict", help="predict the emotion of audio/video files with a model")
