@@ -16,3 +16,31 @@ def emovo_root() -> Path:
         pytest.skip(f"EMOVO corpus not found at {EMOVO_ROOT} (it lives in ../shared/data/emovo "
                     "beside the project; tests that need it are skipped)")
     return EMOVO_ROOT
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's networks on one torch thread (far steadier on a busy machine); the
+    previous setting is restored afterwards. Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def train_tiny_model(base: Path):
+    """A tiny image-CNN model (32 px) trained on a 3-speaker synthetic corpus under ``base``,
+    saved to ``base / "model"``: ``(in-memory model, model folder, corpus root, settings)``."""
+    from binser.demo import DemoSpec, make_demo_corpus
+    from binser.experiment import ExperimentSettings
+    from binser.model import train_model
+
+    root = make_demo_corpus(base / "corpus",
+                            DemoSpec(n_speakers=3, per_emotion=2, max_duration_s=1.2))
+    settings = ExperimentSettings(dataset="folder", root=str(root), input_size=32,
+                                  synthetic=True, cache_dir=str(base / "cache"))
+    model = train_model(settings, base / "model", progress=False)
+    return model, base / "model", root, settings

@@ -38,13 +38,7 @@ def synthetic_alexnet_state(seed: int, n_classes: int = 1000) -> dict[str, torch
     return state
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Run this module's networks on one thread: far steadier on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 
 from binser.cli import main
+from conftest import train_tiny_model
 from binser.demo import DemoSpec, make_demo_corpus
 from binser.errors import ModelError
 from binser.experiment import ExperimentSettings
@@ -27,13 +28,7 @@ from binser.spectrogram import n_segments
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(in-memory model, its saved folder, corpus root, settings): trained once."""
-    base = tmp_path_factory.mktemp("model")
-    root = make_demo_corpus(base / "corpus",
-                            DemoSpec(n_speakers=3, per_emotion=2, max_duration_s=1.2))
-    settings = ExperimentSettings(dataset="folder", root=str(root), input_size=32,
-                                  synthetic=True, cache_dir=str(base / "cache"))
-    model = train_model(settings, base / "model", progress=False)
-    return model, base / "model", root, settings
+    return train_tiny_model(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")

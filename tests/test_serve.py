@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import tempfile
 import threading
@@ -17,10 +16,9 @@ import pytest
 import soundfile as sf
 
 from binser.cli import main
-from binser.demo import DemoSpec, make_demo_corpus
+from conftest import train_tiny_model
 from binser.errors import ConfigError
-from binser.experiment import ExperimentSettings
-from binser.model import Model, train_model
+from binser.model import Model
 from binser.serve.stream import StreamEngine, analyse_file
 
 fastapi = pytest.importorskip("fastapi", reason="the 'serve' extra is not installed")
@@ -32,13 +30,8 @@ from binser.serve.app import ServeSettings, create_app  # noqa: E402
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny model trained on the synthetic corpus (a few seconds), loaded from disk."""
-    base = tmp_path_factory.mktemp("serve")
-    root = make_demo_corpus(base / "corpus",
-                            DemoSpec(n_speakers=3, per_emotion=2, max_duration_s=1.2))
-    settings = ExperimentSettings(dataset="folder", root=str(root), input_size=32,
-                                  synthetic=True, cache_dir=str(base / "cache"))
-    train_model(settings, base / "model", progress=False)
-    return Model.load(base / "model"), base / "model", root
+    _, folder, root, _ = train_tiny_model(tmp_path_factory.mktemp("serve"))
+    return Model.load(folder), folder, root
 
 
 @pytest.fixture(scope="module")

@@ -31,13 +31,7 @@ TINY = WhisperConfig(d_model=64, encoder_layers=2, encoder_attention_heads=4,
                      encoder_ffn_dim=256, num_mel_bins=80, max_source_positions=1500)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: steadier timings on a shared machine, restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def need_base() -> Path:

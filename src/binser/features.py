@@ -240,28 +240,36 @@ class SegmentFeatureExtractor:
         return file_images(path, views, self.config)
 
     def _features(self, images: np.ndarray) -> np.ndarray:
-        """(B, 3, F, L) images in [0, 1] -> (B, d) float32 features.
-
-        On the CPU, sub-batches of exactly :data:`SUB_BATCH` images (the last one padded with
-        blank images: kernels are chosen by batch size) run single-threaded side by side
-        (:func:`binser.parallel.single_thread_map`): a segment's features then never depend
-        on the thread count, the batch size or the other segments of the batch."""
-        def run(part: np.ndarray) -> np.ndarray:
-            n = len(part)
-            if n < SUB_BATCH and self.backbone.device.type == "cpu":   # kernels depend on
-                part = np.concatenate([part, np.zeros((SUB_BATCH - n, *part.shape[1:]),  # size
-                                                      part.dtype)])
-            with torch.inference_mode():
-                x = self.backbone.normalise(part, channels_last=self.channels_last)
-                return self.backbone.model(x).float().cpu().numpy()[:n]
-
-        if self.backbone.device.type != "cpu":
-            out = run(images)
-        else:
-            parts = [images[i:i + SUB_BATCH] for i in range(0, len(images), SUB_BATCH)]
-            out = np.concatenate(single_thread_map(run, parts, self.num_threads))
+        """(B, 3, F, L) images in [0, 1] -> (B, d) float32 features (:func:`cnn_features`)."""
+        out = cnn_features(self.backbone, images, self.num_threads, self.channels_last)
         self.n_computed += len(images)
         return out
+
+
+def cnn_features(backbone: Backbone, images: np.ndarray, num_threads: int | None = None,
+                 channels_last: bool = True) -> np.ndarray:
+    """(B, 3, F, L) segment images in [0, 1] -> (B, d) float32 features of ``backbone``.
+
+    On the CPU, sub-batches of exactly :data:`SUB_BATCH` images (the last one padded with
+    blank images: kernels are chosen by batch size) run single-threaded side by side
+    (:func:`binser.parallel.single_thread_map`): a segment's features then never depend on
+    the thread count, the batch size or the other segments of the batch. The network must
+    be in eval mode (and in channels-last format when ``channels_last``, for speed)."""
+    cpu = backbone.device.type == "cpu"
+
+    def run(part: np.ndarray) -> np.ndarray:
+        n = len(part)
+        if n < SUB_BATCH and cpu:
+            part = np.concatenate([part, np.zeros((SUB_BATCH - n, *part.shape[1:]),
+                                                  part.dtype)])
+        with torch.inference_mode():
+            x = backbone.normalise(part, channels_last=channels_last)
+            return backbone.model(x).float().cpu().numpy()[:n]
+
+    if not cpu:
+        return run(images)
+    parts = [images[i:i + SUB_BATCH] for i in range(0, len(images), SUB_BATCH)]
+    return np.concatenate(single_thread_map(run, parts, num_threads))
 
 
 class _RunState:
@@ -420,25 +428,36 @@ class FrameFeatureExtractor:
         return True
 
     def _encode(self, queue: list, keep: tuple[int, ...], results: dict) -> None:
-        """Decode the queued files, encode their missing non-silent views in one batched call,
-        cache every computed layer, keep ``keep``."""
+        """Decode the queued files, encode their missing non-silent views, cache every
+        computed layer, keep ``keep``."""
         owners, signals = [], []
         empty = np.zeros((0, self.backbone.feature_dim), np.float32)
         for index, path, keys, views in queue:
-            audio_views, silent = file_views(path, self.config)
+            decoded = self._file_views(index, path, keys)
+            if decoded is None:
+                continue
+            audio_views, silent = decoded
             for view in views:
                 if view in silent:
                     self._store(index, view, keys, {layer: empty for layer in self.layers},
                                 keep, results)
                 else:
-                    owners.append((index, view, keys))
+                    owners.append((index, path, view, keys))
                     signals.append(audio_views[view])
+        for (index, _, view, keys), frames in self._encoded(owners, signals):
+            self._store(index, view, keys, frames, keep, results)
+
+    def _file_views(self, index: int, path: Path, keys: dict):
+        """``(views, silent views)`` of one queued file (a hook: None leaves the file out)."""
+        return file_views(path, self.config)
+
+    def _encoded(self, owners: list, signals: list):
+        """``(owner, frames)`` for every signal (a hook for per-file error handling)."""
         if not signals:
             return
         encoded = self._encode_signals(signals)
         self.n_computed += len(signals)
-        for (index, view, keys), frames in zip(owners, encoded):
-            self._store(index, view, keys, frames, keep, results)
+        yield from zip(owners, encoded)
 
     def _encode_signals(self, signals: list[np.ndarray]) -> list[dict[int, np.ndarray]]:
         """Each signal encoded ALONE (no padding, one intra-op thread), several side by side

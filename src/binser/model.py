@@ -1287,28 +1287,15 @@ def _tolerant_frame_extractor_class():
         def _from_cache(self, index, view, keys, keep, results):
             return bool(keys) and super()._from_cache(index, view, keys, keep, results)
 
-        def _encode(self, queue, keep, results):
-            owners, signals = [], []
-            empty = np.zeros((0, self.backbone.feature_dim), np.float32)
-            for index, path, keys, views in queue:
-                if not keys:
-                    self.failures[index] = self._unreadable[Path(path)]
-                    continue
-                try:
-                    audio_views, silent = file_views(path, self.config)
-                except Exception as exc:
-                    self._fail(index, path, exc)
-                    continue
-                for view in views:
-                    if view in silent:
-                        self._store(index, view, keys, {layer: empty for layer in self.layers},
-                                    keep, results)
-                    else:
-                        owners.append((index, path, view, keys))
-                        signals.append(audio_views[view])
-            for owned, frames in self._encoded(owners, signals):
-                index, _, view, keys = owned
-                self._store(index, view, keys, frames, keep, results)
+        def _file_views(self, index, path, keys):
+            if not keys:
+                self.failures[index] = self._unreadable[Path(path)]
+                return None
+            try:
+                return file_views(path, self.config)
+            except Exception as exc:
+                self._fail(index, path, exc)
+                return None
 
         def _encoded(self, owners: list, signals: list) -> Iterator[tuple[tuple, dict]]:
             """(owner, frames) of every signal encoded; a failing batch is retried file by
@@ -1390,7 +1377,7 @@ def training_layers(corpus, settings, views: tuple[str, ...],
     Frozen (``finetuned_backbones`` None): one backbone for all views, each file decoded
     once. Fine-tuned: each view's own network extracts that view.
     """
-    from .experiment import is_encoder, iter_layer_features, load_backbone
+    from .experiment import iter_layer_features, load_backbone
     from .features import SegmentFeatureExtractor
 
     if finetuned_backbones is None:

@@ -63,7 +63,7 @@ import tempfile
 from dataclasses import dataclass, field
 from numbers import Integral
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -113,6 +113,15 @@ _LIMITS = {  # field -> (lowest, highest) accepted value
 }
 
 
+def _require(values: Any, keys: Sequence[str], what: str) -> None:
+    """ConfigError unless ``values`` is a mapping holding every one of ``keys``."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{what}: expected a dict, got {type(values).__name__}")
+    missing = [k for k in keys if k not in values]
+    if missing:
+        raise ConfigError(f"{what}: missing {', '.join(missing)}")
+
+
 @dataclass(frozen=True)
 class WhisperConfig:
     """Dimensions of a Whisper encoder (Hugging Face ``config.json`` names).
@@ -152,18 +161,15 @@ class WhisperConfig:
         when absent; an ``activation_function`` other than GELU or a ``model_type`` other than
         whisper raise :class:`ConfigError`.
         """
-        if not isinstance(config, Mapping):
-            raise ConfigError(f"Whisper config: expected a dict, got {type(config).__name__}")
+        _require(config, (), "Whisper config")
         if config.get("model_type", "whisper") != "whisper":
             raise ConfigError(f"Whisper config: model_type is {config['model_type']!r}, "
                               "not 'whisper'")
         if config.get("activation_function", "gelu") != "gelu":
             raise ConfigError("Whisper config: only activation_function 'gelu' is supported, "
                               f"got {config['activation_function']!r}")
-        required = ("d_model", "encoder_layers", "encoder_attention_heads", "num_mel_bins")
-        missing = [k for k in required if k not in config]
-        if missing:
-            raise ConfigError(f"Whisper config: missing {', '.join(missing)}")
+        _require(config, ("d_model", "encoder_layers", "encoder_attention_heads",
+                          "num_mel_bins"), "Whisper config")
         d = config["d_model"]
         return cls(d_model=d, encoder_layers=config["encoder_layers"],
                    encoder_attention_heads=config["encoder_attention_heads"],
@@ -176,12 +182,8 @@ class WhisperConfig:
     def from_openai_dims(cls, dims: Mapping) -> "WhisperConfig":
         """From an openai-whisper checkpoint's ``dims`` (n_mels, n_audio_ctx, n_audio_state,
         n_audio_head, n_audio_layer); the feed-forward width is ``4 * n_audio_state``."""
-        if not isinstance(dims, Mapping):
-            raise ConfigError(f"Whisper dims: expected a dict, got {type(dims).__name__}")
-        keys = ("n_mels", "n_audio_ctx", "n_audio_state", "n_audio_head", "n_audio_layer")
-        missing = [k for k in keys if k not in dims]
-        if missing:
-            raise ConfigError(f"Whisper dims: missing {', '.join(missing)}")
+        _require(dims, ("n_mels", "n_audio_ctx", "n_audio_state", "n_audio_head",
+                        "n_audio_layer"), "Whisper dims")
         d = dims["n_audio_state"]
         return cls(d_model=d, encoder_layers=dims["n_audio_layer"],
                    encoder_attention_heads=dims["n_audio_head"],

@@ -249,6 +249,7 @@ class _Analyser:
     def _cnn_rows(self, todo: list[dict], final: bool) -> list[dict[str, np.ndarray]]:
         import torch
 
+        from ..features import cnn_features
         from ..spectrogram import _logmel_images, log_mel_batch
 
         model, cfg = self.model, self.cfg
@@ -289,9 +290,7 @@ class _Analyser:
             batch = np.concatenate([images[i][v] for i, v in owners])
             backbone.model.eval()
             backbone.model.to(memory_format=torch.channels_last)
-            with torch.inference_mode():
-                out = backbone.model(backbone.normalise(batch, channels_last=True))
-            out = out.float().cpu().numpy()
+            out = cnn_features(backbone, batch)   # the extractor's own arithmetic
             for j, (i, v) in enumerate(owners):
                 rows[i][v] = out[j:j + 1]
         return rows
