@@ -1,6 +1,7 @@
 """Shared fixtures. EMOVO is read from ../shared/data/emovo (never copied into the repo)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,42 @@ def train_tiny_model(base: Path):
                                   synthetic=True, cache_dir=str(base / "cache"))
     model = train_model(settings, base / "model", progress=False)
     return model, base / "model", root, settings
+
+
+TINY_WHISPER = dict(d_model=64, encoder_layers=2, encoder_attention_heads=1, encoder_ffn_dim=128,
+                    num_mel_bins=80, max_source_positions=1500)
+
+
+def save_tiny_whisper(folder: Path) -> Path:
+    """A random 64-D, 2-layer encoder saved as a Hugging Face folder (model.safetensors with
+    the full model's names + config.json). One head, as load_whisper infers without config."""
+    import torch
+    from safetensors.torch import save_file
+
+    from binser.backbones.whisper import WhisperConfig, WhisperEncoder
+
+    config = WhisperConfig(**TINY_WHISPER)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        encoder = WhisperEncoder(config).eval()
+    folder.mkdir(parents=True)
+    save_file({"model.encoder." + k: v.contiguous() for k, v in encoder.state_dict().items()},
+              str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(config.to_dict()))
+    return folder
+
+
+def train_tiny_whisper_model(base: Path, layer: int = 1):
+    """A four-view model on the tiny random encoder (:func:`save_tiny_whisper`), trained on a
+    3-speaker synthetic corpus under ``base``: ``(model folder, corpus root)``."""
+    from binser.demo import DemoSpec, make_demo_corpus
+    from binser.experiment import ExperimentSettings
+    from binser.model import train_model
+
+    root = make_demo_corpus(base / "corpus",
+                            DemoSpec(n_speakers=3, per_emotion=2, max_duration_s=1.2))
+    settings = ExperimentSettings(dataset="folder", root=str(root), backbone="whisper-tiny",
+                                  weights=str(save_tiny_whisper(base / "hf")), layer=layer,
+                                  synthetic=True, cache_dir=str(base / "cache"))
+    train_model(settings, base / "model", progress=False)
+    return base / "model", root

@@ -239,3 +239,15 @@ def test_changed_weights_never_reuse_cached_features(wavs, tmp_path):
     assert own.weights_id != old_id and rerun.n_computed == len(before["left"][0])
     assert not np.allclose(before["left"][0], after["left"][0])
     assert len(list(cache_dir.glob("*/*.npy"))) == 2
+
+
+def test_progress_within_a_long_file(backbone, tmp_path, capsys):
+    """A long file: the bar's segment count moves while that one file is being computed
+    (refreshed per batch), not only when the file is done."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "long.wav"
+    sf.write(path, (0.1 * rng.standard_normal((SR * 20, 2))).astype(np.float32), SR)
+    extractor(backbone, batch_size=16, progress=True).extract([path])
+    err = capsys.readouterr().err
+    counts = {int(m) for m in __import__("re").findall(r"segments=(\d+)", err)}
+    assert len(counts - {0}) >= 3      # several live updates during the single file

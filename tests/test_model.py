@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 
 from binser.cli import main
-from conftest import train_tiny_model
+from conftest import TINY_WHISPER, save_tiny_whisper, train_tiny_model
 from binser.demo import DemoSpec, make_demo_corpus
 from binser.errors import ModelError
 from binser.experiment import ExperimentSettings
@@ -464,28 +464,7 @@ def test_train_in_finetune_mode_finetunes_one_network_per_view(trained, wavs, tm
 
 # ------------------------------------------------------------------------------ Whisper models
 
-TINY_WHISPER = dict(d_model=64, encoder_layers=2, encoder_attention_heads=1, encoder_ffn_dim=128,
-                    num_mel_bins=80, max_source_positions=1500)
 mono_ok = pytest.mark.filterwarnings("ignore::binser.views.MonoInputWarning")
-
-
-def save_tiny_whisper(folder: Path) -> Path:
-    """A random 64-D, 2-layer encoder saved as a Hugging Face folder (model.safetensors with
-    the full model's names + config.json). One head, as load_whisper infers without config."""
-    import torch
-    from safetensors.torch import save_file
-
-    from binser.backbones.whisper import WhisperConfig, WhisperEncoder
-
-    config = WhisperConfig(**TINY_WHISPER)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        encoder = WhisperEncoder(config).eval()
-    folder.mkdir(parents=True)
-    save_file({"model.encoder." + k: v.contiguous() for k, v in encoder.state_dict().items()},
-              str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps(config.to_dict()))
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -655,12 +634,21 @@ def test_whisper_timeline_windows(whisper_loaded, whisper_wavs, tmp_path):
     assert [e["end_s"] for e in p.timeline] == [1.0, 1.5, 2.0, 2.3]
     for e in p.timeline:
         assert sum(e["scores"].values()) == pytest.approx(1.0)
-    # windows are scored like files: the second one equals scoring its frames alone
+        assert e["label"] == max(e["scores"], key=e["scores"].get) and not e["silent"]
+    # a window is scored as a file holding exactly its samples: [0.5 s, 1.5 s) and the
+    # shorter last one [1.5 s, 2.3 s)
+    for k, (a, b) in ((1, (sr // 2, 3 * sr // 2)), (3, (3 * sr // 2, len(long)))):
+        clip = tmp_path / f"clip{k}.wav"
+        sf.write(clip, long[a:b], sr, subtype="PCM_16")
+        (c,) = whisper_loaded.predict([clip], progress=False)
+        assert max(abs(p.timeline[k]["scores"][lab] - c.scores[lab])
+                   for lab in whisper_loaded.labels) < 1e-9
+    # and NOT as a cut of the whole file's frames (the file's context is not used)
     frames = frames_of(whisper_loaded, [path])
     fused, _ = whisper_loaded.score_segments({v: [frames[v][0][25:75]]
                                               for v in whisper_loaded.views})
     assert max(abs(p.timeline[1]["scores"][c] - fused[0][k])
-               for k, c in enumerate(whisper_loaded.labels)) < 1e-9
+               for k, c in enumerate(whisper_loaded.labels)) > 1e-6
     short = tmp_path / "short.wav"                                   # 0.6 s: one window
     sf.write(short, data[:int(0.6 * sr)], sr, subtype="PCM_16")
     (q,) = whisper_loaded.predict([short], timeline=True, progress=False)

@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 
 from binser.cli import main
-from conftest import train_tiny_model
+from conftest import train_tiny_model, train_tiny_whisper_model
 from binser.errors import ConfigError
 from binser.model import Model
 from binser.serve.stream import StreamEngine, analyse_file
@@ -170,6 +170,81 @@ def test_per_channel_mode(model, long_wav, tmp_path):
     assert summary["channels"]["right"]["silent_windows"] >= 1
     with pytest.raises(ConfigError):
         StreamEngine(model, 16000, 1, per_channel=True)
+
+
+# ------------------------------------------------------------------------------ Whisper
+
+@pytest.fixture(scope="module")
+def whisper_folder(tmp_path_factory):
+    return train_tiny_whisper_model(tmp_path_factory.mktemp("wserve"))[0]
+
+
+@pytest.fixture(scope="module")
+def whisper_model(whisper_folder):
+    return Model.load(whisper_folder)
+
+
+@pytest.mark.parametrize("chunk", [1, 1600, 4411, 10 ** 9])
+def test_whisper_stream_equals_predict_timeline(whisper_model, long_wav, chunk, tmp_path):
+    """A Whisper model's windows: fed in chunks of any size, the engine gives predict's
+    timeline (same windows, same numbers), and each window equals predict on a file
+    holding exactly its samples."""
+    x, sr = sf.read(long_wav, dtype="float32", always_2d=True)
+    path = long_wav
+    if chunk == 1:    # sample by sample: a 1.7 s piece keeps the test fast
+        x = x[:27200]
+        path = tmp_path / "cut.wav"
+        sf.write(path, x, sr, subtype="FLOAT")
+    (p,) = whisper_model.predict([path], timeline=True, progress=False)
+    results, _ = run_engine(whisper_model, x, sr, chunk)
+    assert len(results) == len(p.timeline) >= 3
+    assert_same_timeline(results, p.timeline, atol=1e-9)
+    assert [r.label for r in results] == [t["label"] for t in p.timeline]
+    if chunk == 10 ** 9:
+        k = 2
+        clip = tmp_path / "clip.wav"
+        sf.write(clip, x[8000 * k:8000 * k + 16000], sr, subtype="FLOAT")
+        (c,) = whisper_model.predict([clip], progress=False)
+        assert np.allclose([results[k].scores[lab] for lab in c.scores],
+                           list(c.scores.values()), atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["imagenet", "whisper"])
+def test_windows_come_out_as_soon_as_complete(model, whisper_model, long_wav, family):
+    """Each window is returned by the feed() call whose chunk brings its last needed sample
+    (never a call later), and finish() returns only the windows that need the end."""
+    m = model if family == "imagenet" else whisper_model
+    x, sr = sf.read(long_wav, dtype="float32", always_2d=True)
+    engine = StreamEngine(m, sr, 2)
+    analyser = engine.analysers[0][1]
+    fed = 0
+    for s in range(0, len(x), 1000):
+        piece = x[s:s + 1000]
+        got = engine.feed(piece)
+        before, fed = fed, fed + len(piece)
+        due = [k for k in range(200) if before < analyser.need(k)[1] <= fed]
+        assert [r.index for r in got] == due
+    tail = engine.finish()
+    assert tail and all(analyser.need(r.index)[1] > len(x) for r in tail)
+
+
+def test_whisper_silent_windows_agree(whisper_model, wav, tmp_path):
+    """Digital silence inside a file: the windows that hold only silence are marked silent
+    (no label, no scores) by predict's timeline and by the stream alike."""
+    x, sr = sf.read(wav, dtype="float32", always_2d=True)
+    gap = np.zeros((2 * sr, 2), np.float32)
+    y = np.concatenate([x, gap, x])
+    path = tmp_path / "gap.wav"
+    sf.write(path, y, sr, subtype="FLOAT")
+    (p,) = whisper_model.predict([path], timeline=True, progress=False)
+    silent = [t["silent"] for t in p.timeline]
+    assert any(silent) and not all(silent)
+    assert all(t["label"] is None and t["scores"] == {} for t in p.timeline if t["silent"])
+    results, engine = run_engine(whisper_model, y, sr, 3200)
+    assert [r.silent for r in results] == silent
+    assert engine.summary()["silent_windows"] == sum(silent)
+    loud = [(r, t) for r, t in zip(results, p.timeline) if not t["silent"]]
+    assert_same_timeline([r for r, _ in loud], [t for _, t in loud], atol=1e-9)
 
 
 def test_engine_refuses_bad_input(model):
@@ -480,6 +555,85 @@ def test_cli_stream_and_per_channel(trained, wav, capsys):
     assert main(["stream", str(trained[1])]) == 2                     # no source
     assert main(["serve", str(trained[1]), "--host", "0.0.0.0"]) == 2  # needs --token
     assert "--token" in capsys.readouterr().err
+
+
+def test_cli_stream_stdin_equals_predict(whisper_folder, long_wav, tmp_path):
+    """binser stream MODEL - : raw s16le PCM on standard input (a real subprocess, Whisper
+    model) gives predict's timeline; a trailing partial frame is reported, not dropped
+    silently."""
+    import subprocess
+    import sys
+
+    x, sr = sf.read(long_wav, dtype="float32", always_2d=True)
+    pcm = np.round(x * 32767).astype("<i2")    # (libsndfile does not scale float -> int)
+    same = tmp_path / "s16.wav"
+    sf.write(same, pcm, sr, subtype="PCM_16")
+    run = subprocess.run([sys.executable, "-m", "binser", "stream", str(whisper_folder), "-",
+                          "--rate", str(sr), "--channels", "2", "--format", "s16le", "--json",
+                          "--chunk-ms", "37"],
+                         input=pcm.tobytes() + b"\x01", capture_output=True, timeout=300)
+    assert run.returncode == 0, run.stderr.decode()
+    lines = [json.loads(x) for x in run.stdout.decode().splitlines()]
+    assert lines[-1]["type"] == "end" and len(lines) > 3
+    (p,) = Model.load(whisper_folder).predict([same], timeline=True, progress=False)
+    assert p.error is None, p.error
+    assert_same_timeline([WindowResultView(x) for x in lines[:-1]], p.timeline)
+    assert "last 1 byte(s) were ignored" in run.stderr.decode()
+
+
+class WindowResultView:
+    """A streamed JSON window with the attributes assert_same_timeline reads."""
+
+    def __init__(self, d):
+        self.start_s, self.end_s, self.scores = d["start_s"], d["end_s"], d["scores"]
+
+
+def test_cli_stream_microphone(trained, long_wav, monkeypatch, capsys):
+    """--mic through a stand-in for 'sounddevice' (no microphone here): its callback gets
+    the file in 0.1 s blocks; --duration ends the recording; the windows equal predict's
+    timeline of those seconds. A microphone that delivers nothing is a one-line error."""
+    import sys
+    import types
+
+    x, sr = sf.read(long_wav, dtype="float32", always_2d=True)
+
+    class FakeInputStream:
+        def __init__(self, samplerate, channels, dtype, blocksize, callback, feed=True):
+            assert (samplerate, channels, dtype) == (sr, 2, "float32")
+            self.blocksize, self.callback = blocksize, callback
+            self.thread = threading.Thread(target=self.run, daemon=True)
+            self.feed = FakeInputStream.feed_audio
+
+        def run(self):
+            for s in range(0, len(x), self.blocksize):
+                self.callback(x[s:s + self.blocksize], self.blocksize, None, None)
+
+        def __enter__(self):
+            if self.feed:
+                self.thread.start()
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    FakeInputStream.feed_audio = True
+    monkeypatch.setitem(sys.modules, "sounddevice",
+                        types.SimpleNamespace(InputStream=FakeInputStream))
+    assert main(["stream", str(trained[1]), "--mic", "--rate", str(sr), "--duration", "2.5",
+                 "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[-1]["type"] == "end" and lines[-1]["summary"]["duration_s"] == 2.5
+    two = long_wav.parent / "mic.wav"
+    sf.write(two, x[:int(2.5 * sr)], sr, subtype="FLOAT")
+    (p,) = Model.load(trained[1]).predict([two], timeline=True, progress=False)
+    assert_same_timeline([WindowResultView(w) for w in lines[:-1]], p.timeline)
+    FakeInputStream.feed_audio = False          # a microphone that never calls back
+    import binser.serve.commands as commands
+
+    monkeypatch.setattr(commands, "MIC_TIMEOUT_S", 0.2)
+    assert main(["stream", str(trained[1]), "--mic", "--rate", str(sr)]) != 0
+    err = capsys.readouterr().err
+    assert "no audio from the microphone" in err and "Traceback" not in err
 
 
 def test_analyse_file_chunks_agree(model, long_wav):

@@ -658,3 +658,33 @@ def test_failed_download_gives_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # not installed
     with pytest.raises(ModelError, match="pip install huggingface_hub"):
         load_whisper("whisper-base", cache_dir=tmp_path)
+
+
+# --------------------------------------------------------------------------------------
+# long signals: chunks encoded alone, progress within one file
+# --------------------------------------------------------------------------------------
+
+def test_encode_signals_chunks_alone_and_progress(tiny, capsys):
+    """encode_signals: a signal of at most 30 s equals encode() of it bit for bit; a longer
+    one is its whole-signal log-Mel cut into 30 s chunks, each encoded alone, joined in
+    order (independent of the thread count); a signal over a minute shows an 'encoding'
+    bar in seconds of audio, shorter ones none."""
+    from binser.features import PROGRESS_MIN_S, encode_signals
+
+    rng = np.random.default_rng(3)
+    long = (0.1 * rng.standard_normal(int(SAMPLE_RATE * 65))).astype(np.float32)
+    short = long[:SAMPLE_RATE * 2].copy()
+    one, two = (encode_signals(tiny, [long, short], (1, 2), num_threads=n) for n in (1, 2))
+    assert np.array_equal(two[1][2], tiny.encode([short], (2,))[0][2])
+    chunks = tiny.mel_chunks(long)
+    assert [c.shape[1] for c in chunks] == [CHUNK_FRAMES, CHUNK_FRAMES, 500]
+    by_hand = np.concatenate([tiny.encode_chunk(c, (2,))[2] for c in chunks])
+    assert np.array_equal(one[0][2], by_hand) and np.array_equal(two[0][2], by_hand)
+    assert one[0][1].shape == (1500 + 1500 + 250, TINY.d_model)
+    capsys.readouterr()
+    encode_signals(tiny, [short], (1,), progress=True)
+    assert "encoding" not in capsys.readouterr().err
+    assert len(long) / SAMPLE_RATE > PROGRESS_MIN_S
+    encode_signals(tiny, [long], (1,), progress=True)
+    err = capsys.readouterr().err
+    assert "encoding" in err and "/65.0" in err      # seconds of audio, this file's total

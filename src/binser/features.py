@@ -19,6 +19,7 @@ recomputed, never returned. Fine-tuned weights have another ``weights_id``, henc
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -33,11 +34,13 @@ from .cache import HASH_CHUNK, CacheWarning, FeatureCache, file_sha256  # noqa: 
 from .config import FrontEndConfig
 from .errors import ConfigError
 from .spectrogram import views_images
-from .views import ALL_VIEWS, VIEWS, binaural_views, silent_views
+from .views import ALL_VIEWS, VIEWS, MonoInputWarning, binaural_views, silent_views
 
 CACHE_FORMAT = "binser-segment-features-v4"  # bump when the feature computation changes
-FRAME_CACHE_FORMAT = "binser-frame-features-v2"
+FRAME_CACHE_FORMAT = "binser-frame-features-v3"   # v3: chunks of > 30 s files encoded alone
 SUB_BATCH = 16   # images per single-threaded work item (fixed: results never depend on threads)
+MEL_FRAMES_PER_S = 100   # Whisper log-Mel frames per second (10 ms hop)
+PROGRESS_MIN_S = 60.0    # encode_signals shows a bar when a signal is longer than this (s)
 
 
 def cache_key(file_digest: str, view: str, config_digest: str, backbone_name: str,
@@ -172,6 +175,7 @@ class SegmentFeatureExtractor:
         self.progress = progress
         self.channels_last = channels_last
         self.cache = FeatureCache(cache_dir) if cache_dir is not None else None
+        self._bar = None      # the progress bar of a running extract()
         self.n_computed = 0   # segments run through the backbone by the last extract()
         self.n_cached = 0     # (file, view) entries read from the cache by the last extract()
 
@@ -204,7 +208,7 @@ class SegmentFeatureExtractor:
         self.backbone.model.to(memory_format=torch.channels_last if self.channels_last
                                else torch.contiguous_format)
         batcher = _Batcher(self._features, self.batch_size, state.complete)
-        bar = _progress_bar(len(paths), self.progress)
+        bar = self._bar = _progress_bar(len(paths), self.progress)
         try:
             for index, path in enumerate(paths):
                 self._enqueue_file(index, path, state, batcher)
@@ -213,6 +217,7 @@ class SegmentFeatureExtractor:
             batcher.flush()
         finally:
             bar.close()
+            self._bar = None
         return results  # type: ignore[return-value]
 
     def _enqueue_file(self, index: int, path: Path, state: "_RunState",
@@ -243,6 +248,9 @@ class SegmentFeatureExtractor:
         """(B, 3, F, L) images in [0, 1] -> (B, d) float32 features (:func:`cnn_features`)."""
         out = cnn_features(self.backbone, images, self.num_threads, self.channels_last)
         self.n_computed += len(images)
+        if self._bar is not None:   # progress within a long file: segments so far, live
+            self._bar.set_postfix(segments=self.n_computed, cached=self.n_cached,
+                                  refresh=True)
         return out
 
 
@@ -460,18 +468,8 @@ class FrameFeatureExtractor:
         yield from zip(owners, encoded)
 
     def _encode_signals(self, signals: list[np.ndarray]) -> list[dict[int, np.ndarray]]:
-        """Each signal encoded ALONE (no padding, one intra-op thread), several side by side
-        on the CPU: a file's frames depend only on the file, never on the batch or the
-        thread count (see :mod:`binser.parallel`). On a GPU: length-sorted masked batches."""
-        if self.backbone.device.type != "cpu":
-            return self.backbone.encode(signals, self.layers)
-        order = sorted(range(len(signals)), key=lambda i: -len(signals[i]))  # longest first
-        done = single_thread_map(lambda i: self.backbone.encode([signals[i]], self.layers)[0],
-                                 order, self.num_threads)
-        out: list = [None] * len(signals)
-        for i, frames in zip(order, done):
-            out[i] = frames
-        return out
+        return encode_signals(self.backbone, signals, self.layers, self.num_threads,
+                              progress=self.progress)
 
     def _store(self, index: int, view: str, keys: dict, frames: dict, keep: tuple[int, ...],
                results: dict) -> None:
@@ -481,6 +479,73 @@ class FrameFeatureExtractor:
                 self.cache.put(keys[(view, layer)], value)
             if layer in keep:
                 results[layer][view][index] = value
+
+
+def encode_signals(backbone, signals: Sequence[np.ndarray], layers: Sequence[int],
+                   num_threads: int | None = None, progress: bool = False
+                   ) -> list[dict[int, np.ndarray]]:
+    """Encoder frames ``[{layer: (n_i, d)}, ...]`` of each waveform ``(N_i,)``.
+
+    On the CPU every 30 s Mel chunk of every signal (:meth:`~binser.backbones.whisper.
+    WhisperBackbone.mel_chunks`; a signal of at most 30 s is one chunk) is encoded ALONE (no
+    padding, one intra-op thread), several side by side, and each signal's chunks are
+    joined in order: a signal's frames depend only on the signal, never on the batch or the
+    thread count (see :mod:`binser.parallel`). ``progress``: a bar over seconds of audio
+    encoded, shown when a signal is longer than :data:`PROGRESS_MIN_S` seconds (so a long
+    file shows its progress within the file). On a GPU: length-sorted masked batches."""
+    signals = list(signals)
+    if backbone.device.type != "cpu":
+        return backbone.encode(signals, layers)
+    mels = single_thread_map(backbone.mel_chunks, signals, num_threads)
+    items = [(i, c) for i, chunks in enumerate(mels) for c in range(len(chunks))]
+    items.sort(key=lambda ic: -mels[ic[0]][ic[1]].shape[1])      # longest first
+    seconds = {ic: mels[ic[0]][ic[1]].shape[1] / MEL_FRAMES_PER_S for ic in items}
+    total = sum(seconds.values())
+    from tqdm.auto import tqdm
+
+    longest = max((sum(m.shape[1] for m in chunks) for chunks in mels), default=0)
+    with tqdm(total=round(total, 1), unit="s", desc="encoding", leave=False,
+              disable=not progress or longest <= PROGRESS_MIN_S * MEL_FRAMES_PER_S) as bar:
+        done = single_thread_map(lambda ic: backbone.encode_chunk(mels[ic[0]][ic[1]], layers),
+                                 items, num_threads,
+                                 on_result=lambda ic: bar.update(round(seconds[ic], 1)))
+    parts: list[dict[int, list]] = [{} for _ in signals]
+    for (i, c), frames in sorted(zip(items, done), key=lambda x: x[0]):
+        for layer, value in frames.items():
+            parts[i].setdefault(layer, []).append(value)
+    return [{layer: (v[0] if len(v) == 1 else np.concatenate(v)) for layer, v in p.items()}
+            for p in parts]
+
+
+def clip_frames(backbone, clips: Sequence[np.ndarray], views: Sequence[str], layer: int,
+                config: FrontEndConfig = FrontEndConfig(), num_threads: int | None = None
+                ) -> list[dict[str, np.ndarray]]:
+    """Encoder frames of each clip, every clip treated as a file holding exactly its audio.
+
+    ``clips``: ``(C, N_i)`` float32 at ``config.sample_rate`` (C = 1 or 2). Per clip: its
+    binaural views (:func:`binser.views.binaural_views`; a 1-channel clip gives L = R and a
+    silent Side), its silent views over the clip (:func:`binser.views.silent_views`), and for
+    each of ``views`` the hidden states ``(n, d)`` of encoder ``layer`` (:func:`encode_signals`)
+    or ``(0, d)`` where the view is silent. Returns ``[{view: frames}, ...]``. These are the
+    windows of a Whisper model's timeline and of a stream (:mod:`binser.serve.stream`)."""
+    views = _check_views(views)
+    owners, signals = [], []
+    out: list[dict[str, np.ndarray]] = []
+    empty = np.zeros((0, backbone.feature_dim), np.float32)
+    for i, clip in enumerate(clips):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MonoInputWarning)
+            signals_i = binaural_views(np.asarray(clip, np.float32), config.side_scale)
+        silent = silent_views({v: signals_i[v] for v in VIEWS})
+        out.append({v: empty for v in views})
+        for v in views:
+            if v not in silent:
+                owners.append((i, v))
+                signals.append(signals_i[v])
+    for (i, v), frames in zip(owners, encode_signals(backbone, signals, (layer,),
+                                                     num_threads)):
+        out[i][v] = np.ascontiguousarray(frames[layer], dtype=np.float32)
+    return out
 
 
 def is_frame_backbone(backbone) -> bool:

@@ -91,13 +91,22 @@ them per utterance, scores each view with its classifier and fuses the scores. W
   with n = 1 every block is that segment and the delta part is zero). Segment ``k`` covers
   ``[k*hop, k*hop + frames)`` analysis frames, reported as ``start_s = k*hop*hop_ms/1000`` and
   ``end_s = start_s + frames*hop_ms/1000`` (clipped to the file's duration when known).
-* Whisper: windows of :data:`WINDOW_FRAMES` = 50 frames (1.0 s) with a hop of
-  :data:`WINDOW_HOP` = 25 frames (0.5 s) over the file's ``n`` frames
-  (:func:`encoder_windows`): window ``k`` covers frames ``[25k, min(25k + 50, n))`` for
-  ``k = 0 .. K-1``, ``K = 1 + max(0, ceil((n - 50) / 25))``, so every frame is in a window and
-  only the last may be shorter; a file of at most 50 frames gets one window of all its
-  frames. ``start_s = 0.5 k`` and ``end_s = min(start_s + 1.0, duration)`` (the duration from
-  the file's metadata, else ``n / 50`` s).
+* Whisper: windows of 1.0 s with a hop of 0.5 s. The file's ``n`` encoder frames
+  (:func:`~binser.backbones.whisper.n_output_frames` of its ``N`` samples) give the count
+  ``K = 1 + max(0, ceil((n - 50) / 25))`` (:func:`encoder_windows`: windows of
+  :data:`WINDOW_FRAMES` = 50 frames every :data:`WINDOW_HOP` = 25, every frame in one, only
+  the last shorter); window ``k`` is the samples ``[8000k, min(8000k + 16000, N))`` at
+  16 kHz (:func:`window_sample_spans`), ``start_s = 0.5 k``, ``end_s = min(start_s + 1.0,
+  N / 16000)``. Each window is scored AS A FILE HOLDING EXACTLY THAT AUDIO
+  (:meth:`Model.score_clips`): its own views and silent views, its own log-Mel and encoder
+  run, pooling, classifiers, fusion (speaker-normalised models use the file's statistics).
+  That is the one definition a stream can honour (it cannot see the rest of the file), so a
+  file fed to :class:`binser.serve.stream.StreamEngine` in chunks of any size gives the same
+  windows and numbers. An entry whose views are all silent there is ``"silent": true``
+  with no label or scores. (Whole-file scores still come from the whole file's frames.)
+
+Timeline entries: ``{"start_s", "end_s", "label", "scores", "silent", "silent_views"}``
+(CNN entries: the file's silent views, never ``silent``).
 """
 from __future__ import annotations
 
@@ -136,6 +145,7 @@ FAMILIES = ("imagenet", "whisper")
 FRAMES_PER_S = 50             # Whisper encoder rows per second (one per 20 ms)
 WINDOW_FRAMES = 50            # Whisper timeline window: 1.0 s
 WINDOW_HOP = 25               # Whisper timeline hop: 0.5 s
+CLIP_BATCH = 32               # Whisper timeline windows scored per step (memory, progress)
 MIN_UTTERANCES = 5            # files of a speaker needed for own normalisation statistics
 CALL_SPEAKER = "(all files of the call)"
 SPEAKER_NORM_DEFINITION = (
@@ -214,6 +224,17 @@ def encoder_windows(n_frames: int) -> list[tuple[int, int]]:
         return [(0, n)]
     count = 1 + -(-(n - WINDOW_FRAMES) // WINDOW_HOP)
     return [(k * WINDOW_HOP, min(k * WINDOW_HOP + WINDOW_FRAMES, n)) for k in range(count)]
+
+
+def window_sample_spans(n_samples: int, sample_rate: int = 16000) -> list[tuple[int, int]]:
+    """Sample spans ``[a, b)`` of the Whisper timeline windows of a signal of ``n_samples``
+    at ``sample_rate`` (see the module docstring; one span per :func:`encoder_windows`)."""
+    from .backbones.whisper import n_output_frames
+
+    per_frame = sample_rate // FRAMES_PER_S
+    hop, length = WINDOW_HOP * per_frame, WINDOW_FRAMES * per_frame
+    count = len(encoder_windows(n_output_frames(n_samples))) if n_samples > 0 else 0
+    return [(k * hop, min(k * hop + length, n_samples)) for k in range(count)]
 
 
 def backbone_family(backbone: Any) -> str:
@@ -404,6 +425,56 @@ class Model:
         stats = self.speaker_statistics(pooled, who)[0] if self.speaker_norm else None
         return self._score_pooled(pooled, who, stats)
 
+    def score_clips(self, clips: Sequence[np.ndarray], speakers: Sequence[str] | None = None,
+                    stats: Mapping[str, dict] | None = None, progress: bool = False
+                    ) -> list[dict[str, Any]]:
+        """Whisper models: score each clip ``(C, N_i)`` (float32 at the model's rate, C = 1
+        or 2) as a file holding exactly that audio (:func:`binser.features.clip_frames`,
+        then pooling, classifiers and fusion).
+
+        Speaker-normalised models: ``stats`` (from :meth:`speaker_statistics`) with one
+        ``speakers`` id per clip; without them each clip is its own speaker (so one clip
+        uses the average-training-speaker fallback). Returns per clip ``{"silent",
+        "silent_views", "label", "scores", "views"}``; a clip whose views are all silent
+        has ``silent`` True, label None and empty scores. ``progress``: a bar over clips."""
+        from .features import clip_frames
+
+        if self.family != "whisper":
+            raise ConfigError("score_clips is for Whisper models; image-CNN models score "
+                              "segments of the whole file (predict(timeline=True))")
+        clips = list(clips)
+        if speakers is None or stats is None:
+            speakers, stats = [str(i) for i in range(len(clips))], None
+        backbone = self.backbones[self.views[0]]
+        out: list[dict[str, Any]] = []
+        bar = _clip_bar(len(clips), progress)
+        try:
+            for s in range(0, len(clips), CLIP_BATCH):
+                part = clips[s:s + CLIP_BATCH]
+                rows = clip_frames(backbone, part, self.views, self.layer, self.frontend)
+                pooled = {v: self.pool(v, [r[v] for r in rows]) for v in self.views}
+                who = np.array([str(x) for x in speakers[s:s + len(part)]], dtype=str)
+                if self.speaker_norm and stats is None:
+                    stats_part = self.speaker_statistics(pooled, who)[0]
+                else:
+                    stats_part = stats
+                fused, per_view = self._score_pooled(pooled, who, stats_part)
+                for j in range(len(part)):
+                    quiet = [v for v in self.views if pooled[v][1][j]]
+                    if len(quiet) == len(self.views):
+                        out.append({"silent": True, "silent_views": quiet, "label": None,
+                                    "scores": {}, "views": {}})
+                        continue
+                    out.append({"silent": False, "silent_views": quiet,
+                                "label": self.labels[int(np.argmax(fused[j]))],
+                                "scores": self._label_dict(fused[j]),
+                                "views": {v: self._label_dict(per_view[v][j])
+                                          for v in self.views}})
+                bar.update(len(part))
+        finally:
+            bar.close()
+        return out
+
     def _label_dict(self, row: np.ndarray) -> dict[str, float]:
         return {label: float(p) for label, p in zip(self.labels, row)}
 
@@ -457,7 +528,7 @@ class Model:
                     self._label_dict(fused[row]),
                     {v: self._label_dict(per_view[v][row]) for v in self.views},
                     self._timeline(paths[i], {v: chosen[v][row] for v in self.views},
-                                   who[row], stats) if timeline else None,
+                                   who[row], stats, progress) if timeline else None,
                     silent_views=[v for v in self.views if pooled[v][1][row]],
                     speaker_norm=notes[row])
         return out  # type: ignore[return-value]
@@ -563,32 +634,41 @@ class Model:
         return [(b, tuple(vs)) for b, vs in groups.values()]
 
     def _timeline(self, path: Path, rows: Mapping[str, np.ndarray], speaker: str,
-                  stats: Mapping[str, dict] | None) -> list[dict[str, Any]]:
-        """Fused scores of each segment (CNN) or window (Whisper) of one file (see the
-        module docstring for the spans and times)."""
+                  stats: Mapping[str, dict] | None, progress: bool = False
+                  ) -> list[dict[str, Any]]:
+        """The timeline entries of one file: each segment (CNN) or window (Whisper) scored
+        (see the module docstring for the spans, times and what a window sees)."""
+        if self.family == "whisper":
+            return self._window_timeline(path, speaker, stats, progress)
         n = max(np.shape(rows[v])[0] for v in self.views)
-        spans, times = self._timeline_spans(path, n)
-        parts = {v: [rows[v][a:b] for a, b in spans] for v in self.views}
-        pooled = {v: self.pool(v, parts[v]) for v in self.views}
-        fused, _ = self._score_pooled(pooled, np.array([speaker] * len(spans), dtype=str),
-                                      stats)
+        times = self._segment_times(path, n)
+        pooled = {v: self.pool(v, [rows[v][k:k + 1] for k in range(n)]) for v in self.views}
+        fused, _ = self._score_pooled(pooled, np.array([speaker] * n, dtype=str), stats)
+        quiet = [v for v in self.views if not np.shape(rows[v])[0]]
         return [{"start_s": round(start, 6), "end_s": round(end, 6),
-                 "scores": self._label_dict(fused[k])}
+                 "label": self.labels[int(np.argmax(fused[k]))],
+                 "scores": self._label_dict(fused[k]), "silent": False,
+                 "silent_views": quiet}
                 for k, (start, end) in enumerate(times)]
 
-    def _timeline_spans(self, path: Path, n: int
-                        ) -> tuple[list[tuple[int, int]], list[tuple[float, float]]]:
-        """Row spans ``[a, b)`` of the timeline entries and their ``(start_s, end_s)``."""
+    def _window_timeline(self, path: Path, speaker: str, stats: Mapping[str, dict] | None,
+                         progress: bool) -> list[dict[str, Any]]:
+        """Whisper timeline: each window of the file scored alone (:meth:`score_clips`)."""
+        from .audio import load_audio
+
+        sr = self.frontend.sample_rate
+        audio = load_audio(path, sr=sr, max_duration_s=self.frontend.max_duration_s)
+        spans = window_sample_spans(audio.shape[1], sr)
+        scored = self.score_clips([audio[:, a:b] for a, b in spans],
+                                  [speaker] * len(spans) if stats is not None else None,
+                                  stats, progress=progress and len(spans) > CLIP_BATCH)
+        return [{"start_s": round(a / sr, 6), "end_s": round(b / sr, 6),
+                 **{k: item[k] for k in ("label", "scores", "silent", "silent_views")}}
+                for (a, b), item in zip(spans, scored)]
+
+    def _segment_times(self, path: Path, n: int) -> list[tuple[float, float]]:
+        """``(start_s, end_s)`` of a CNN timeline's ``n`` segments (module docstring)."""
         duration = _duration_or_none(path)
-        if self.family == "whisper":
-            spans = encoder_windows(n)
-            limit = duration if duration is not None else n / FRAMES_PER_S
-            times = []
-            for k in range(len(spans)):
-                start = k * WINDOW_HOP / FRAMES_PER_S
-                times.append((start, max(start, min(start + WINDOW_FRAMES / FRAMES_PER_S,
-                                                    limit))))
-            return spans, times
         hop_s = self.frontend.hop_ms / 1000.0
         times = []
         for k in range(n):
@@ -597,7 +677,7 @@ class Model:
             if duration is not None:
                 end = max(start, min(end, duration))
             times.append((start, end))
-        return [(k, k + 1) for k in range(n)], times
+        return times
 
     # ------------------------------------------------------------------ saving
 
@@ -1344,6 +1424,14 @@ def _TolerantFrameExtractor(*args: Any, **kwargs: Any):
 # training
 # --------------------------------------------------------------------------------------
 
+def _clip_bar(total: int, enabled: bool):
+    """A progress bar over timeline windows (silent when disabled)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="window", desc="timeline", disable=not enabled,
+                leave=False, dynamic_ncols=True)
+
+
 def _say(message: str, enabled: bool) -> None:
     if enabled:
         print(f"[binser] {message}", file=sys.stderr, flush=True)
@@ -1877,6 +1965,6 @@ def format_prediction(prediction: Prediction, top: int = 3) -> str:
         line += f"  [silent: {', '.join(prediction.silent_views)}]"
     lines = [line]
     for entry in prediction.timeline or []:
-        lines.append(f"    {entry['start_s']:7.2f}-{entry['end_s']:7.2f} s  "
-                     f"{_top(entry['scores'], top)}")
+        scores = "(silent)" if entry.get("silent") else _top(entry["scores"], top)
+        lines.append(f"    {entry['start_s']:7.2f}-{entry['end_s']:7.2f} s  {scores}")
     return "\n".join(lines)

@@ -42,20 +42,32 @@ def check_workers(workers: int | None) -> int:
     return int(workers)
 
 
-def single_thread_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None
-                      ) -> list[R]:
+def single_thread_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None,
+                      on_result: Callable[[T], None] | None = None) -> list[R]:
     """``[fn(item) for item in items]`` computed by ``workers`` threads, torch limited to one
-    intra-op thread meanwhile (restored afterwards). Results keep the order of ``items``."""
+    intra-op thread meanwhile (restored afterwards). Results keep the order of ``items``.
+    ``on_result(item)`` (e.g. a progress bar's update) runs in the calling thread as each
+    result, in order, becomes available."""
     import torch
 
     items = list(items)
     workers = min(check_workers(workers), max(1, len(items)))
     before = torch.get_num_threads()
     torch.set_num_threads(1)
+    out: list[R] = []
     try:
         if workers == 1:
-            return [fn(item) for item in items]
+            results: Iterable[R] = map(fn, items)
+            for item, result in zip(items, results):
+                out.append(result)
+                if on_result is not None:
+                    on_result(item)
+            return out
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="binser-infer") as pool:
-            return list(pool.map(fn, items))
+            for item, result in zip(items, pool.map(fn, items)):
+                out.append(result)
+                if on_result is not None:
+                    on_result(item)
+        return out
     finally:
         torch.set_num_threads(before)

@@ -470,10 +470,9 @@ class WhisperBackbone:
         n_chunks = []
         for i, signal in enumerate(signals):
             try:
-                mel = self.log_mel(signal)
+                pieces = self.mel_chunks(signal)
             except AudioError as exc:
                 raise AudioError(None, f"signal {i}: {exc.cause}") from None
-            pieces = [mel[:, s:s + CHUNK_FRAMES] for s in range(0, mel.shape[1], CHUNK_FRAMES)]
             n_chunks.append(len(pieces))
             chunks.extend((i, c, piece) for c, piece in enumerate(pieces))
         outputs: list[list[dict[int, np.ndarray] | None]] = [[None] * n for n in n_chunks]
@@ -501,6 +500,22 @@ class WhisperBackbone:
             joined.append({k: parts[0][k] if len(parts) == 1 else
                            np.concatenate([p[k] for p in parts], axis=0) for k in wanted})
         return joined
+
+    def mel_chunks(self, signal: np.ndarray) -> list[np.ndarray]:
+        """The signal's log-Mel (normalised over the whole signal) cut into chunks of at
+        most :data:`CHUNK_FRAMES` frames ``[(n_mels, T_c), ...]``: the encoder's inputs."""
+        mel = self.log_mel(signal)
+        return [mel[:, s:s + CHUNK_FRAMES] for s in range(0, mel.shape[1], CHUNK_FRAMES)]
+
+    def encode_chunk(self, mel: np.ndarray, layers: Sequence[int]) -> dict[int, np.ndarray]:
+        """One Mel chunk ``(n_mels, T_c)`` encoded alone (no padding, no mask) -> layer ->
+        ``(ceil(T_c / 2), d)`` float32. A signal of at most 30 s is one chunk, and this
+        equals :meth:`encode` of that signal."""
+        wanted = self.model.check_layers(layers)
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32))[None]
+            result = self.model(x.to(device=self.device, dtype=self.dtype), None, wanted)
+            return {k: v[0].float().cpu().numpy() for k, v in result.items()}
 
     def encode_one(self, signal: np.ndarray, layers: Sequence[int]) -> dict[int, np.ndarray]:
         """:meth:`encode` for a single signal ``(N,)``."""

@@ -12,8 +12,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import ConfigError
-from .stream import FORMATS, StreamEngine, analyse_file, format_window
+from ..errors import AudioError, ConfigError
+from .stream import FORMATS, StreamEngine, analyse_file, decode_pcm, format_window
+
+
+MIC_TIMEOUT_S = 5.0   # a microphone silent (no callbacks) this long is an error
 
 
 def positive_int(text: str) -> int:
@@ -55,6 +58,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--silence-db", type=float, default=None,
                    help="a channel (per-channel mode; default -50) or window (binaural mode; "
                         "default: off) quieter than this many dBFS is reported silent")
+    p.add_argument("--duration", type=positive_float, default=None,
+                   help="stop after this many seconds of audio (default: the end of the "
+                        "file or input; Ctrl-C for a microphone)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=run_stream)
 
@@ -79,16 +85,6 @@ def add_parsers(sub) -> None:
 
 # ------------------------------------------------------------------------------ stream
 
-def _file_chunks(model, path: str, chunk: float) -> Iterator[tuple[np.ndarray, int]]:
-    from ..audio import load_audio
-
-    sr = model.frontend.sample_rate
-    audio = load_audio(path, sr=sr, max_duration_s=model.frontend.max_duration_s)
-    step = max(1, int(chunk * sr))
-    for s in range(0, audio.shape[1], step):
-        yield audio[:, s:s + step].T, sr
-
-
 def _stdin_chunks(args, chunk: float) -> Iterator[bytes]:
     frame = FORMATS[args.format].itemsize * args.channels
     size = max(1, int(chunk * args.rate)) * frame
@@ -102,6 +98,10 @@ def _stdin_chunks(args, chunk: float) -> Iterator[bytes]:
         cut = len(data) - len(data) % frame
         rest = data[cut:]
         yield data[:cut]
+    if rest:
+        print(f"binser: warning: standard input ended inside a frame; its last {len(rest)} "
+              f"byte(s) were ignored (a frame is {frame} bytes: {args.channels} channel(s) "
+              f"of {args.format})", file=sys.stderr)
 
 
 def _mic_chunks(args, chunk: float) -> Iterator[np.ndarray]:
@@ -117,11 +117,12 @@ def _mic_chunks(args, chunk: float) -> Iterator[np.ndarray]:
                                  dtype="float32", blocksize=max(1, int(chunk * args.rate)),
                                  callback=lambda data, *_: blocks.put(data.copy())):
         print("binser: recording; Ctrl-C to stop", file=sys.stderr)
-        try:
-            while True:
-                yield blocks.get()
-        except KeyboardInterrupt:
-            return
+        while True:
+            try:
+                yield blocks.get(timeout=MIC_TIMEOUT_S)
+            except queue.Empty:
+                raise AudioError(None, f"no audio from the microphone for {MIC_TIMEOUT_S:g} "
+                                       "s (is it connected and allowed?)") from None
 
 
 def _show(result, as_json: bool) -> None:
@@ -142,24 +143,16 @@ def run_stream(args: argparse.Namespace) -> int:
         engine = StreamEngine(model, args.rate, args.channels, per_channel=args.per_channel,
                               silence_db=args.silence_db)
         source = _stdin_chunks(args, chunk) if not args.mic else _mic_chunks(args, chunk)
-        for piece in source:
-            results = (engine.feed_bytes(piece, args.format) if isinstance(piece, bytes)
-                       else engine.feed(piece))
-            for r in results:
-                _show(r, args.json)
+        pieces = (decode_pcm(p, args.channels, args.format) if isinstance(p, bytes) else p
+                  for p in source)
+        try:
+            _feed_all(engine, pieces, args)
+        except KeyboardInterrupt as stop:   # Ctrl-C ends a recording: last windows, summary
+            if not args.mic or type(stop) is not KeyboardInterrupt:   # SIGTERM stays fatal
+                raise
+            print("binser: recording stopped", file=sys.stderr)
     else:
-        engine = None
-        began = time.monotonic()
-        for frames, sr in _file_chunks(model, args.source, chunk):
-            if engine is None:
-                engine = StreamEngine(model, sr, frames.shape[1],
-                                      per_channel=args.per_channel,
-                                      silence_db=args.silence_db)
-            if not args.fast:   # real time: this chunk is "recorded" once its end is due
-                due = began + engine.duration_s + len(frames) / sr
-                time.sleep(max(0.0, due - time.monotonic()))
-            for r in engine.feed(frames):
-                _show(r, args.json)
+        engine = _play_file(model, args, chunk)
     for r in engine.finish():
         _show(r, args.json)
     summary = engine.summary()
@@ -168,6 +161,43 @@ def run_stream(args: argparse.Namespace) -> int:
     else:
         print(_summary_text(summary), flush=True)
     return 0
+
+
+def _feed_all(engine: StreamEngine, pieces: Iterator[np.ndarray], args) -> None:
+    """Feed ``(n, channels)`` pieces until they end or ``--duration`` is reached, showing
+    each completed window."""
+    limit = None if args.duration is None else int(round(args.duration * engine.sample_rate))
+    for piece in pieces:
+        if limit is not None:
+            piece = piece[:max(0, limit - engine.received)]
+        for r in engine.feed(piece):
+            _show(r, args.json)
+        if limit is not None and engine.received >= limit:
+            break
+
+
+def _play_file(model, args, chunk: float) -> StreamEngine:
+    """A file (decoded at the model's rate) through a new engine in ``chunk``-second
+    pieces, paced at real time unless ``--fast``."""
+    from ..audio import load_audio
+
+    sr = model.frontend.sample_rate
+    audio = load_audio(args.source, sr=sr, max_duration_s=model.frontend.max_duration_s)
+    engine = StreamEngine(model, sr, audio.shape[0], per_channel=args.per_channel,
+                          silence_db=args.silence_db)
+    step = max(1, int(chunk * sr))
+    began = time.monotonic()
+
+    def paced() -> Iterator[np.ndarray]:
+        for s in range(0, audio.shape[1], step):
+            frames = audio[:, s:s + step].T
+            if not args.fast:   # real time: this chunk is "recorded" once its end is due
+                due = began + (s + len(frames)) / sr
+                time.sleep(max(0.0, due - time.monotonic()))
+            yield frames
+
+    _feed_all(engine, paced(), args)
+    return engine
 
 
 def _summary_text(summary: dict[str, Any]) -> str:

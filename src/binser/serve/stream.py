@@ -14,21 +14,22 @@ scores the windows that need the end of the stream. Windows and numbers:
   0.66 s after its start) and its image, features and scores equal the whole-file ones. A
   stream shorter than one segment gets one segment at :meth:`finish` (padded with its
   minimum, as predict does).
-* **Whisper models** (family ``whisper``): the windows have predict's spans (1 s every
-  0.5 s: samples ``[8000k, 8000k + 16000)`` at 16 kHz; at the end of the stream the last
-  window may be shorter and the count follows :func:`binser.model.encoder_windows`), but each
-  window's encoder run sees ONLY that window's audio (predict's timeline encodes the whole
-  file once and cuts the frames, i.e. with the file's context, which a stream cannot have).
-  A streamed window therefore equals ``Model.predict`` on a file holding exactly that
-  window's audio (whole-file scores), which is what the tests compare.
+* **Whisper models** (family ``whisper``): the windows are ``Model.predict``'s timeline
+  windows (1 s every 0.5 s: samples ``[8000k, 8000k + 16000)`` at 16 kHz; at the end of the
+  stream the last may be shorter and the count follows
+  :func:`binser.model.window_sample_spans`), each scored as a file holding exactly that
+  window's audio by the same function predict uses (:meth:`binser.model.Model.score_clips`),
+  so a window is complete once its last sample has arrived and its numbers equal predict's
+  timeline entry.
 
-Silent views. ``Model.predict`` decides once per file which views carry no signal
-(:func:`binser.views.silent_views`, -40 dB below the louder of left/right/mid); the engine
-cannot see the future and decides per window, over the window's own samples
+Silent views. Image-CNN models: ``Model.predict`` decides once per file which views carry
+no signal (:func:`binser.views.silent_views`, -40 dB below the louder of left/right/mid);
+the engine cannot see the future and decides per window, over the window's own samples
 ``[start, end)``. The two agree whenever a view is silent throughout (mono input, identical
 channels, a dead channel) or nowhere; they can differ on a file whose Side is silent in
-some windows only. A window in which every view of the model is silent (digital silence)
-is reported ``silent`` without a label.
+some windows only. Whisper models decide per window in both (the window is the file). A
+window in which every view of the model is silent (digital silence) is reported
+``silent`` without a label.
 
 Per-channel mode (two-party recordings, one speaker per channel): each channel is scored
 as a mono recording of its own (L = R = that channel, so the Side view is silent and the
@@ -186,10 +187,9 @@ class _Analyser:
         if self.total == 0:
             return []
         if self.whisper:
-            from ..backbones.whisper import n_output_frames
-            from ..model import encoder_windows
+            from ..model import window_sample_spans
 
-            count = len(encoder_windows(n_output_frames(self.total)))
+            count = len(window_sample_spans(self.total, self.sr))
         else:
             from ..spectrogram import n_segments
 
@@ -213,6 +213,8 @@ class _Analyser:
 
     def score(self, ks: Sequence[int], final: bool) -> list[dict[str, Any]]:
         """Per window: ``{"silent", "silent_views", "label", "scores", "views"}``."""
+        if self.whisper:
+            return self._score_clips(ks)
         from ..views import VIEWS, silent_views
 
         model = self.model
@@ -221,30 +223,41 @@ class _Analyser:
             a, b = self.span(k)
             own = self.samples(a, b)
             if self.silence is not None and _rms(own) < self.silence:
-                items.append({"silent": True, "silent_views": list(model.views)})
+                items.append(_silent_item(model.views))
                 continue
             own_views = self.views(own)
             silent = silent_views({v: own_views[v] for v in VIEWS})
             quiet = [v for v in model.views if v in silent]
             if len(quiet) == len(model.views):
-                items.append({"silent": True, "silent_views": quiet})
+                items.append(_silent_item(quiet))
                 continue
             items.append({"k": k, "silent": False, "silent_views": quiet})
         todo = [it for it in items if not it["silent"]]
         if todo:
-            rows = (self._encoder_rows(todo) if self.whisper
-                    else self._cnn_rows(todo, final))
-            for it, features in zip(todo, rows):
+            for it, features in zip(todo, self._cnn_rows(todo, final)):
                 fused, per_view = model.score_segments({v: [features[v]] for v in model.views})
                 it["label"] = model.labels[int(np.argmax(fused[0]))]
                 it["scores"] = _labels(model.labels, fused[0])
                 it["views"] = {v: _labels(model.labels, per_view[v][0]) for v in model.views}
-        for it in items:
-            it.pop("k", None)
-            it.setdefault("label", None)
-            it.setdefault("scores", {})
-            it.setdefault("views", {})
+                del it["k"]
         return items
+
+    def _score_clips(self, ks: Sequence[int]) -> list[dict[str, Any]]:
+        """Whisper windows: each window's samples scored as a file (Model.score_clips);
+        per-channel mode first marks windows below the silence threshold."""
+        items: list[dict[str, Any] | None] = []
+        clips, where = [], []
+        for k in ks:
+            own = self.samples(*self.span(k))
+            if self.silence is not None and _rms(own) < self.silence:
+                items.append(_silent_item(self.model.views))
+            else:
+                where.append(len(items))
+                items.append(None)
+                clips.append(own)
+        for j, item in zip(where, self.model.score_clips(clips) if clips else []):
+            items[j] = item
+        return items  # type: ignore[return-value]
 
     def _cnn_rows(self, todo: list[dict], final: bool) -> list[dict[str, np.ndarray]]:
         import torch
@@ -293,24 +306,6 @@ class _Analyser:
             out = cnn_features(backbone, batch)   # the extractor's own arithmetic
             for j, (i, v) in enumerate(owners):
                 rows[i][v] = out[j:j + 1]
-        return rows
-
-    def _encoder_rows(self, todo: list[dict]) -> list[dict[str, np.ndarray]]:
-        model = self.model
-        backbone = model.backbones[model.views[0]]
-        owners, signals = [], []
-        for i, it in enumerate(todo):
-            a, b = self.span(it["k"])
-            views = self.views(self.samples(a, b))
-            for v in model.views:
-                if v not in it["silent_views"]:
-                    owners.append((i, v))
-                    signals.append(views[v])
-        empty = np.zeros((0, backbone.feature_dim), np.float32)
-        rows: list[dict[str, np.ndarray]] = [{v: empty for v in model.views} for _ in todo]
-        encoded = backbone.encode(signals, (model.layer,)) if signals else []
-        for (i, v), frames in zip(owners, encoded):
-            rows[i][v] = np.ascontiguousarray(frames[model.layer], dtype=np.float32)
         return rows
 
 
@@ -488,6 +483,12 @@ class StreamEngine:
             row = np.array([item["scores"][lab] for lab in self.model.labels])
             self._sums[key] = self._sums.get(key, 0.0) + row
             self._counts[key] = self._counts.get(key, 0) + 1
+
+
+def _silent_item(views: Sequence[str]) -> dict[str, Any]:
+    """A window without signal: no label, no scores."""
+    return {"silent": True, "silent_views": list(views), "label": None, "scores": {},
+            "views": {}}
 
 
 def _rms(x: np.ndarray) -> float:

@@ -42,7 +42,7 @@ function plot(canvas, series, duration) {
     ctx.strokeStyle = COLORS[i % COLORS.length]; ctx.lineWidth = 2; ctx.beginPath();
     let moved = false;
     series.forEach((s) => {
-      if (!s.scores) { moved = false; return; }
+      if (!s.scores || !Object.keys(s.scores).length) { moved = false; return; }
       const x = pad + ((s.start_s + s.end_s) / 2 / span) * (w - pad - 4);
       const y = h - pad - s.scores[label] * (h - 2 * pad);
       if (moved) ctx.lineTo(x, y); else { ctx.moveTo(x, y); moved = true; }
