@@ -147,8 +147,11 @@ def test_digital_silence_and_bounded_memory(model):
     assert [r.index for r in results] == list(range(len(results)))
 
 
-def test_per_channel_mode(model, long_wav, tmp_path):
+@pytest.mark.parametrize("family", ["imagenet", "whisper"])
+def test_per_channel_mode(model, long_wav, tmp_path, family, request):
     """Each channel is scored like a mono file of that channel; silence is marked."""
+    if family == "whisper":
+        model = request.getfixturevalue("whisper_model")
     x, sr = sf.read(long_wav, dtype="float32", always_2d=True)
     stereo = np.stack([x[:, 0], x[:, 1]], axis=1)
     stereo[: len(x) // 2, 1] = 0          # the right speaker is silent in the first half
