@@ -11,6 +11,7 @@ import soundfile as sf
 
 from binser.benchmark import (
     BenchOptions,
+    compare_to_reference,
     emovo_files,
     extraction_speed,
     librosa_reference_images,
@@ -116,6 +117,71 @@ def test_gpu_extraction_without_a_gpu_is_a_clear_error():
 def test_unknown_part_refused(mini_emovo):
     with pytest.raises(ConfigError, match="unknown bench part"):
         run_bench(BenchOptions(root=mini_emovo, parts=("gpu",)), report=lambda s: None)
+
+
+@pytest.mark.parametrize("field,value,option", [
+    ("seconds", -1.0, "--seconds"), ("seconds", 0.0, "--seconds"),
+    ("seconds", float("nan"), "--seconds"), ("seconds", float("inf"), "--seconds"),
+    ("threads", 0, "--threads"), ("threads", 1.5, "--threads"), ("batch", 0, "--batch-size"),
+    ("batch", True, "--batch-size"), ("parts", (), "--parts"),
+    ("whisper_weights", "nowhere", "--whisper-weights"), ("serve_model", "nowhere",
+                                                          "--serve-model")])
+def test_bench_options_are_checked_before_any_work(field, value, option, tmp_path):
+    options = BenchOptions(root=tmp_path / "no corpus here", parts=("frontend",))
+    setattr(options, field, tmp_path / value if field in ("whisper_weights", "serve_model")
+            else value)
+    with pytest.raises(ConfigError, match=option):   # not CorpusError: options come first
+        run_bench(options, report=lambda s: None)
+
+
+@pytest.mark.parametrize("argv", [["--seconds", "-1"], ["--seconds", "nan"], ["--seconds", "inf"],
+                                  ["--threads", "0"], ["--batch-size", "-3"]])
+def test_cli_bench_numbers_are_refused_in_one_line(argv, tmp_path, capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["bench", "--root", str(tmp_path), "--parts", "frontend", *argv])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {argv[0]}" in err and "Traceback" not in err
+
+
+@pytest.fixture
+def emovo_with_mono(mini_emovo):
+    """mini_emovo whose first file (compared with the reference) is mono."""
+    path = mini_emovo / "f1" / "rab-f1-b1.flac"
+    left, _ = sf.read(path, dtype="float32")
+    sf.write(path, left[:, 0], SR)
+    return mini_emovo
+
+
+def test_silent_views_are_left_out_of_the_image_check(emovo_with_mono):
+    out = compare_to_reference(emovo_files(emovo_with_mono), FrontEndConfig())
+    assert out["silent_views_skipped"] == 1                  # the mono file's Side
+    assert out["compared_views"] == 3 * len(VIEWS) - 1
+    assert out["max_abs_diff"] < 1e-4
+
+
+def test_cli_front_end_with_a_mono_file_agrees(emovo_with_mono, capsys):
+    assert main(["bench", "--root", str(emovo_with_mono), "--parts", "frontend",
+                 "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("front end:"))
+    assert "1 silent view(s) skipped" in line and "e+00" not in line, line
+
+
+def test_images_that_disagree_fail_the_bench(mini_emovo, monkeypatch, capsys):
+    import binser.benchmark as benchmark
+
+    honest = benchmark.librosa_reference_images
+
+    def off_by_a_little(path, config):
+        return {v: images + np.float32(0.01) for v, images in honest(path, config).items()}
+
+    monkeypatch.setattr(benchmark, "librosa_reference_images", off_by_a_little)
+    assert main(["bench", "--root", str(mini_emovo), "--parts", "frontend",
+                 "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "front end check failed" in err and "differ from the librosa reference" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_cli_json_front_end_only(mini_emovo, capsys):

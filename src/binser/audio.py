@@ -10,20 +10,38 @@ Decoding paths
 
 Samples are in [-1, 1] full scale (integer PCM is scaled by ``1 / 2**(bits-1)``). The
 channel count is kept for mono and stereo; a file with more than two channels is refused
-unless ``channels=(i, j)`` picks two of them. The signal is resampled (soxr, 'HQ' quality,
-an anti-aliasing polyphase resampler; scipy's ``resample_poly`` if soxr is missing) only
-when the file's rate differs from the requested one.
+unless ``channels=(i, j)`` (the CLI's ``--channels I,J``) picks two of them. The signal is
+resampled (soxr, 'HQ' quality, an anti-aliasing polyphase resampler; scipy's
+``resample_poly`` if soxr is missing) only when the file's rate differs from the requested
+one.
 
 Every failure is an :class:`~binser.errors.AudioError` naming the file and the cause; no
 soundfile or FFmpeg exception escapes.
+
+Decoder chatter
+---------------
+The C decoders print diagnostics of their own straight to the process's standard error
+(mpg123 inside libsndfile: ``Warning: Xing stream size off ...``, ``Note: Trying to
+resync...``; FFmpeg, where its logging is switched on: ``[mp3float @ 0x...] ...``). While a
+file is decoded, :func:`quiet_decoders` sends file descriptor 2 to a temporary file and
+FFmpeg's logging off; afterwards it writes back whatever else arrived meanwhile (other
+threads' progress bars, warnings) and drops the decoders' lines, :data:`DECODER_CHATTER`.
+What goes wrong is reported once, by binser, as an :class:`~binser.errors.AudioError`.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
 import os
+import re
+import stat
+import sys
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -39,6 +57,8 @@ VIDEO_EXTENSIONS = frozenset({
 })
 
 _MAX_CHANNELS = 2
+CHANNELS_OPTION = "--channels I,J"      # how the CLI picks two channels (0-based)
+CHANNELS_KEYWORD = "channels=(i, j)"    # ... and the Python API
 
 
 @dataclass(frozen=True)
@@ -79,13 +99,14 @@ def audio_info(path: str | Path) -> AudioInfo:
     file, a container without an audio stream, and a zero-length stream.
     """
     path = _check_file(path)
-    if is_video(path):
-        info = _av_info(path)
-    else:
-        try:
-            info = _soundfile_info(path)
-        except _SoundfileCannotOpen as sf_exc:
-            info = _av_info(path, soundfile_cause=str(sf_exc))
+    with quiet_decoders():
+        if is_video(path):
+            info = _av_info(path)
+        else:
+            try:
+                info = _soundfile_info(path)
+            except _SoundfileCannotOpen as sf_exc:
+                info = _av_info(path, soundfile_cause=str(sf_exc))
     _check_not_empty_stream(path, info.frames)
     return info
 
@@ -94,14 +115,16 @@ def load_audio(path: str | Path, sr: int = 16000, channels: Sequence[int] | None
                max_duration_s: float | None = None) -> np.ndarray:
     """Decode ``path`` to float32 samples of shape ``(C, N)`` at ``sr`` Hz.
 
-    ``C`` is 1 or 2 (the file's count) unless ``channels`` (0-based indices, one or two of
-    them, e.g. ``(0, 1)``) selects channels, which is required for files with more than two.
+    ``C`` is 1 or 2 (the file's count) unless ``channels`` (0-based indices, one or two
+    different ones, e.g. ``(0, 1)``; the CLI's ``--channels I,J``) selects channels, which is
+    required for files with more than two.
     ``max_duration_s`` (seconds) refuses longer inputs, checked from metadata before decoding
     where the format reports a length. Raises :class:`AudioError` naming the file and cause.
     """
     _check_arguments(sr, channels, max_duration_s)
     path = _check_file(path)
-    audio, rate = _decode(path, channels, max_duration_s)
+    with quiet_decoders():
+        audio, rate = _decode(path, channels, max_duration_s)
     audio = _select_channels(audio, channels, path)
     _check_samples(audio, rate, path, max_duration_s)
     if rate != sr:
@@ -125,24 +148,47 @@ def _check_arguments(sr: int, channels: Sequence[int] | None,
         raise ConfigError(f"max_duration_s must be > 0 seconds, got {max_duration_s!r}")
     if channels is not None:
         picks = list(channels)
-        if not 1 <= len(picks) <= _MAX_CHANNELS or not all(
-                isinstance(i, (int, np.integer)) and i >= 0 for i in picks):
-            raise ConfigError(f"channels must be one or two 0-based indices, got {channels!r}")
+        if (not 1 <= len(picks) <= _MAX_CHANNELS or len(set(picks)) != len(picks)
+                or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+                           and i >= 0 for i in picks)):
+            raise ConfigError(f"channels must be one or two different 0-based indices "
+                              f"({CHANNELS_KEYWORD}; the CLI's {CHANNELS_OPTION}), "
+                              f"got {channels!r}")
 
 
 def _check_file(path: str | Path) -> Path:
     """Return ``path`` as a Path if it is an existing, non-empty, readable regular file."""
     path = Path(path)
-    if not path.exists():
-        raise AudioError(path, "file not found")
-    if not path.is_file():
-        kind = "a directory" if path.is_dir() else "not a regular file"
+    try:
+        status = path.stat()   # follows symbolic links
+    except OSError as exc:
+        raise AudioError(path, stat_failure(path, exc)) from None
+    except ValueError as exc:   # e.g. a NUL character in the name
+        raise AudioError(path, f"invalid file name ({exc})") from None
+    if not stat.S_ISREG(status.st_mode):
+        kind = "a directory" if stat.S_ISDIR(status.st_mode) else "not a regular file"
         raise AudioError(path, f"cannot read audio from {kind}")
-    if path.stat().st_size == 0:
+    if status.st_size == 0:
         raise AudioError(path, "empty file (0 bytes)")
     if not os.access(path, os.R_OK):
         raise AudioError(path, "permission denied (file is not readable)")
     return path
+
+
+def stat_failure(path: Path, exc: OSError) -> str:
+    """Why ``path`` cannot be looked at (``exc`` from ``stat``), in words: a symbolic link
+    loop and a broken link are named as such rather than as a missing file."""
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop (too many levels of symbolic links)"
+    if exc.errno == errno.ENOENT and path.is_symlink():
+        return f"broken symbolic link (its target {os.readlink(path)} does not exist)"
+    if exc.errno == errno.ENOENT:
+        return "file not found"
+    if exc.errno == errno.ENOTDIR:
+        return "file not found (a part of the path is a file, not a folder)"
+    if exc.errno == errno.EACCES:
+        return "permission denied (a folder on the path cannot be searched)"
+    return exc.strerror or type(exc).__name__
 
 
 def _check_not_empty_stream(path: Path, frames: int) -> None:
@@ -172,13 +218,15 @@ def _check_duration(path: Path, duration_s: float, max_duration_s: float | None)
 def _check_channel_request(path: Path, n_channels: int, channels: Sequence[int] | None) -> None:
     if channels is None:
         if n_channels > _MAX_CHANNELS:
-            raise AudioError(path, f"{n_channels} channels; binser uses one or two: pass "
-                                   f"channels=(i, j) (0-based) to pick the two to use")
+            raise AudioError(path, f"{n_channels} channels; binser uses one or two: pick the "
+                                   f"left and right one with {CHANNELS_OPTION} (0-based; "
+                                   f"Python: {CHANNELS_KEYWORD})")
         return
     bad = [i for i in channels if i >= n_channels]
     if bad:
-        raise AudioError(path, f"channel index {bad[0]} out of range: the file has "
-                               f"{n_channels} channel(s), indices 0..{n_channels - 1}")
+        raise AudioError(path, f"channel {bad[0]} asked for ({CHANNELS_OPTION}) is out "
+                               f"of range: the file has {n_channels} channel(s), indices "
+                               f"0..{n_channels - 1}")
 
 
 def _check_samples(audio: np.ndarray, rate: int, path: Path,
@@ -218,7 +266,11 @@ def _soundfile_open(path: Path):
     try:
         return sf.SoundFile(str(path))
     except Exception as exc:  # LibsndfileError, TypeError, RuntimeError ...
-        raise _SoundfileCannotOpen(getattr(exc, "error_string", None) or str(exc)) from exc
+        cause = (getattr(exc, "error_string", None) or str(exc)).rstrip(".")
+        if cause.startswith("File does not exist or is not a regular file"):
+            cause = "format not recognised"   # libsndfile's words when its MP3 probe fails;
+            #                                   the file was checked to exist and be regular
+        raise _SoundfileCannotOpen(cause) from exc
 
 
 def _soundfile_info(path: Path) -> AudioInfo:
@@ -260,10 +312,22 @@ def _av_audio_stream(container, path: Path):
     return streams[0]
 
 
-def _av_stream_params(stream) -> tuple[int, int]:
-    """(sample rate Hz, channel count) of a PyAV audio stream."""
+def _av_stream_params(stream, container, path: Path,
+                      soundfile_cause: str | None) -> tuple[int, int]:
+    """(sample rate Hz, channel count) of a PyAV audio stream.
+
+    FFmpeg picks a demuxer by the file name when the content matches none, so random bytes
+    named ``x.flac`` open as a FLAC stream without parameters: a stream whose sample rate or
+    channel count is unknown is refused as data that is not audio of that kind."""
     ctx = stream.codec_context
-    return int(ctx.sample_rate or 0), int(ctx.channels or 0)
+    rate, n_channels = int(ctx.sample_rate or 0), int(ctx.channels or 0)
+    if rate <= 0 or n_channels < 1:
+        codec = (ctx.name or container.format.name.split(",")[0]).upper()
+        tried = f"soundfile: {soundfile_cause}; " if soundfile_cause else ""
+        raise AudioError(path, f"not a decodable audio file: the data is not valid {codec} "
+                               f"audio ({tried}ffmpeg: no sample rate or channel count in "
+                               f"the stream)")
+    return rate, n_channels
 
 
 def _av_frames_from_header(stream, rate: int) -> int | None:
@@ -287,7 +351,7 @@ def _av_info(path: Path, soundfile_cause: str | None = None) -> AudioInfo:
     try:
         with container:
             stream = _av_audio_stream(container, path)
-            rate, n_channels = _av_stream_params(stream)
+            rate, n_channels = _av_stream_params(stream, container, path, soundfile_cause)
             _check_header(path, rate, n_channels, None, None, None)
             frames = _av_frames_from_header(stream, rate)
             if frames is None:
@@ -307,7 +371,7 @@ def _av_decode(path: Path, channels: Sequence[int] | None, max_duration_s: float
     try:
         with container:
             stream = _av_audio_stream(container, path)
-            rate, n_channels = _av_stream_params(stream)
+            rate, n_channels = _av_stream_params(stream, container, path, soundfile_cause)
             frames = _av_frames_from_header(stream, rate)
             # a stated length of 0 is not trusted here: the decoded count decides
             _check_header(path, rate, n_channels, frames or None, channels, max_duration_s)
@@ -349,8 +413,114 @@ def _concat_planes(chunks: list[np.ndarray], path: Path) -> np.ndarray:
 
 
 def _describe(exc: BaseException) -> str:
-    text = getattr(exc, "error_string", None) or str(exc) or type(exc).__name__
+    """``"<exception class>: <message>"``; an OSError (FFmpeg's errors are) without its
+    errno and the C function's name."""
+    text = (getattr(exc, "error_string", None) or getattr(exc, "strerror", None) or str(exc)
+            or type(exc).__name__)
     return f"{type(exc).__name__}: {text}"
+
+
+# ----------------------------------------------------------------------------- decoder chatter
+
+# Lines the C decoders print on their own: FFmpeg's "[mp3float @ 0x55d0...] ..." and mpg123's
+# "Warning: ...", "Note: ..." and "[src/libmpg123/parse.c:123] error: ...".
+DECODER_CHATTER = re.compile(
+    rb"^\r?(?:\[[^\]\n]*(?: @ 0x[0-9a-fA-F]+|\.c:)[^\]\n]*\]"
+    rb"|(?:Warning|Note|Error|error|warning|Big trouble): )")
+
+
+class _NativeStderr:
+    """File descriptor 2 redirected to a temporary file while any decode runs (a count over
+    threads); restored when the last one ends, and the captured lines written back except
+    :data:`DECODER_CHATTER`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved_fd: int | None = None
+        self._capture = None
+        self._av_level: object = None
+
+    def enter(self) -> None:
+        with self._lock:
+            if self._depth == 0:
+                self._start()
+            self._depth += 1
+
+    def exit(self) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                self._stop()
+
+    def _start(self) -> None:
+        self._av_level = _set_av_log_level(None)
+        _flush_stderr()
+        try:
+            capture = tempfile.TemporaryFile()
+            saved = os.dup(2)
+        except OSError:   # no descriptor 2 (a daemon) or no temp space: leave it alone
+            return
+        try:
+            os.dup2(capture.fileno(), 2)
+        except OSError:
+            os.close(saved)
+            capture.close()
+            return
+        self._saved_fd, self._capture = saved, capture
+
+    def _stop(self) -> None:
+        _set_av_log_level(self._av_level)
+        if self._saved_fd is None:
+            return
+        _flush_stderr()
+        saved, capture = self._saved_fd, self._capture
+        self._saved_fd, self._capture = None, None
+        os.dup2(saved, 2)
+        os.close(saved)
+        with capture:
+            capture.seek(0)
+            kept = without_chatter(capture.read())
+        if kept:
+            with contextlib.suppress(OSError):
+                os.write(2, kept)
+
+
+_NATIVE_STDERR = _NativeStderr()
+
+
+def without_chatter(text: bytes) -> bytes:
+    """``text`` without the lines that match :data:`DECODER_CHATTER`."""
+    return b"".join(line for line in text.splitlines(keepends=True)
+                    if not DECODER_CHATTER.match(line))
+
+
+def _flush_stderr() -> None:
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+
+
+def _set_av_log_level(level: object) -> object:
+    """Set PyAV's FFmpeg log level (None: off) if PyAV is loaded; return the previous one."""
+    av = sys.modules.get("av")
+    logging = getattr(av, "logging", None)
+    if logging is None:
+        return None
+    previous = logging.get_level()
+    if previous != level:
+        logging.set_level(level)
+    return previous
+
+
+@contextlib.contextmanager
+def quiet_decoders() -> Iterator[None]:
+    """Run the body with the decoders' own stderr output dropped (see the module docstring:
+    *Decoder chatter*); binser's messages and other threads' output are kept."""
+    _NATIVE_STDERR.enter()
+    try:
+        yield
+    finally:
+        _NATIVE_STDERR.exit()
 
 
 # ----------------------------------------------------------------------------- transforms

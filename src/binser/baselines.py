@@ -110,8 +110,11 @@ def parse_baseline_run_name(name: str) -> tuple[str, str]:
 
 
 def signal_digest(config: FrontEndConfig) -> str:
-    """16-hex digest of the front-end fields that change the views fed to openSMILE."""
+    """16-hex digest of the front-end fields that change the views fed to openSMILE (the
+    channels picked only when set, so older caches keep their keys)."""
     text = f"sr={int(config.sample_rate)}|side_scale={float(config.side_scale)!r}"
+    if config.channels is not None:
+        text += f"|channels={config.channels[0]},{config.channels[1]}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -159,7 +162,7 @@ class _Extractor:
     def rows(self, path: Path,
              pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], np.ndarray]:
         """Decode ``path`` once -> ``{(set, view): (D,) float32}`` for every pair."""
-        audio = load_audio(path, sr=self.config.sample_rate,
+        audio = load_audio(path, sr=self.config.sample_rate, channels=self.config.channels,
                            max_duration_s=self.config.max_duration_s)
         views = binaural_views(audio, side_scale=self.config.side_scale, path=path)
         signals = {v: self._int16_safe(views[v], path, v) for _, v in pairs}

@@ -50,6 +50,40 @@ def _csv_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _channel_pair(text: str) -> tuple[int, int]:
+    """--channels I,J: two different 0-based channel indices, the left and the right one."""
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        left, right = (int(part) for part in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two 0-based channel indices I,J (e.g. "
+                                         f"0,1), got {text!r}") from None
+    if left < 0 or right < 0:
+        raise argparse.ArgumentTypeError(f"channel indices must be >= 0, got {text!r}")
+    if left == right:
+        raise argparse.ArgumentTypeError(f"left and right must be two different channels, "
+                                         f"got {text!r}")
+    return left, right
+
+
+CHANNELS_HELP = ("files with more than two channels: the 0-based channels to use as left and "
+                 "right, e.g. 2,3 (default: the file's own one or two)")
+
+
+def add_channels_option(p: argparse.ArgumentParser, help: str = CHANNELS_HELP) -> None:
+    """``--channels I,J`` (see :data:`CHANNELS_HELP`)."""
+    p.add_argument("--channels", type=_channel_pair, default=None, metavar="I,J", help=help)
+
+
+def frontend_from_args(args: argparse.Namespace):
+    """The front-end configuration the options ask for (the paper's, plus ``--channels``)."""
+    from .config import FrontEndConfig
+
+    return FrontEndConfig(channels=getattr(args, "channels", None))
+
+
 def add_corpus_options(p: argparse.ArgumentParser, out_help: str) -> None:
     """--dataset, --root, --manifest and --out, shared by experiment and train."""
     p.add_argument("--dataset", required=True, help="corpus name (see 'binser datasets')")
@@ -58,8 +92,11 @@ def add_corpus_options(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--out", required=True, help=out_help)
 
 
-def add_experiment_options(p: argparse.ArgumentParser) -> None:
+def add_experiment_options(p: argparse.ArgumentParser, fusion_pooling: bool = True) -> None:
+    """The options of an experiment (experiment, demo, train); ``fusion_pooling``: with
+    ``--fusion-pooling`` (train has its own ``--pooling``, which is the same)."""
     from .experiment import FINETUNE_PRESETS, MODES, ExperimentSettings
+    from .pooling import POOLINGS
     from .preflight import ON_ERROR
 
     d = ExperimentSettings(dataset="", root="")
@@ -99,7 +136,13 @@ def add_experiment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--views", type=_csv_list, default=d.views,
                    help="comma-separated views (default: left,right,mid,side)")
     p.add_argument("--poolings", type=_csv_list, default=d.poolings,
-                   help="comma-separated poolings (default: all four)")
+                   help=f"comma-separated poolings (default: all of {','.join(d.poolings)})")
+    if fusion_pooling:
+        p.add_argument("--fusion-pooling", default=None, choices=POOLINGS, metavar="POOLING",
+                       help=f"the pooling whose per-view scores are fused, one of "
+                            f"{', '.join(POOLINGS)}; must be among --poolings (default: "
+                            "stats for whisper-* encoders, block-max for image CNNs, else "
+                            "the first of --poolings)")
     p.add_argument("--blocks", type=_positive_int, default=d.blocks,
                    help="blocks l (default: 2)")
     p.add_argument("--abs-pooling", action="store_true",
@@ -127,6 +170,7 @@ def add_experiment_options(p: argparse.ArgumentParser) -> None:
                         "results.json (default: %(default)s)")
     p.add_argument("--no-report", action="store_true", help="write results.json only")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_channels_option(p)
     add_executor_options(p)
 
 
@@ -159,6 +203,7 @@ def settings_from_args(args: argparse.Namespace, dataset: str, root: str,
         input_size=args.input_size, weights=args.weights, allow_random=args.allow_random,
         mode=args.mode, views=tuple(args.views), poolings=tuple(args.poolings),
         blocks=args.blocks, levels=args.levels, pool_abs=args.abs_pooling,
+        fusion_pooling=getattr(args, "fusion_pooling", None),
         manifest=getattr(args, "manifest", None),
         cache_dir=cache_dir, batch_size=args.batch_size,
         n_boot=args.n_boot, seed=args.seed, synthetic=synthetic,
@@ -166,7 +211,7 @@ def settings_from_args(args: argparse.Namespace, dataset: str, root: str,
         baseline_views=tuple(args.baseline_views), finetune_preset=args.finetune_preset,
         finetune_epochs=args.epochs, num_threads=getattr(args, "threads", None),
         executor=getattr(args, "executor", "local"),
-        ray_address=getattr(args, "ray_address", None))
+        ray_address=getattr(args, "ray_address", None), frontend=frontend_from_args(args))
 
 
 def print_summary(results: dict) -> None:
@@ -194,10 +239,12 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from .preflight import apply_on_error, check_corpus, format_problems
     from .scan import format_scan, scan_corpus
 
+    config = frontend_from_args(args)
     found = corpus(args.dataset, args.root, manifest=args.manifest)
-    checked = check_corpus(found, progress=not args.quiet)
+    checked = check_corpus(found, config, progress=not args.quiet)
     apply_on_error(checked, args.on_error)   # fail: every bad file listed, before the scan
-    report = scan_corpus(found, progress=not args.quiet, on_error=args.on_error)
+    report = scan_corpus(found, progress=not args.quiet, on_error=args.on_error,
+                         channels=config.channels)
     print(format_scan(report))
     print(f"files an experiment cannot use (left out with --on-error skip): "
           f"{checked.n_bad}\n{format_problems(checked.problems)}".rstrip())
@@ -205,7 +252,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspection import format_inspection, inspect_file
+    from .inspection import LABEL_WIDTH, format_inspection, inspect_file, mono_note
     from .preflight import check_file
 
     figure = args.output
@@ -213,14 +260,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         from .outputs import check_output_file
 
         check_output_file(figure, "-o")
-    check_file(args.file)   # AudioError naming the file and cause (silent, too short ...)
-    result = inspect_file(args.file, figure=figure)
+    config = frontend_from_args(args)
+    check_file(args.file, config)   # AudioError naming the file and cause (silent, too short ...)
+    result = inspect_file(args.file, config, figure=figure)
+    note = mono_note(result)
+    if note:
+        print(f"binser: warning: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(format_inspection(result))
         if figure:
-            print(f"figure:        {figure}")
+            print(f"{'figure:':<{LABEL_WIDTH}}{figure}")
     return 0
 
 
@@ -236,7 +287,6 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .errors import ConfigError
-    from .experiment import with_overrides
     from .model import train_model
 
     ignored = [option for option, given in (("--baselines", args.baselines),
@@ -244,8 +294,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if ignored:
         raise ConfigError(f"{' and '.join(ignored)}: not used by train (a model has no "
                           "baselines and no report; use 'binser experiment')")
-    settings = with_overrides(settings_from_args(args, args.dataset, args.root),
-                              fusion_pooling=args.pooling)   # None: the backbone's default
+    settings = settings_from_args(args, args.dataset, args.root)
     fusion = None if args.fusion == "none" else args.fusion
     model = train_model(settings, args.out, fusion=fusion, progress=not args.quiet,
                         cross_validate=args.cross_validate, overwrite=args.overwrite)
@@ -280,6 +329,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .model import Model, format_prediction, read_speakers_csv
 
     model = Model.load(args.model)
+    if args.channels is not None:   # which channels of the files to read, not the model
+        import dataclasses
+
+        model.frontend = dataclasses.replace(model.frontend, channels=args.channels)
     option = "--speaker" if args.speaker is not None else "--speakers" if args.speakers else None
     if option and not model.speaker_norm:
         raise ConfigError(f"{option}: model {args.model} was trained without speaker "
@@ -357,6 +410,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .benchmark import PARTS, BenchOptions
     from .fusion import FUSIONS
+    from .pooling import POOLINGS
     from .preflight import ON_ERROR
 
     bench_defaults = BenchOptions(root=Path("."))
@@ -380,13 +434,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-error", choices=ON_ERROR, default="skip",
                    help="skip: list bad files and scan the rest (default); fail: stop")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_channels_option(p)
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("inspect", help="facts about one audio/video file and its four views")
     p.add_argument("file", help="audio or video file")
     p.add_argument("-o", "--output", default=None,
                    help="save the four-view spectrogram figure here (.png, .pdf or .svg)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (unrounded values)")
+    add_channels_option(p)
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("experiment", help="the paper's experiments on a corpus")
@@ -399,13 +456,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fusion", default="left+right+mid+side",
                    choices=(*FUSIONS, "none"),
                    help="score fusion (none: train the single view given by --views)")
-    p.add_argument("--pooling", default=None,
-                   help="pooling (default: stats for whisper-* encoders, block-max for image "
-                        "CNNs)")
+    p.add_argument("--pooling", "--fusion-pooling", dest="fusion_pooling", default=None,
+                   choices=POOLINGS, metavar="POOLING",
+                   help=f"the model's pooling, one of {', '.join(POOLINGS)} (default: stats "
+                        "for whisper-* encoders, block-max for image CNNs, else the first of "
+                        "--poolings)")
     p.add_argument("--cross-validate", action="store_true",
                    help="also cross-validate (--protocol) for the model card's scores")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
-    add_experiment_options(p)
+    add_experiment_options(p, fusion_pooling=False)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bench", help="speed and memory: binser vs librosa, bare PyTorch, "
@@ -454,6 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="two-party stereo recordings: each channel is one speaker with its own "
                         "label and timeline (windows where it is silent are marked so)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_channels_option(p, help="files with more than two channels: the 0-based channels to "
+                                "use as left and right, e.g. 2,3 (default: the model's, as "
+                                "trained, else the file's own one or two)")
     add_executor_options(p)
     p.set_defaults(func=cmd_predict)
 

@@ -38,8 +38,11 @@ class FrontEndConfig:
     delta_width: int = 9              # regression window for delta / delta-delta (odd, >= 3)
     side_scale: float = 1.0           # M = s*(L+R), S = s*(L-R); the paper's s = 1
     max_duration_s: float = 600.0     # longer inputs are refused (configurable)
+    channels: tuple[int, int] | None = None   # 0-based (left, right) picked from every file
+    #                                           (--channels I,J); None: the file's own 1 or 2
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "channels", check_channel_pair(self.channels))
         if self.win_length > self.n_fft:
             raise ConfigError(f"window of {self.win_length} samples exceeds n_fft={self.n_fft}")
         if not 0 < self.fmin < self.fmax <= self.sample_rate / 2:
@@ -71,6 +74,31 @@ class FrontEndConfig:
         return cls(**values)
 
     def digest(self) -> str:
-        """Stable 16-hex-digit hash of every field (for cache keys)."""
-        text = json.dumps(self.to_dict(), sort_keys=True)
+        """Stable 16-hex-digit hash of every field (for cache keys). A field added after
+        caches existed is left out while it holds its neutral value
+        (:data:`NEUTRAL_FIELDS`), so those caches keep their keys."""
+        values = {k: v for k, v in self.to_dict().items()
+                  if not (k in NEUTRAL_FIELDS and v == NEUTRAL_FIELDS[k])}
+        text = json.dumps(values, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+NEUTRAL_FIELDS: dict[str, Any] = {"channels": None}
+
+
+def check_channel_pair(channels: Any) -> tuple[int, int] | None:
+    """``channels`` as a tuple of two different 0-based channel indices (left, right), or
+    None; ConfigError naming ``--channels I,J`` for anything else."""
+    if channels is None:
+        return None
+    picks = list(channels) if isinstance(channels, (list, tuple)) else None
+    if (picks is None or len(picks) != 2
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in picks)):
+        raise ConfigError(f"channels (--channels I,J) must be two 0-based channel indices, "
+                          f"got {channels!r}")
+    if min(picks) < 0:
+        raise ConfigError(f"channels (--channels I,J) must be >= 0, got {picks[0]},{picks[1]}")
+    if picks[0] == picks[1]:
+        raise ConfigError(f"channels (--channels I,J): left and right must be two different "
+                          f"channels, got {picks[0]},{picks[1]}")
+    return int(picks[0]), int(picks[1])

@@ -91,7 +91,7 @@ class ExperimentSettings:
     blocks: int = 2
     levels: int | None = None
     pool_abs: bool = False                    # block pooling of |X|, |dX| (eqs. 6-7 as printed)
-    fusion_pooling: str | None = None         # None: block-max (CNNs), stats (encoders)
+    fusion_pooling: str | None = None         # None: see resolved_fusion_pooling()
     fusion_search: str = "staged"             # the paper's two stages, or "joint"
     speaker_norm: bool = False                # add runs on speaker-normalised features
     ci_method: str = "speaker-bootstrap"
@@ -126,13 +126,12 @@ class ExperimentSettings:
         unknown = [b for b in self.baselines if b not in BASELINES]
         if unknown:
             raise ConfigError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
+        if not self.poolings:
+            raise ConfigError(f"--poolings: no pooling given; choose from {', '.join(POOLINGS)}")
         if self.fusion_pooling is not None and self.fusion_pooling not in self.poolings:
-            raise ConfigError(f"fusion pooling {self.fusion_pooling!r} (--pooling) is not among "
-                              f"the poolings run (--poolings {','.join(self.poolings)})")
-        if self.resolved_fusion_pooling() not in self.poolings:
-            raise ConfigError(f"the fusion pooling {self.resolved_fusion_pooling()!r} of backbone "
-                              f"{self.backbone} is not among the poolings run (--poolings "
-                              f"{','.join(self.poolings)})")
+            raise ConfigError(f"--fusion-pooling {self.fusion_pooling} is not among the poolings "
+                              f"run (--poolings {','.join(self.poolings)}): add it to "
+                              f"--poolings or fuse one of those")
         from .evaluation import CI_METHODS
         from .fusion import SEARCHES
 
@@ -212,11 +211,16 @@ class ExperimentSettings:
         return "auto" if self.layer is None else self.layer
 
     def resolved_fusion_pooling(self) -> str:
-        """The pooling whose scores are fused: ``fusion_pooling``, else the backbone's default
-        (``stats`` for speech encoders, the paper's ``block-max`` for image CNNs)."""
+        """The pooling whose scores are fused: ``fusion_pooling`` when given (it must be
+        among ``poolings``); else the backbone's default (``stats`` for speech encoders, the
+        paper's ``block-max`` for image CNNs) when it is run, else the first of ``poolings``:
+        an option the user never set cannot stop a run."""
         if self.fusion_pooling is not None:
             return self.fusion_pooling
-        return "stats" if is_encoder(self.backbone) else "block-max"
+        default = "stats" if is_encoder(self.backbone) else "block-max"
+        if default in self.poolings or not self.poolings:
+            return default
+        return self.poolings[0]
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "frontend"}

@@ -130,7 +130,8 @@ def file_views(path: str | Path, config: FrontEndConfig = FrontEndConfig()
                ) -> tuple[dict[str, np.ndarray], set[str]]:
     """Decode one file once -> ``({view: (N,) float32}, silent views)`` (SPEC steps 1-2;
     silent: :func:`binser.views.silent_views`)."""
-    audio = load_audio(path, sr=config.sample_rate, max_duration_s=config.max_duration_s)
+    audio = load_audio(path, sr=config.sample_rate, channels=config.channels,
+                       max_duration_s=config.max_duration_s)
     signals = binaural_views(audio, config.side_scale, path)
     return signals, silent_views({v: signals[v] for v in VIEWS})
 

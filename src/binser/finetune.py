@@ -353,7 +353,8 @@ def load_view_images(paths: Sequence[str | Path], views: Sequence[str],
     out: dict[str, list[np.ndarray]] = {v: [] for v in views}
     for path in tqdm(list(paths), desc="images", unit="file", disable=not progress,
                      leave=False):
-        audio = load_audio(path, sr=config.sample_rate, max_duration_s=config.max_duration_s)
+        audio = load_audio(path, sr=config.sample_rate, channels=config.channels,
+                           max_duration_s=config.max_duration_s)
         signals = binaural_views(audio, config.side_scale, path)
         images = views_images({v: signals[v] for v in views}, config)
         for view in views:

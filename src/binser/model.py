@@ -657,7 +657,8 @@ class Model:
         from .audio import load_audio
 
         sr = self.frontend.sample_rate
-        audio = load_audio(path, sr=sr, max_duration_s=self.frontend.max_duration_s)
+        audio = load_audio(path, sr=sr, channels=self.frontend.channels,
+                           max_duration_s=self.frontend.max_duration_s)
         spans = window_sample_spans(audio.shape[1], sr)
         scored = self.score_clips([audio[:, a:b] for a, b in spans],
                                   [speaker] * len(spans) if stats is not None else None,

@@ -102,7 +102,8 @@ def check_file(path: str | Path, config: FrontEndConfig = _DEFAULT,
     info = audio_info(path)
     _check_stated_duration(info, limit)
     _check_container_size(path)
-    audio = load_audio(path, sr=config.sample_rate, max_duration_s=limit)
+    audio = load_audio(path, sr=config.sample_rate, channels=config.channels,
+                       max_duration_s=limit)
     _check_decoded_length(info, audio.shape[1], config.sample_rate)
     _check_frame(path, audio.shape[1], config)
     _check_level(path, audio)

