@@ -437,3 +437,39 @@ def test_predict_channels_picks_the_pair_for_every_path(tmp_path, capsys):
         assert a["scores"] == pytest.approx(b["scores"], abs=1e-9)
     assert main(["predict", str(folder), str(four), "--quiet"]) == 1     # no pair: named
     assert "--channels I,J" in capsys.readouterr().out
+
+
+def test_stream_and_per_channel_apply_predicts_input_checks(tmp_path, capsys):
+    """binser stream FILE and predict --per-channel refuse what predict refuses (truncated,
+    all-zero, too short), naming the file and the cause; the binser command shows binser's
+    own warnings as one 'binser: warning:' line (no source path)."""
+    from conftest import train_tiny_model
+
+    _, folder, root, _ = train_tiny_model(tmp_path / "m")
+    good = sorted(Path(root).glob("*/*.wav"))[0]
+    x, _ = sf.read(good, dtype="float32", always_2d=True)
+    whole = tmp_path / "whole.wav"
+    sf.write(whole, x, SR, subtype="PCM_16")
+    data = whole.read_bytes()
+    bad = {"truncated": data[:len(data) // 2 + 1], "silent": None, "too short": None}
+    paths = {}
+    for kind in bad:
+        paths[kind] = tmp_path / f"{kind.replace(' ', '_')}.wav"
+    paths["truncated"].write_bytes(bad["truncated"])
+    sf.write(paths["silent"], np.zeros((SR, 2), np.float32), SR)
+    sf.write(paths["too short"], x[:10], SR)
+    for kind, path in paths.items():
+        assert main(["stream", str(folder), str(path), "--fast"]) == 2
+        err = capsys.readouterr().err
+        assert str(path) in err and kind in err, err
+        assert main(["predict", str(folder), str(path), "--per-channel", "--quiet"]) == 1
+        out = capsys.readouterr().out
+        assert f"{path}: ERROR" in out and kind in out, out
+    mono = tmp_path / "mono.wav"
+    sf.write(mono, x[:, 0], SR)
+    run = subprocess.run([sys.executable, "-m", "binser", "predict", str(folder), str(mono),
+                          "--quiet"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in run.stderr.splitlines() if "mono" in line]
+    assert lines and all(line.startswith("binser: warning: ") for line in lines), run.stderr
+    assert ".py:" not in run.stderr

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -588,5 +589,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, handler)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """binser's own warnings as one line, ``binser: warning: <message>`` (no source path and
+    line number); other libraries' warnings as Python shows them."""
+    if getattr(category, "__module__", "").split(".")[0] == "binser":
+        print(f"binser: warning: {message}", file=file or sys.stderr)
+    else:
+        _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
+
+
+_PYTHON_SHOWWARNING = warnings.showwarning
+
+
+def run() -> int:
+    """The ``binser`` command: :func:`main` with binser's warnings shown as one line each
+    (in-process callers of :func:`main`, such as tests, keep Python's warning handling)."""
+    warnings.showwarning = _show_warning
+    try:
+        return main()
+    finally:
+        warnings.showwarning = _PYTHON_SHOWWARNING
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -95,6 +95,13 @@ def check_file(path: str | Path, config: FrontEndConfig = _DEFAULT,
     ``max_duration_s`` (seconds, default ``config.max_duration_s``) is checked from the
     metadata first, so an over-long file is refused without decoding it.
     """
+    checked_audio(path, config, max_duration_s)
+
+
+def checked_audio(path: str | Path, config: FrontEndConfig = _DEFAULT,
+                  max_duration_s: float | None = None) -> np.ndarray:
+    """:func:`check_file`, returning the decoded audio ``(C, N)`` at ``config.sample_rate``
+    (the channels ``config.channels`` picks) for callers that go on with it."""
     limit = config.max_duration_s if max_duration_s is None else max_duration_s
     if not limit > 0:
         raise ConfigError(f"max_duration_s must be > 0 seconds, got {limit!r}")
@@ -107,6 +114,7 @@ def check_file(path: str | Path, config: FrontEndConfig = _DEFAULT,
     _check_decoded_length(info, audio.shape[1], config.sample_rate)
     _check_frame(path, audio.shape[1], config)
     _check_level(path, audio)
+    return audio
 
 
 def _check_stated_duration(info: AudioInfo, limit: float) -> None:

@@ -179,11 +179,10 @@ def _feed_all(engine: StreamEngine, pieces: Iterator[np.ndarray], args) -> None:
 def _play_file(model, args, chunk: float) -> StreamEngine:
     """A file (decoded at the model's rate) through a new engine in ``chunk``-second
     pieces, paced at real time unless ``--fast``."""
-    from ..audio import load_audio
+    from ..preflight import checked_audio
 
     sr = model.frontend.sample_rate
-    audio = load_audio(args.source, sr=sr, channels=model.frontend.channels,
-                       max_duration_s=model.frontend.max_duration_s)
+    audio = checked_audio(args.source, model.frontend)    # predict's input checks
     engine = StreamEngine(model, sr, audio.shape[0], per_channel=args.per_channel,
                           silence_db=args.silence_db)
     step = max(1, int(chunk * sr))

@@ -507,12 +507,13 @@ def analyse_file(model, path, per_channel: bool = False, silence_db: float | Non
                  chunk_s: float | None = None) -> dict[str, Any]:
     """Decode one file at the model's rate and run it through a :class:`StreamEngine`
     (in chunks of ``chunk_s`` seconds, default all at once) -> ``{"path", "summary",
-    "windows": [WindowResult dicts]}``. AudioError for an unreadable file."""
-    from ..audio import load_audio
+    "windows": [WindowResult dicts]}``. The file passes the same input checks as
+    ``predict`` first (:func:`binser.preflight.checked_audio`: unreadable, truncated,
+    all-zero, too short or too long files raise :class:`AudioError`)."""
+    from ..preflight import checked_audio
 
     sr = model.frontend.sample_rate
-    audio = load_audio(path, sr=sr, channels=model.frontend.channels,
-                       max_duration_s=model.frontend.max_duration_s)
+    audio = checked_audio(path, model.frontend)
     if per_channel and audio.shape[0] != 2:
         raise AudioError(path, "per-channel mode needs a stereo file (one speaker per "
                                f"channel); this one has {audio.shape[0]} channel(s)")
