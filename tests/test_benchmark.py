@@ -210,3 +210,24 @@ def test_serve_part_without_a_model_is_skipped(mini_emovo, capsys):
     assert "--serve-model" in out["details"]["serve"]["skipped"]
     assert out["serve_requests_s"] is None and out["serve_max_streams"] is None
     assert "serve: not measured" in captured.err
+
+
+def test_long_stream_files_join_stereo_utterances(tmp_path):
+    """Stream files for the serve part: the count asked for, each at least the length asked
+    for, 16 kHz stereo, made of the inputs' samples (mono inputs skipped)."""
+    import soundfile as sf
+
+    from binser.benchmark import long_stream_files
+
+    rng = np.random.default_rng(0)
+    a, b, m = tmp_path / "a.wav", tmp_path / "b.wav", tmp_path / "m.wav"
+    sf.write(a, 0.1 * rng.standard_normal((8000, 2)), 16000, subtype="PCM_16")
+    sf.write(b, 0.1 * rng.standard_normal((12000, 2)), 16000, subtype="PCM_16")
+    sf.write(m, 0.1 * rng.standard_normal(8000), 16000, subtype="PCM_16")
+    out = long_stream_files([a, m, b], tmp_path / "s", count=3, seconds=2.0)
+    assert len(out) == 3
+    first, sr = sf.read(out[0], dtype="int16")
+    assert sr == 16000 and first.shape[1] == 2 and len(first) >= 32000
+    head = sf.read(a, dtype="int16")[0]
+    assert np.array_equal(first[:8000], head)                      # a, then b (m skipped)
+    assert np.array_equal(first[8000:20000], sf.read(b, dtype="int16")[0])

@@ -676,3 +676,14 @@ def test_bench_serve_load_tiny(trained):
     assert row["per_stream"][0]["end_after_audio_s"] < 1.0
     after = {p.pid for p in psutil.Process().children(recursive=True)}
     assert after <= before                                   # the server was terminated
+
+
+def test_latency_counts_from_arrival(model, long_wav):
+    """latency_ms counts from the chunk's arrival when given (a server's queue wait is
+    part of it), else from the feed call."""
+    x, sr = sf.read(long_wav, dtype="float32", always_2d=True)
+    engine = StreamEngine(model, sr, 2)
+    waited = engine.feed(x[:sr], arrived=time.perf_counter() - 1.0)
+    assert waited and all(r.latency_ms >= 1000.0 for r in waited)
+    fresh = engine.feed(x[sr:2 * sr])
+    assert fresh and all(0.0 <= r.latency_ms < 1000.0 for r in fresh)

@@ -30,9 +30,10 @@ Every figure is measured on the machine it runs on, over EMOVO (or a subset with
 * **serve** (:func:`serve_load`; with ``--serve-model FOLDER`` only, else skipped with a
   message): ``binser serve`` on a free 127.0.0.1 port as a subprocess; 16 concurrent
   clients x 25 uploads to POST /predict (requests/s, p50/p99 latency, errors, server RSS
-  before/after), then N = 1, 2, 4, 8 concurrent real-time WebSocket streams (per-window
-  latency p50/p99, whether each N keeps up with real time; stops at the first that does
-  not). Every 4th EMOVO file. The server is always terminated.
+  before/after) of every 4th EMOVO file, then N = 1, 2, 4, 8, 12, 16 concurrent real-time
+  WebSocket streams, each playing its own ~30 s of joined EMOVO utterances
+  (:func:`long_stream_files`; per-window latency p50/p99, whether each N keeps up with real
+  time; stops at the first that does not). The server is always terminated.
 """
 from __future__ import annotations
 
@@ -575,7 +576,37 @@ def ray_speed(paths: Sequence[Path], whisper: Path | None = None,
 
 # --------------------------------------------------------------------------------- serve
 
-SERVE_STREAMS = (1, 2, 4, 8)
+SERVE_STREAMS = (1, 2, 4, 8, 12, 16)
+STREAM_SECONDS = 30.0      # each real-time stream plays about this much audio
+
+
+def long_stream_files(files: Sequence[Path], folder: Path, count: int,
+                      seconds: float = STREAM_SECONDS) -> list[Path]:
+    """``count`` WAV files (16-bit, 16 kHz, stereo) of about ``seconds`` each, made by
+    joining consecutive stereo ``files`` end to end (cycling), so each real-time stream
+    gives dozens of windows rather than a handful (EMOVO utterances last 1-9 s)."""
+    import soundfile as sf
+
+    from .audio import load_audio
+
+    import itertools
+
+    stereo = [p for p in files if audio_info(p).channels == 2]
+    if not stereo:
+        raise ConfigError("no stereo file to build the real-time streams from")
+    folder.mkdir(parents=True, exist_ok=True)
+    pool = itertools.cycle(stereo)
+    out = []
+    for k in range(count):
+        parts, total = [], 0
+        while total < seconds * 16000:
+            audio = load_audio(next(pool), sr=16000)
+            parts.append(audio)
+            total += audio.shape[1]
+        path = folder / f"stream{k:02d}.wav"
+        sf.write(path, np.concatenate(parts, axis=1).T, 16000, subtype="PCM_16")
+        out.append(path)
+    return out
 
 
 def _free_port() -> int:
@@ -994,7 +1025,13 @@ def run_bench(options: BenchOptions, report: Callable[[str], None] = print) -> d
             figures["serve"] = {"skipped": why}
             report(f"serve: not measured ({why})")
         else:
-            sv = serve_load(options.serve_model, files[::4], report=report)
+            streams_dir = Path(tempfile.mkdtemp(prefix="binser-bench-streams-"))
+            try:
+                sv = serve_load(options.serve_model, files[::4], report=report,
+                                stream_files=long_stream_files(files[1::4], streams_dir,
+                                                               max(SERVE_STREAMS)))
+            finally:
+                shutil.rmtree(streams_dir, ignore_errors=True)
             figures["serve"] = sv
             up, rss = sv["uploads"], sv["rss_mb"]
             report(f"serve uploads: {up['clients']} clients x {up['uploads_per_client']}: "

@@ -42,6 +42,7 @@ import hmac
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -290,6 +291,7 @@ async def _run_stream(app: FastAPI, ws: WebSocket, settings: ServeSettings) -> N
                 return
             try:
                 results = await anyio.to_thread.run_sync(engine.feed_bytes, data, fmt,
+                                                         time.perf_counter(),
                                                          limiter=limiter)
             except BinserError as exc:
                 await _close(ws, 1007, str(exc))

@@ -48,8 +48,9 @@ a chunk is processed in pieces of at most :data:`MAX_PIECE_S` seconds, so an end
 in chunks of any size runs in bounded memory.
 
 Latency (``latency_ms``): wall time from the moment the chunk holding a window's last
-needed sample was handed to :meth:`StreamEngine.feed` (or :meth:`finish` was called) to the
-moment its result was ready.
+needed sample was handed to :meth:`StreamEngine.feed` (or :meth:`finish` was called; or its
+``arrived`` time, which ``binser serve`` sets to when the WebSocket message was received, so
+waiting for a compute slot counts) to the moment its result was ready.
 """
 from __future__ import annotations
 
@@ -366,14 +367,18 @@ class StreamEngine:
         a = self.analysers[0][1]
         return a.hop / a.sr
 
-    def feed_bytes(self, data: bytes, fmt: str = "f32le") -> list[WindowResult]:
+    def feed_bytes(self, data: bytes, fmt: str = "f32le", arrived: float | None = None
+                   ) -> list[WindowResult]:
         """:meth:`feed` for interleaved little-endian PCM bytes (``f32le`` or ``s16le``)."""
-        return self.feed(decode_pcm(data, self.channels, fmt))
+        return self.feed(decode_pcm(data, self.channels, fmt), arrived)
 
-    def feed(self, pcm: np.ndarray) -> list[WindowResult]:
+    def feed(self, pcm: np.ndarray, arrived: float | None = None) -> list[WindowResult]:
         """Append interleaved samples ``(n, channels)`` (or ``(n,)`` for one channel),
-        full scale 1.0; return the windows completed by them (possibly none)."""
-        t0 = time.perf_counter()
+        full scale 1.0; return the windows completed by them (possibly none).
+        ``arrived``: the ``time.perf_counter()`` at which the chunk arrived (a server that
+        queues chunks for a compute slot passes it, so ``latency_ms`` includes the wait);
+        default: now."""
+        t0 = time.perf_counter() if arrived is None else float(arrived)
         if self.finished:
             raise ConfigError("the stream is finished; start a new StreamEngine")
         x = np.asarray(pcm, dtype=np.float32)
