@@ -12,7 +12,7 @@ from typing import Sequence
 
 from . import __version__
 from .cache import default_cache_dir  # noqa: F401  (re-exported: binser.cli.default_cache_dir)
-from .errors import BinserError
+from .errors import BinserError, ConfigError
 
 
 def _layer(text: str) -> int | str:
@@ -53,20 +53,18 @@ def _csv_list(text: str) -> tuple[str, ...]:
 
 def _channel_pair(text: str) -> tuple[int, int]:
     """--channels I,J: two different 0-based channel indices, the left and the right one."""
+    from .config import check_channel_pair
+
     parts = [part.strip() for part in text.split(",")]
     try:
         if len(parts) != 2:
             raise ValueError
-        left, right = (int(part) for part in parts)
+        return check_channel_pair(tuple(int(part) for part in parts))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected two 0-based channel indices I,J (e.g. "
                                          f"0,1), got {text!r}") from None
-    if left < 0 or right < 0:
-        raise argparse.ArgumentTypeError(f"channel indices must be >= 0, got {text!r}")
-    if left == right:
-        raise argparse.ArgumentTypeError(f"left and right must be two different channels, "
-                                         f"got {text!r}")
-    return left, right
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 CHANNELS_HELP = ("files with more than two channels: the 0-based channels to use as left and "
@@ -287,7 +285,6 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .errors import ConfigError
     from .model import train_model
 
     ignored = [option for option, given in (("--baselines", args.baselines),
@@ -326,7 +323,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .errors import ConfigError
     from .model import Model, format_prediction, read_speakers_csv
 
     model = Model.load(args.model)

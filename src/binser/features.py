@@ -39,7 +39,6 @@ from .views import ALL_VIEWS, VIEWS, MonoInputWarning, binaural_views, silent_vi
 CACHE_FORMAT = "binser-segment-features-v4"  # bump when the feature computation changes
 FRAME_CACHE_FORMAT = "binser-frame-features-v3"   # v3: chunks of > 30 s files encoded alone
 SUB_BATCH = 16   # images per single-threaded work item (fixed: results never depend on threads)
-MEL_FRAMES_PER_S = 100   # Whisper log-Mel frames per second (10 ms hop)
 PROGRESS_MIN_S = 60.0    # encode_signals shows a bar when a signal is longer than this (s)
 
 
@@ -209,7 +208,7 @@ class SegmentFeatureExtractor:
         self.backbone.model.to(memory_format=torch.channels_last if self.channels_last
                                else torch.contiguous_format)
         batcher = _Batcher(self._features, self.batch_size, state.complete)
-        bar = self._bar = _progress_bar(len(paths), self.progress)
+        bar = self._bar = progress_bar(len(paths), self.progress)
         try:
             for index, path in enumerate(paths):
                 self._enqueue_file(index, path, state, batcher)
@@ -327,10 +326,11 @@ def _check_views(views: Sequence[str]) -> tuple[str, ...]:
     return views
 
 
-def _progress_bar(total: int, enabled: bool):
-    """tqdm bar over files (disabled when ``enabled`` is False)."""
+def progress_bar(total: float, enabled: bool, unit: str = "file", desc: str = "features"):
+    """A tqdm bar that disappears when done (disabled when ``enabled`` is False): the one
+    kind of bar of feature extraction, encoding and timelines."""
     from tqdm.auto import tqdm
-    return tqdm(total=total, unit="file", desc="features", disable=not enabled, leave=False)
+    return tqdm(total=total, unit=unit, desc=desc, disable=not enabled, leave=False)
 
 
 # --------------------------------------------------------------------------------------
@@ -396,7 +396,7 @@ class FrameFeatureExtractor:
         results = {layer: {v: [None] * len(paths) for v in self.views} for layer in keep}
         self.n_computed, self.n_cached = 0, 0
         queue: list[tuple[int, Path, dict, list[str]]] = []
-        bar = _progress_bar(len(paths), self.progress)
+        bar = progress_bar(len(paths), self.progress)
         try:
             for index, path in enumerate(paths):
                 keys = self.keys(path)
@@ -497,16 +497,15 @@ def encode_signals(backbone, signals: Sequence[np.ndarray], layers: Sequence[int
     signals = list(signals)
     if backbone.device.type != "cpu":
         return backbone.encode(signals, layers)
+    from .backbones.whisper import HOP, SAMPLE_RATE
+
     mels = single_thread_map(backbone.mel_chunks, signals, num_threads)
     items = [(i, c) for i, chunks in enumerate(mels) for c in range(len(chunks))]
     items.sort(key=lambda ic: -mels[ic[0]][ic[1]].shape[1])      # longest first
-    seconds = {ic: mels[ic[0]][ic[1]].shape[1] / MEL_FRAMES_PER_S for ic in items}
-    total = sum(seconds.values())
-    from tqdm.auto import tqdm
-
-    longest = max((sum(m.shape[1] for m in chunks) for chunks in mels), default=0)
-    with tqdm(total=round(total, 1), unit="s", desc="encoding", leave=False,
-              disable=not progress or longest <= PROGRESS_MIN_S * MEL_FRAMES_PER_S) as bar:
+    seconds = {ic: mels[ic[0]][ic[1]].shape[1] * HOP / SAMPLE_RATE for ic in items}
+    longest = max((len(s) / SAMPLE_RATE for s in signals), default=0.0)
+    with progress_bar(round(sum(seconds.values()), 1), progress and longest > PROGRESS_MIN_S,
+                      unit="s", desc="encoding") as bar:
         done = single_thread_map(lambda ic: backbone.encode_chunk(mels[ic[0]][ic[1]], layers),
                                  items, num_threads,
                                  on_result=lambda ic: bar.update(round(seconds[ic], 1)))

@@ -231,10 +231,15 @@ def window_sample_spans(n_samples: int, sample_rate: int = 16000) -> list[tuple[
     at ``sample_rate`` (see the module docstring; one span per :func:`encoder_windows`)."""
     from .backbones.whisper import n_output_frames
 
-    per_frame = sample_rate // FRAMES_PER_S
-    hop, length = WINDOW_HOP * per_frame, WINDOW_FRAMES * per_frame
+    hop, length = window_hop_length(sample_rate)
     count = len(encoder_windows(n_output_frames(n_samples))) if n_samples > 0 else 0
     return [(k * hop, min(k * hop + length, n_samples)) for k in range(count)]
+
+
+def window_hop_length(sample_rate: int = 16000) -> tuple[int, int]:
+    """``(hop, length)`` in samples of the Whisper timeline windows (0.5 s, 1.0 s)."""
+    per_frame = sample_rate // FRAMES_PER_S
+    return WINDOW_HOP * per_frame, WINDOW_FRAMES * per_frame
 
 
 def backbone_family(backbone: Any) -> str:
@@ -437,7 +442,7 @@ class Model:
         uses the average-training-speaker fallback). Returns per clip ``{"silent",
         "silent_views", "label", "scores", "views"}``; a clip whose views are all silent
         has ``silent`` True, label None and empty scores. ``progress``: a bar over clips."""
-        from .features import clip_frames
+        from .features import clip_frames, progress_bar
 
         if self.family != "whisper":
             raise ConfigError("score_clips is for Whisper models; image-CNN models score "
@@ -447,7 +452,7 @@ class Model:
             speakers, stats = [str(i) for i in range(len(clips))], None
         backbone = self.backbones[self.views[0]]
         out: list[dict[str, Any]] = []
-        bar = _clip_bar(len(clips), progress)
+        bar = progress_bar(len(clips), progress, unit="window", desc="timeline")
         try:
             for s in range(0, len(clips), CLIP_BATCH):
                 part = clips[s:s + CLIP_BATCH]
@@ -1424,14 +1429,6 @@ def _TolerantFrameExtractor(*args: Any, **kwargs: Any):
 # --------------------------------------------------------------------------------------
 # training
 # --------------------------------------------------------------------------------------
-
-def _clip_bar(total: int, enabled: bool):
-    """A progress bar over timeline windows (silent when disabled)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="window", desc="timeline", disable=not enabled,
-                leave=False, dynamic_ncols=True)
-
 
 def _say(message: str, enabled: bool) -> None:
     if enabled:

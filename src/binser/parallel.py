@@ -15,6 +15,7 @@ intra-op threads (see RESULTS.md).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, TypeVar
@@ -56,15 +57,9 @@ def single_thread_map(fn: Callable[[T], R], items: Iterable[T], workers: int | N
     torch.set_num_threads(1)
     out: list[R] = []
     try:
-        if workers == 1:
-            results: Iterable[R] = map(fn, items)
-            for item, result in zip(items, results):
-                out.append(result)
-                if on_result is not None:
-                    on_result(item)
-            return out
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="binser-infer") as pool:
-            for item, result in zip(items, pool.map(fn, items)):
+        with (ThreadPoolExecutor(max_workers=workers, thread_name_prefix="binser-infer")
+              if workers > 1 else contextlib.nullcontext()) as pool:
+            for item, result in zip(items, pool.map(fn, items) if pool else map(fn, items)):
                 out.append(result)
                 if on_result is not None:
                     on_result(item)

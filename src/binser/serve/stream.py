@@ -133,10 +133,9 @@ class _Analyser:
         if not self.whisper and not self.cfg.center:
             raise ConfigError("streaming needs the centred log-Mel framing (center=True)")
         if self.whisper:
-            from ..model import FRAMES_PER_S, WINDOW_FRAMES, WINDOW_HOP
+            from ..model import window_hop_length
 
-            per_frame = self.sr // FRAMES_PER_S
-            self.hop, self.length = WINDOW_HOP * per_frame, WINDOW_FRAMES * per_frame
+            self.hop, self.length = window_hop_length(self.sr)
         else:
             self.hop = self.cfg.segment_hop * self.cfg.hop_length
             self.length = self.cfg.segment_frames * self.cfg.hop_length
