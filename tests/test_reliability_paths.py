@@ -212,18 +212,59 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _start_and_wait_for_workers(argv: list) -> tuple[subprocess.Popen, set[int]]:
+def _session(pid: int) -> set[int]:
+    """Live (not zombie) processes of the session led by ``pid``, other than ``pid``: every
+    descendant, also after it was re-parented (loky does not call setsid)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != pid:
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[4]) == pid and fields[0] != "Z":
+                found.add(int(entry.name))
+    return found
+
+
+def _start_and_wait_for_workers(argv: list, settle_s: float = 1.0, count: int = 2
+                                ) -> tuple[subprocess.Popen, set[int]]:
     process = subprocess.Popen([sys.executable, "-m", "binser", *map(str, argv)], env=ENV,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
         children = _children(process.pid)
-        if len(children) >= 2:   # loky workers (and their resource tracker): folds running
-            time.sleep(1.0)
+        if len(children) >= count:   # loky workers (and their resource tracker)
+            time.sleep(settle_s)
             return process, _children(process.pid) | children
-        time.sleep(0.1)
+        time.sleep(0.02)
     process.kill()
     pytest.fail("the classifier stage never started worker processes")
+
+
+def _reap(process: subprocess.Popen) -> None:
+    """Wait for the killed command (a survivor holding its stdout keeps the pipe open, so
+    do not wait for end-of-file)."""
+    process.wait(timeout=120)
+    for stream in (process.stdout, process.stderr):
+        stream.close()
+
+
+def _no_process_left(process: subprocess.Popen, seen: set[int], timeout: float = 60) -> None:
+    """Within ``timeout`` s (generous: a loaded 2-core machine), nothing of the command's
+    session is alive: no worker seen before the kill, none started while it happened."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and (_session(process.pid)
+                                      or any(_alive(pid) for pid in seen)):
+        time.sleep(0.2)
+    left = _session(process.pid) | {pid for pid in seen if _alive(pid)}
+    for pid in left:   # do not leave them behind for the next test
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    assert not left, f"processes survived the command: {sorted(left)}"
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
@@ -235,16 +276,50 @@ def test_no_worker_survives_the_command(how, corpus, tmp_path):
     before = {p.name: p.read_text() for p in out.iterdir()}
     process, children = _start_and_wait_for_workers(_experiment(corpus, out, cache))
     process.send_signal(getattr(signal, how))
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=120)
     if how == "SIGTERM":
         assert process.returncode == 143, stderr
         assert "Traceback" not in stderr and "terminated" in stderr.splitlines()[-1]
-    deadline = time.time() + 10
-    while time.time() < deadline and any(_alive(pid) for pid in children):
-        time.sleep(0.2)
-    assert not [pid for pid in children if _alive(pid)], "worker processes survived"
+    _no_process_left(process, children)
     assert {p.name: p.read_text() for p in out.iterdir()} == before   # untouched
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+def test_sigkill_as_the_first_worker_appears_leaves_no_process(corpus, tmp_path):
+    """SIGKILL the moment the first worker process exists (it has not run a task, and
+    maybe not finished starting): the workers watch their parent from their initializer,
+    so none of them (nor loky's resource tracker) outlives the command."""
+    process, children = _start_and_wait_for_workers(
+        _experiment(corpus, tmp_path / "out", tmp_path / "cache"), settle_s=0.0, count=1)
+    process.kill()
+    _reap(process)
+    _no_process_left(process, children)
+
+
+IDLE_WORKER = """
+import time
+from binser.executors import LocalExecutor
+print("go", flush=True)
+list(LocalExecutor().map_folds(time.sleep, [(120,)], 2))   # one task, two workers
+"""
+
+
+def test_a_worker_that_never_ran_a_task_dies_with_its_parent(tmp_path):
+    """Two fold workers, one task: the idle worker has run nothing when the parent is
+    SIGKILLed, yet it exits (watched from its initializer), and so does the resource
+    tracker; before, it idled on for loky's 300 s timeout."""
+    process = subprocess.Popen([sys.executable, "-c", IDLE_WORKER], env=ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(_children(process.pid)) < 2:
+        time.sleep(0.05)
+    time.sleep(2.0)                         # both workers started, one holds the task
+    seen = _children(process.pid)
+    assert len(seen) >= 2, process.communicate(timeout=30)
+    process.kill()
+    _reap(process)
+    _no_process_left(process, seen)
 
 
 # ------------------------------------------------------------------ predict and models

@@ -94,13 +94,13 @@ class LocalExecutor:
     def map_folds(self, fn: Callable[..., Any], calls: Sequence[tuple], n_jobs: int
                   ) -> Iterator[Any]:
         """``fn(*call)`` for each call in joblib worker processes, results in order."""
-        from joblib import Parallel, delayed
+        from joblib import delayed
 
-        from .workers import in_worker
+        from .workers import fold_parallel
 
-        return Parallel(n_jobs=n_jobs, return_as="generator")(
-            delayed(in_worker)(os.getpid(), fn, *call)   # workers exit if this process dies
-            for call in calls)
+        # every worker watches this process from its start (the pool's initializer)
+        return fold_parallel(n_jobs, return_as="generator")(delayed(fn)(*call)
+                                                            for call in calls)
 
 
 # --------------------------------------------------------------------------------------
