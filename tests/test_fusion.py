@@ -217,3 +217,89 @@ def test_bad_inputs():
              {"alpha": 0.5, "beta": 0.5})
     with pytest.raises(ConfigError, match="surprise"):
         select_weights({"left": left, "right": right}, ["anger", "surprise"], "left+right", CLASSES)
+
+
+# ----------------------------------------------------------------------------- rules as data
+
+
+@pytest.fixture
+def left_mono_rule():
+    """A test-only rule added in one place, the table: ``s = d*left + (1-d)*mono``."""
+    from binser.fusion import FusionRule, Stage, register_fusion, unregister_fusion
+
+    rule = register_fusion(FusionRule("left+mono", "Left, Mono",
+                                      (Stage("s", "delta", "left", "mono", "δ"),)))
+    yield rule.name
+    unregister_fusion(rule.name)
+
+
+def test_a_rule_added_to_the_table_reaches_fuse_search_and_report(left_mono_rule):
+    from binser.report import build_blocks
+    from binser.results import validate_results
+
+    left, mono, y = _planted_pair()          # only a weight of 0.3 gets both right
+    scores = {"left": left, "mono": mono}
+    assert FUSIONS[left_mono_rule] == ("left", "mono")
+    np.testing.assert_allclose(fuse(scores, left_mono_rule, {"delta": 0.25}),
+                               0.25 * left + 0.75 * mono)
+    assert select_weights(scores, y, left_mono_rule, CLASSES) == ({"delta": 0.3}, 1.0)
+    run = {"ua": 1.0, "wa": 1.0, "macro_f1": 1.0, "fold_ua": [1.0], "confusion": [[1, 0], [0, 1]],
+           "weights": {"delta": 0.3}}
+    results = {"dataset": "t", "protocol": "loso", "classes": CLASSES, "n_utterances": 2,
+               "backbone": "b", "mode": "frozen",
+               "runs": [{**run, "name": "score-fusion/left+mono", "selection": "nested"},
+                        {**run, "name": "feature-fusion/left+mono"}]}
+    assert validate_results(results) == []
+    tables = [b for b in build_blocks(results, {}) if b[0] == "table"]
+    rows = [row for table in tables for row in table[2] if row[0] == "Left, Mono"]
+    assert len(rows) == 2 and "δ=0.3" in rows[0]     # score- and feature-fusion tables
+
+
+def _three_view_rule(register_fusion, FusionRule, Stage):
+    """Two stages over three views with a non-convex combine: p*x + (1-p)**2 * y."""
+    return register_fusion(FusionRule(
+        "lr-then-mid", "L/R then Mid",
+        (Stage("t", "p", "left", "right"), Stage("u", "q", "t", "mid")),
+        combine=lambda w, x, y: w * x + (1 - w) ** 2 * y))
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+def test_a_new_two_stage_rule_matches_brute_force(search):
+    from binser.fusion import FusionRule, Stage, register_fusion, unregister_fusion
+
+    rule = _three_view_rule(register_fusion, FusionRule, Stage)
+    try:
+        scores, y, classes = _random_four_view(11)
+        names = np.asarray(classes)
+
+        def ua_at(**w):
+            return balanced_accuracy_score(y, names[fuse(scores, rule.name, w).argmax(1)])
+
+        def key(w, ua):   # best UA, then closest to equal weights, then smallest
+            return (-round(ua, 12), sum(abs(round(v * 10) - 5) for v in w.values()),
+                    tuple(w.values()))
+
+        if search == "joint":
+            grid = [{"p": p, "q": q} for p in GRID for q in GRID]
+            expected = min(((w, ua_at(**w)) for w in grid), key=lambda c: key(*c))
+        else:
+            pred_t = {p: balanced_accuracy_score(y, names[(p * scores["left"] + (1 - p) ** 2
+                                                          * scores["right"]).argmax(1)])
+                      for p in GRID}
+            p = min(GRID, key=lambda v: key({"p": v}, pred_t[v]))
+            expected = min((({"p": p, "q": q}, ua_at(p=p, q=q)) for q in GRID),
+                           key=lambda c: key({"q": c[0]["q"]}, c[1]))
+        weights, ua = select_weights(scores, y, rule.name, classes, search=search)
+        assert weights == expected[0] and ua == pytest.approx(expected[1], abs=1e-12)
+    finally:
+        unregister_fusion(rule.name)
+
+
+def test_malformed_rules_are_refused():
+    from binser.fusion import FusionRule, Stage, register_fusion
+
+    with pytest.raises(ConfigError, match="already exists"):
+        register_fusion(FusionRule("left+right", "x", (Stage("s", "w", "left", "right"),)))
+    with pytest.raises(ConfigError, match="before"):
+        register_fusion(FusionRule("bad", "x", (Stage("a", "w", "b", "left"),
+                                                Stage("b", "v", "a", "right"))))

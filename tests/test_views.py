@@ -208,3 +208,54 @@ def test_emovo_identical_and_spaced_pair(emovo_root):
     assert 0.2 < spaced["delay_ms"] < 0.8
     assert spaced["correlation_at_delay"] > 0.6
     assert spaced["correlation_at_delay"] > spaced["correlation"]
+
+
+# ----------------------------------------------------------------------------- views as data
+
+
+@pytest.fixture
+def halfdiff_view(monkeypatch):
+    """A test-only view registered in one place, the table: ``halfdiff = (L - R) / 4``,
+    checked for silence, not a default view."""
+    from binser.views import VIEW_DEFINITIONS, ViewSpec
+
+    spec = ViewSpec("halfdiff", lambda left, right, s: (left - right) / np.float32(4.0),
+                    can_be_silent=True)
+    monkeypatch.setitem(VIEW_DEFINITIONS, spec.name, spec)
+    return spec.name
+
+
+def test_a_view_added_to_the_table_is_computed_everywhere(halfdiff_view, tmp_path):
+    import soundfile as sf
+
+    from binser.config import FrontEndConfig
+    from binser.experiment import ExperimentSettings
+    from binser.features import file_images
+    from binser.runnames import RunName
+    from binser.spectrogram import utterance_images
+    from binser.views import all_views, default_views, file_silent_views
+
+    audio = np.array([[1.0, 2.0, -3.0], [0.5, -2.0, 1.0]], np.float32)
+    assert binaural_views(audio)[halfdiff_view].tolist() == [0.125, 1.0, -1.0]   # by hand
+    assert halfdiff_view in all_views() and halfdiff_view not in default_views()
+    # the study accepts it, and a run of it is a contract run name
+    ExperimentSettings(dataset="folder", root=str(tmp_path),
+                       views=("left", halfdiff_view)).validate()
+    assert RunName.parse(f"{halfdiff_view}/stats") == RunName.single(halfdiff_view, "stats")
+    # the front end computes its images from the decoded file
+    stereo = noise(n=SR, seed=4)
+    sf.write(tmp_path / "x.wav", stereo.T, SR, subtype="FLOAT")
+    images = file_images(tmp_path / "x.wav", ["left", halfdiff_view])
+    reference = utterance_images((stereo[0] - stereo[1]) / np.float32(4.0), FrontEndConfig())
+    np.testing.assert_array_equal(images[halfdiff_view], reference)
+    # and checks it for silence: identical channels leave it with no signal
+    assert halfdiff_view in file_silent_views(binaural_views(np.stack([stereo[0]] * 2)))
+
+
+def test_unknown_view_is_refused_with_the_table_names():
+    from binser.experiment import ExperimentSettings
+
+    from binser.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="choose from left right mid side mono"):
+        ExperimentSettings(dataset="folder", root=".", views=("left", "centre")).validate()

@@ -38,7 +38,7 @@ from .audio import audio_info, load_audio
 from .config import FrontEndConfig
 from .errors import AudioError, BinserError, ConfigError
 from .features import FeatureCache, file_sha256
-from .views import ALL_VIEWS, binaural_views
+from .views import all_views, binaural_views, unknown_views
 
 #: binser's set name (as in run names ``opensmile/<set>``) -> ``opensmile.FeatureSet`` member.
 OPENSMILE_SETS: dict[str, str] = {
@@ -81,9 +81,10 @@ def check_feature_set(feature_set: str) -> str:
 
 
 def check_view(view: str) -> str:
-    """``view`` if it is one of ``left right mid side mono``, else :class:`ConfigError`."""
-    if view not in ALL_VIEWS:
-        raise ConfigError(f"unknown view {view!r}; choose from {', '.join(ALL_VIEWS)}")
+    """``view`` if it is a view of :mod:`binser.views` (``left right mid side mono``), else
+    :class:`ConfigError`."""
+    if unknown_views([view]):
+        raise ConfigError(f"unknown view {view!r}; choose from {', '.join(all_views())}")
     return view
 
 
@@ -100,7 +101,7 @@ def parse_baseline_run_name(name: str) -> tuple[str, str]:
     rest = name[len(prefix):] if name.startswith(prefix) else ""
     feature_set, _, view = rest.partition("-")
     view = view or DEFAULT_VIEW
-    if (feature_set not in OPENSMILE_SETS or view not in ALL_VIEWS
+    if (feature_set not in OPENSMILE_SETS or unknown_views([view])
             or baseline_run_name(feature_set, view) != name):
         raise ConfigError(f"not an openSMILE baseline run name: {name!r}")
     return feature_set, view

@@ -34,7 +34,8 @@ from .cache import HASH_CHUNK, CacheWarning, FeatureCache, file_sha256  # noqa: 
 from .config import FrontEndConfig
 from .errors import ConfigError
 from .spectrogram import views_images
-from .views import ALL_VIEWS, VIEWS, MonoInputWarning, binaural_views, silent_views
+from .views import (VIEWS, MonoInputWarning, all_views, binaural_views, file_silent_views,
+                    unknown_views)
 
 CACHE_FORMAT = "binser-segment-features-v4"  # bump when the feature computation changes
 FRAME_CACHE_FORMAT = "binser-frame-features-v3"   # v3: chunks of > 30 s files encoded alone
@@ -132,7 +133,7 @@ def file_views(path: str | Path, config: FrontEndConfig = FrontEndConfig()
     audio = load_audio(path, sr=config.sample_rate, channels=config.channels,
                        max_duration_s=config.max_duration_s)
     signals = binaural_views(audio, config.side_scale, path)
-    return signals, silent_views({v: signals[v] for v in VIEWS})
+    return signals, file_silent_views(signals)
 
 
 def file_images(path: str | Path, views: Sequence[str],
@@ -317,11 +318,11 @@ class _RunState:
 
 
 def _check_views(views: Sequence[str]) -> tuple[str, ...]:
-    """Validate a non-empty, duplicate-free subset of ALL_VIEWS."""
+    """Validate a non-empty, duplicate-free subset of the views (:mod:`binser.views`)."""
     views = tuple(views)
-    unknown = [v for v in views if v not in ALL_VIEWS]
+    unknown = unknown_views(views)
     if not views or unknown or len(set(views)) != len(views):
-        raise ConfigError(f"views must be distinct names from {', '.join(ALL_VIEWS)}; "
+        raise ConfigError(f"views must be distinct names from {', '.join(all_views())}; "
                           f"got {', '.join(views) or 'none'}")
     return views
 
@@ -536,7 +537,7 @@ def clip_frames(backbone, clips: Sequence[np.ndarray], views: Sequence[str], lay
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", MonoInputWarning)
             signals_i = binaural_views(np.asarray(clip, np.float32), config.side_scale)
-        silent = silent_views({v: signals_i[v] for v in VIEWS})
+        silent = file_silent_views(signals_i)
         out.append({v: empty for v in views})
         for v in views:
             if v not in silent:

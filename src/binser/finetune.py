@@ -343,12 +343,12 @@ def load_view_images(paths: Sequence[str | Path], views: Sequence[str],
     from .spectrogram import views_images
     from .views import binaural_views
 
-    from .views import ALL_VIEWS
+    from .views import all_views, unknown_views
 
     views = list(views)
-    unknown = [v for v in views if v not in ALL_VIEWS]
+    unknown = unknown_views(views)
     if not views or unknown:
-        raise ConfigError(f"views must be among {', '.join(ALL_VIEWS)}; got "
+        raise ConfigError(f"views must be among {', '.join(all_views())}; got "
                           f"{', '.join(views) or 'none'}")
     out: dict[str, list[np.ndarray]] = {v: [] for v in views}
     for path in tqdm(list(paths), desc="images", unit="file", disable=not progress,

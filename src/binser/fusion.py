@@ -1,38 +1,54 @@
-"""Two-stage score-level fusion of the binaural views (SPEC step 9, paper eqs. 8-10).
+"""Score-level fusion of the binaural views: the paper's two-stage fusion (docs/METHOD.md
+section 7, eqs. 8-10) and its weight search, with every fusion rule one entry of a table.
 
 Scores are ``(N, K)`` arrays per view whose columns follow one shared ``classes`` order and
 which are comparable across views (calibrated probabilities from
 :class:`binser.classifier.ViewClassifier`).
 
-* ``s1 = a*s_left + (1-a)*s_right``                 (eq. 8, weight ``alpha``)
-* ``s2 = b*s_mid + (1-b)*s_side``                   (eq. 9, weight ``beta``)
-* ``s  = g*s1 + (1-g)*s2``                          (eq. 10, weight ``gamma``)
+A fusion rule (:class:`FusionRule`, table :data:`FUSION_RULES`) is a sequence of stages
+(:class:`Stage`); each stage combines two operands (views, or the outputs of earlier stages)
+with one weight ``w`` through the rule's ``combine`` function, by default the convex
+combination ``w*x + (1-w)*y``; the last stage's output is the fused score. The member views,
+the weight names (in stage order), the report's title and the weight symbols all come from
+the table, and :func:`fuse`, :func:`select_weights`, :data:`FUSIONS` and
+:func:`fusion_titles` derive from it, so a new rule is one :func:`register_fusion` call. The
+built-in rules:
+
+* ``left+right``:           ``s1 = a*s_left + (1-a)*s_right``      (eq. 8, weight ``alpha``)
+* ``mid+side``:             ``s2 = b*s_mid + (1-b)*s_side``        (eq. 9, weight ``beta``)
+* ``left+right+mid+side``:  eqs. 8 and 9, then ``s = g*s1 + (1-g)*s2`` (eq. 10, weight
+  ``gamma``; the paper's and the report's lambda, kept as ``gamma`` in ``results.json`` and
+  model files so that existing readers keep working)
 
 Weights take values on :data:`GRID` (0.0, 0.1, ..., 1.0). The criterion is UA (unweighted
 average recall of the arg-max class over the classes present in ``y``). Ties (UA within 1e-12
 of the best among the candidates searched) are broken deterministically: first prefer the
 weights closest to equal weighting, measured as the sum over the searched weights of
 ``|w - 0.5|`` in grid steps; then the lexicographically smallest tuple of the searched weights,
-in the order ``(alpha, beta, gamma)``. The arg-max over classes breaks its own ties towards the
-first class in ``classes``.
+in the rule's weight order (``(alpha, beta, gamma)``). The arg-max over classes breaks its own
+ties towards the first class in ``classes``.
 
-The two-view fusions (``left+right``: ``alpha``; ``mid+side``: ``beta``) search their one
-weight over the 11 grid values. The four-view fusion ``left+right+mid+side`` has two searches
-(:data:`SEARCHES`):
+A rule with one stage (``left+right``: ``alpha``; ``mid+side``: ``beta``) searches its one
+weight over the 11 grid values. A rule with several stages (``left+right+mid+side``) has two
+searches (:data:`SEARCHES`):
 
-* ``staged`` (default; the paper's two stages): ``alpha`` is the ``left+right`` choice on its
-  own (UA of eq. 8 alone), ``beta`` is the ``mid+side`` choice on its own (eq. 9 alone), then
-  ``gamma`` is searched over the 11 grid values with ``alpha`` and ``beta`` fixed (UA of eq.
-  10; ties by the rule above applied to ``gamma`` alone). 3 x 11 candidates.
+* ``staged`` (default; the paper's two stages): each stage's weight is chosen in stage order
+  on the UA of that stage's output alone, the earlier weights fixed: ``alpha`` is the
+  ``left+right`` choice on its own (UA of eq. 8 alone), ``beta`` is the ``mid+side`` choice on
+  its own (eq. 9 alone), then ``gamma`` is searched over the 11 grid values with ``alpha`` and
+  ``beta`` fixed (UA of eq. 10; ties by the rule above applied to ``gamma`` alone). 3 x 11
+  candidates.
 * ``joint``: all 11^3 ``(alpha, beta, gamma)`` searched together on the UA of eq. 10; ties by
   the rule above over all three weights.
 
-Either way the reported UA is the UA of eq. 10 at the chosen weights. ``joint`` reaches at
-least the staged UA on the data it searches, but may pick a different ``(alpha, beta)``.
+Either way the reported UA is the UA of the last stage at the chosen weights. ``joint``
+reaches at least the staged UA on the data it searches, but may pick a different
+``(alpha, beta)``.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -40,34 +56,134 @@ from .errors import ConfigError
 
 GRID = tuple(round(0.1 * i, 1) for i in range(11))
 SEARCHES = ("staged", "joint")
-FUSIONS: dict[str, tuple[str, ...]] = {
-    "left+right": ("left", "right"),
-    "mid+side": ("mid", "side"),
-    "left+right+mid+side": ("left", "right", "mid", "side"),
-}
-# Which weights each fusion searches, in tie-break (lexicographic) order.
-_WEIGHT_NAMES = {
-    "left+right": ("alpha",),
-    "mid+side": ("beta",),
-    "left+right+mid+side": ("alpha", "beta", "gamma"),
-}
+
+# combine(w, first, second) -> the stage's output; arrays broadcast (grid axes lead)
+Combine = Callable[[float, np.ndarray, np.ndarray], np.ndarray]
+
+
+def convex(w: float, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """``w*first + (1-w)*second``: eqs. 8, 9 and 10."""
+    return w * first + (1 - w) * second
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a fusion rule: ``output = combine(weight, first, second)``.
+
+    ``first``/``second``: a view name or the ``output`` of an earlier stage. ``weight``: the
+    weight's key in ``weights`` dicts and ``results.json``; ``symbol``: how the report shows it.
+    """
+    output: str
+    weight: str
+    first: str
+    second: str
+    symbol: str = ""
+
+
+@dataclass(frozen=True)
+class FusionRule:
+    """A score-level fusion rule: ``name`` (as in run names ``score-fusion/<name>``),
+    ``title`` (the report's row title), ``stages`` (in evaluation order; the last one's output
+    is the fused score) and ``combine`` (see :class:`Stage`)."""
+    name: str
+    title: str
+    stages: tuple[Stage, ...]
+    combine: Combine = convex
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        """The member views, in the order the stages first use them."""
+        outputs = {st.output for st in self.stages}
+        seen: list[str] = []
+        for st in self.stages:
+            seen += [op for op in (st.first, st.second) if op not in outputs and op not in seen]
+        return tuple(seen)
+
+    @property
+    def weights(self) -> tuple[str, ...]:
+        """The weight names, in stage order (the tie-break order)."""
+        return tuple(st.weight for st in self.stages)
+
+    def check(self) -> None:
+        """ConfigError unless every operand is a view or an earlier output, output and weight
+        names are unique and every stage but the last feeds exactly one later stage."""
+        outputs: list[str] = []
+        for st in self.stages:
+            if st.output in outputs or st.weight in self.weights[:len(outputs)]:
+                raise ConfigError(f"fusion rule {self.name}: stage {st.output} reuses a name")
+            outputs.append(st.output)
+        used = [op for st in self.stages for op in (st.first, st.second)]
+        if not self.stages or any(used.count(o) != 1 for o in outputs[:-1]):
+            raise ConfigError(f"fusion rule {self.name}: every stage but the last must feed "
+                              "exactly one later stage")
+        for i, st in enumerate(self.stages):
+            late = [op for op in (st.first, st.second) if op in outputs[i:]]
+            if late:
+                raise ConfigError(f"fusion rule {self.name}: {st.output} uses {late[0]} before "
+                                  "it is computed")
+
+
+FUSION_RULES: dict[str, FusionRule] = {}
+FUSIONS: dict[str, tuple[str, ...]] = {}   # rule name -> member views (derived, kept in step)
+
+
+def register_fusion(rule: FusionRule) -> FusionRule:
+    """Add ``rule`` to :data:`FUSION_RULES` (and :data:`FUSIONS`); ConfigError if the name
+    is taken or the rule is malformed (:meth:`FusionRule.check`)."""
+    if rule.name in FUSION_RULES:
+        raise ConfigError(f"fusion rule {rule.name!r} already exists")
+    rule.check()
+    FUSION_RULES[rule.name] = rule
+    FUSIONS[rule.name] = rule.views
+    return rule
+
+
+def unregister_fusion(name: str) -> None:
+    """Remove a rule added by :func:`register_fusion` (tests, plug-ins)."""
+    FUSION_RULES.pop(name, None)
+    FUSIONS.pop(name, None)
+
+
+def fusion_titles() -> dict[str, str]:
+    """Rule name -> the report's row title, in table order."""
+    return {name: rule.title for name, rule in FUSION_RULES.items()}
+
+
+def weight_symbols() -> dict[str, str]:
+    """Weight name -> the symbol the report shows (``gamma`` -> ``λ``)."""
+    return {st.weight: st.symbol or st.weight for rule in FUSION_RULES.values()
+            for st in rule.stages}
+
+
+_ALPHA = Stage("s1", "alpha", "left", "right", "α")    # eq. 8
+_BETA = Stage("s2", "beta", "mid", "side", "β")        # eq. 9
+register_fusion(FusionRule("left+right", "Left, Right", (_ALPHA,)))
+register_fusion(FusionRule("mid+side", "Mid, Side", (_BETA,)))
+register_fusion(FusionRule("left+right+mid+side", "Left, Right, Mid, Side",
+                           (_ALPHA, _BETA, Stage("s", "gamma", "s1", "s2", "λ"))))  # eq. 10
 _UA_TIE_TOL = 1e-12
 _CHUNK_VALUES = 4_000_000  # fused score values held at once during the grid search
 
 
 def two_stage_fusion(s_left: np.ndarray, s_right: np.ndarray, s_mid: np.ndarray,
                      s_side: np.ndarray, a: float, b: float, g: float) -> np.ndarray:
-    """Eqs. 8-10 on ``(N, K)`` score arrays; returns ``g*s1 + (1-g)*s2`` as ``(N, K)``."""
+    """Eqs. 8-10 on ``(N, K)`` score arrays; returns ``g*s1 + (1-g)*s2`` as ``(N, K)``
+    (``fuse(scores, "left+right+mid+side", {"alpha": a, "beta": b, "gamma": g})``)."""
     s1 = a * np.asarray(s_left) + (1 - a) * np.asarray(s_right)
     s2 = b * np.asarray(s_mid) + (1 - b) * np.asarray(s_side)
     return g * s1 + (1 - g) * s2
 
 
+def _rule(fusion_name: str) -> FusionRule:
+    if fusion_name not in FUSION_RULES:
+        raise ConfigError(f"unknown fusion {fusion_name!r}; choose one of "
+                          f"{', '.join(FUSION_RULES)}")
+    return FUSION_RULES[fusion_name]
+
+
 def _check_fusion(fusion_name: str, scores: Mapping[str, np.ndarray]) -> tuple[str, ...]:
     """The views of ``fusion_name``; raise ConfigError if unknown or if scores lack a view."""
-    if fusion_name not in FUSIONS:
-        raise ConfigError(f"unknown fusion {fusion_name!r}; choose one of {', '.join(FUSIONS)}")
-    views = FUSIONS[fusion_name]
+    views = _rule(fusion_name).views
     missing = [v for v in views if v not in scores]
     if missing:
         raise ConfigError(f"fusion {fusion_name} needs scores for view(s) {', '.join(missing)}")
@@ -78,23 +194,23 @@ def _check_fusion(fusion_name: str, scores: Mapping[str, np.ndarray]) -> tuple[s
     return views
 
 
+def _as_float64(scores: Mapping[str, np.ndarray], views: Sequence[str]) -> dict[str, np.ndarray]:
+    return {v: np.asarray(scores[v], dtype=np.float64) for v in views}
+
+
 def fuse(scores: Mapping[str, np.ndarray], fusion_name: str,
          weights: Mapping[str, float]) -> np.ndarray:
-    """Fuse per-view ``(N, K)`` scores with ``weights`` (keys as in :func:`select_weights`)."""
-    _check_fusion(fusion_name, scores)
-    needed = _WEIGHT_NAMES[fusion_name]
-    missing = [w for w in needed if w not in weights]
+    """Fuse per-view ``(N, K)`` scores with ``weights`` (keys as in :func:`select_weights`):
+    the rule's stages in order, in float64 -> ``(N, K)``."""
+    views = _check_fusion(fusion_name, scores)
+    rule = FUSION_RULES[fusion_name]
+    missing = [w for w in rule.weights if w not in weights]
     if missing:
         raise ConfigError(f"fusion {fusion_name} needs weight(s) {', '.join(missing)}")
-    s = {v: np.asarray(x, dtype=np.float64) for v, x in scores.items()}
-    if fusion_name == "left+right":
-        a = weights["alpha"]
-        return a * s["left"] + (1 - a) * s["right"]
-    if fusion_name == "mid+side":
-        b = weights["beta"]
-        return b * s["mid"] + (1 - b) * s["side"]
-    return two_stage_fusion(s["left"], s["right"], s["mid"], s["side"],
-                            weights["alpha"], weights["beta"], weights["gamma"])
+    s = _as_float64(scores, views)
+    for st in rule.stages:
+        s[st.output] = rule.combine(weights[st.weight], s[st.first], s[st.second])
+    return s[rule.stages[-1].output]
 
 
 def _label_codes(y: Sequence, classes: Sequence) -> np.ndarray:
@@ -112,29 +228,48 @@ def _ua_of_predictions(pred: np.ndarray, codes: np.ndarray) -> np.ndarray:
     return np.mean(recalls, axis=0)
 
 
-def _pair_candidates(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """``w*first + (1-w)*second`` for every ``w`` in GRID -> ``(11, N, K)``."""
-    return np.stack([w * first + (1 - w) * second for w in GRID])
+def _pair_candidates(rule: FusionRule, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """``combine(w, first, second)`` for every ``w`` in GRID -> ``(11, N, K)``."""
+    return np.stack([rule.combine(w, first, second) for w in GRID])
+
+
+def _operand_grid(rule: FusionRule, s: Mapping[str, np.ndarray], name: str
+                  ) -> tuple[np.ndarray, tuple[str, ...]]:
+    """A view's scores ``((N, K), ())``, or an earlier stage's output at every grid point
+    of the weights it depends on: ``((11,)*len(deps) + (N, K), deps)``."""
+    for index, st in enumerate(rule.stages):
+        if st.output == name:
+            (x, dx), (y, dy) = (_operand_grid(rule, s, st.first),
+                                _operand_grid(rule, s, st.second))
+            x = x.reshape(x.shape[:-2] + (1,) * len(dy) + x.shape[-2:])
+            y = y.reshape((1,) * len(dx) + y.shape)
+            out = np.stack([rule.combine(w, x, y) for w in GRID], axis=len(dx) + len(dy))
+            return out, dx + dy + (st.weight,)
+    return s[name], ()
 
 
 def _grid_ua(scores: Mapping[str, np.ndarray], fusion_name: str, codes: np.ndarray) -> np.ndarray:
-    """UA for every grid point: shape ``(11,)`` for pairs, ``(11, 11, 11)`` as [a, b, g]."""
-    s = {v: np.asarray(x, dtype=np.float64) for v, x in scores.items()}
-    if fusion_name == "left+right":
-        return _ua_of_predictions(_pair_candidates(s["left"], s["right"]).argmax(-1), codes)
-    if fusion_name == "mid+side":
-        return _ua_of_predictions(_pair_candidates(s["mid"], s["side"]).argmax(-1), codes)
-    s1 = _pair_candidates(s["left"], s["right"])   # (11a, N, K), same arithmetic as eq. 8
-    s2 = _pair_candidates(s["mid"], s["side"])     # (11b, N, K), eq. 9
-    n, k = s1.shape[1:]
-    rows = max(1, _CHUNK_VALUES // (11 * n * k))   # alpha values per chunk
-    ua = np.empty((11, 11, 11))
+    """UA at every grid point of the rule's weights: one axis of 11 per weight, in the rule's
+    weight order (``(11,)`` for pairs, ``(11, 11, 11)`` as [alpha, beta, gamma]).
+
+    The last stage's operands are computed at every grid point of their own weights; the
+    last stage itself is evaluated in chunks of at most ``_CHUNK_VALUES`` fused values."""
+    rule = FUSION_RULES[fusion_name]
+    s = _as_float64(scores, rule.views)
+    last = rule.stages[-1]
+    (x, dx), (y, dy) = _operand_grid(rule, s, last.first), _operand_grid(rule, s, last.second)
+    n, k = x.shape[-2:]
+    x, y = x.reshape(-1, n, k), y.reshape(-1, n, k)
+    rows = max(1, _CHUNK_VALUES // (len(y) * n * k))   # first-operand grid points per chunk
+    ua = np.empty((len(x), len(y), len(GRID)))
     for gi, g in enumerate(GRID):
-        for start in range(0, 11, rows):
-            fused = g * s1[start:start + rows, None] + (1 - g) * s2[None]   # (ra, 11b, N, K)
+        for start in range(0, len(x), rows):
+            fused = rule.combine(g, x[start:start + rows, None], y[None])   # (r, ny, N, K)
             pred = fused.argmax(-1).reshape(-1, n)
-            ua[start:start + rows, :, gi] = _ua_of_predictions(pred, codes).reshape(-1, 11)
-    return ua
+            ua[start:start + rows, :, gi] = _ua_of_predictions(pred, codes).reshape(-1, len(y))
+    names = dx + dy + (last.weight,)
+    ua = ua.reshape((len(GRID),) * len(names))
+    return ua.transpose([names.index(w) for w in rule.weights])
 
 
 def _tie_break(ua: np.ndarray) -> tuple[int, ...]:
@@ -145,18 +280,21 @@ def _tie_break(ua: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in ties[min(range(len(ties)), key=key.__getitem__)])
 
 
-def _staged_search(scores: Mapping[str, np.ndarray], codes: np.ndarray
-                   ) -> tuple[tuple[int, int, int], float]:
-    """Grid indices ``(alpha, beta, gamma)`` of the staged search and the UA they reach."""
-    (ia,) = _tie_break(_grid_ua(scores, "left+right", codes))
-    (ib,) = _tie_break(_grid_ua(scores, "mid+side", codes))
-    s = {v: np.asarray(scores[v], dtype=np.float64) for v in FUSIONS["left+right+mid+side"]}
-    a, b = GRID[ia], GRID[ib]
-    s1 = a * s["left"] + (1 - a) * s["right"]          # same arithmetic as eq. 8 in fuse
-    s2 = b * s["mid"] + (1 - b) * s["side"]
-    ua = _ua_of_predictions(_pair_candidates(s1, s2).argmax(-1), codes)     # (11g,)
-    (ig,) = _tie_break(ua)
-    return (ia, ib, ig), float(ua[ig])
+def _staged_search(scores: Mapping[str, np.ndarray], fusion_name: str, codes: np.ndarray
+                   ) -> tuple[tuple[int, ...], float]:
+    """Grid indices of the staged search (one per weight, in the rule's order) and the UA
+    the last stage reaches: each stage's weight chosen on the UA of its output alone, the
+    earlier stages fixed at their choices."""
+    rule = FUSION_RULES[fusion_name]
+    s = _as_float64(scores, rule.views)
+    chosen: dict[str, int] = {}
+    ua = np.empty(0)
+    for st in rule.stages:
+        ua = _ua_of_predictions(_pair_candidates(rule, s[st.first], s[st.second]).argmax(-1),
+                                codes)
+        (chosen[st.weight],) = _tie_break(ua)
+        s[st.output] = rule.combine(GRID[chosen[st.weight]], s[st.first], s[st.second])
+    return tuple(chosen[w] for w in rule.weights), float(ua[chosen[rule.stages[-1].weight]])
 
 
 def select_weights(scores: Mapping[str, np.ndarray], y: Sequence, fusion_name: str,
@@ -165,9 +303,10 @@ def select_weights(scores: Mapping[str, np.ndarray], y: Sequence, fusion_name: s
 
     ``scores``: view -> ``(N, K)`` with columns in ``classes`` order; ``y``: ``N`` labels.
     ``search``: ``"staged"`` or ``"joint"`` (:data:`SEARCHES`; they differ only for the four
-    views). Returns ``(weights, ua)``; ``weights`` has ``alpha`` (left+right), ``beta``
-    (mid+side) or all of ``alpha, beta, gamma`` (four views); ``ua`` is the UA at those
-    weights. Searches and ties: see the module docstring.
+    views). Returns ``(weights, ua)``; ``weights`` has the rule's weight names
+    (:attr:`FusionRule.weights`: ``alpha`` for left+right, ``beta`` for mid+side, all of
+    ``alpha, beta, gamma`` for the four views); ``ua`` is the UA at those weights. Searches
+    and ties: see the module docstring.
     """
     if search not in SEARCHES:
         raise ConfigError(f"unknown weight search {search!r}; choose one of {', '.join(SEARCHES)}")
@@ -178,9 +317,9 @@ def select_weights(scores: Mapping[str, np.ndarray], y: Sequence, fusion_name: s
     if np.shape(scores[FUSIONS[fusion_name][0]]) != (len(codes), len(classes)):
         raise ConfigError(f"scores of shape {np.shape(scores[FUSIONS[fusion_name][0]])} do not "
                           f"match {len(codes)} labels and {len(classes)} classes")
-    names = _WEIGHT_NAMES[fusion_name]
-    if search == "staged" and len(names) == 3:
-        chosen, best = _staged_search(scores, codes)
+    names = FUSION_RULES[fusion_name].weights
+    if search == "staged" and len(names) > 1:
+        chosen, best = _staged_search(scores, fusion_name, codes)
     else:
         ua = _grid_ua(scores, fusion_name, codes)
         chosen = _tie_break(ua)

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .config import FrontEndConfig  # noqa: E402
+from .views import VIEWS  # noqa: E402
 
 VIEW_TITLES = {"left": "Left (L)", "right": "Right (R)", "mid": "Mid (M = L + R)",
                "side": "Side (S = L - R)", "mono": "Mono ((L + R) / 2)"}
@@ -25,7 +26,7 @@ def plot_views_spectrogram(views_logmel: dict[str, np.ndarray], out_png: str | P
     All panels share one colour scale (the 1st-99.9th percentile of the non-floor values) so
     that level differences between views, e.g. a weak Side view, stay visible.
     """
-    names = [v for v in ("left", "right", "mid", "side") if v in views_logmel]
+    names = [v for v in VIEWS if v in views_logmel]
     stack = np.concatenate([views_logmel[v].ravel() for v in names])
     finite = stack[stack > 10 * np.log10(config.power_floor) + 1e-3]
     vmax = float(np.percentile(finite, 99.9)) if finite.size else 0.0

@@ -1,16 +1,19 @@
-"""The ``results.json`` contract (SPEC, "What it must produce") and its validator."""
+"""The ``results.json`` contract and its validator.
+
+Top-level fields :data:`TOP_LEVEL`; every entry of ``runs`` has :data:`RUN_FIELDS`, a name of
+the run-name grammar (:class:`binser.runnames.RunName`: views, poolings and fusion rules from
+their tables), fractions in 0..1, a K x K confusion matrix that counts ``n_utterances``; a
+``speaker-norm:`` run carries ``speaker_norm = true``; a score fusion carries ``selection``
+(``nested``, or ``oracle`` for ``@oracle``) and ``weights``. See docs/METHOD.md section 9.
+"""
 from __future__ import annotations
 
 import re
 from typing import Any
 
-SINGLE_VIEW = re.compile(r"^(left|right|mid|side|mono)/"
-                         r"(global-max|global-avg|block-max|block-avg|stats|block-stats)$")
-BEST_VIEW = re.compile(r"^best-view$")
-NORM_PREFIX = "speaker-norm:"
-SCORE_FUSION = re.compile(r"^score-fusion/(left\+right|mid\+side|left\+right\+mid\+side)(@oracle)?$")
-FEATURE_FUSION = re.compile(r"^feature-fusion/(left\+right|mid\+side|left\+right\+mid\+side)$")
-BASELINE = re.compile(r"^opensmile/[A-Za-z0-9_.-]+$")
+from .runnames import NORM_PREFIX, RunName
+
+BASELINE = re.compile(r"^opensmile/[A-Za-z0-9_.-]+$")   # the baseline run names
 TOP_LEVEL = ("dataset", "protocol", "classes", "n_utterances", "backbone", "mode", "runs")
 RUN_FIELDS = ("name", "ua", "wa", "macro_f1", "fold_ua", "confusion")
 
@@ -31,12 +34,10 @@ def validate_results(results: dict[str, Any]) -> list[str]:
         problems += [f"{name}: missing {key!r}" for key in RUN_FIELDS if key not in run]
         if any(key not in run for key in RUN_FIELDS):
             continue
-        normalised = name.startswith(NORM_PREFIX)
-        base = name[len(NORM_PREFIX):] if normalised else name
-        if not any(p.match(base) for p in (SINGLE_VIEW, BEST_VIEW, SCORE_FUSION, FEATURE_FUSION,
-                                           BASELINE)):
+        parsed = RunName.parse(name) if RunName.is_valid(name) else None
+        if parsed is None:
             problems.append(f"{name}: not a contract run name")
-        if normalised and run.get("speaker_norm") is not True:
+        if name.startswith(NORM_PREFIX) and run.get("speaker_norm") is not True:
             problems.append(f"{name}: a speaker-norm: run must carry speaker_norm = true")
         for key in ("ua", "wa", "macro_f1"):
             if not _is_fraction(run[key]):
@@ -49,8 +50,8 @@ def validate_results(results: dict[str, Any]) -> list[str]:
         elif sum(map(sum, confusion)) != results["n_utterances"]:
             problems.append(f"{name}: confusion counts {sum(map(sum, confusion))} utterances, "
                             f"not n_utterances = {results['n_utterances']}")
-        if SCORE_FUSION.match(base):
-            selection = "oracle" if name.endswith("@oracle") else "nested"
+        if parsed is not None and parsed.kind == "score-fusion":
+            selection = "oracle" if parsed.oracle else "nested"
             if run.get("selection") != selection:
                 problems.append(f"{name}: selection should be {selection!r}")
             if "weights" not in run:

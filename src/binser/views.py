@@ -1,13 +1,21 @@
 """Binaural views of a stereo signal, and channel statistics for ``binser inspect``.
 
+Every view is one entry of :data:`VIEW_DEFINITIONS` (a :class:`ViewSpec`): its name, how it is
+computed from the two channels, whether it is checked for silence and whether it is one of
+the study's default views. Everything that lists views (:data:`VIEWS`, :data:`ALL_VIEWS`,
+:func:`binaural_views`, the checks of ``--views``, the report's tables, the results
+validator) derives from that table, so a new view is one entry (:func:`register_view`).
+
 Definitions (``L``, ``R``: the left and right channels, rows 0 and 1 of ``audio`` (C, N);
-``s``: ``side_scale``, the paper's ``s = 1``; ``s = 0.5`` gives the normalised sum/difference):
+``s``: ``side_scale``, the paper's ``s = 1``; ``s = 0.5`` gives the normalised sum/difference;
+docs/METHOD.md section 2, eqs. 1-2):
 
 * ``left  = L``
 * ``right = R``
 * ``mid   = s * (L + R)``
 * ``side  = s * (L - R)``
-* ``mono  = (L + R) / 2``  (the usual mono down-mix, independent of ``s``)
+* ``mono  = (L + R) / 2``  (the usual mono down-mix, independent of ``s``; not a default
+  study view and not checked for silence)
 
 All views are float32 arrays of shape ``(N,)``, computed in float32, so with ``s = 1`` (or any
 power of two) ``mid == left + right`` and ``side == left - right`` hold exactly.
@@ -21,20 +29,81 @@ Mono input (``C == 1`` or a 1-D array ``x``): a :class:`MonoInputWarning` is iss
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
 from .audio import channels_identical
-from .errors import AudioError
+from .errors import AudioError, ConfigError
 
-VIEWS = ("left", "right", "mid", "side")
-ALL_VIEWS = VIEWS + ("mono",)
+# (left (N,) float32, right (N,) float32, side_scale float32) -> view signal (N,) float32
+ViewFunction = Callable[[np.ndarray, np.ndarray, np.float32], np.ndarray]
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """One binaural view.
+
+    ``compute(left, right, scale)``: the view's ``(N,)`` float32 signal from the two
+    ``(N,)`` float32 channels and the float32 side scale ``s`` (it must not alias its
+    inputs). ``can_be_silent``: the view is checked for silence (:func:`silent_views`; a
+    silent view gets no features). ``silence_reference``: its level counts towards the
+    reference of that check (the loudest of these). ``default``: one of :data:`VIEWS`, the
+    study's default ``--views``.
+    """
+    name: str
+    compute: ViewFunction
+    can_be_silent: bool = True
+    silence_reference: bool = False
+    default: bool = False
+
+
+VIEW_DEFINITIONS: dict[str, ViewSpec] = {spec.name: spec for spec in (
+    ViewSpec("left", lambda left, right, s: left.copy(), True, True, True),
+    ViewSpec("right", lambda left, right, s: right.copy(), True, True, True),
+    ViewSpec("mid", lambda left, right, s: s * (left + right), True, True, True),
+    ViewSpec("side", lambda left, right, s: s * (left - right), True, False, True),
+    ViewSpec("mono", lambda left, right, s: (left + right) / np.float32(2.0), False, False,
+             False),
+)}
+
+# The built-in views (snapshots of the table at import; code that must see views registered
+# later calls all_views() / default_views() / silence_checked_views()).
+VIEWS = tuple(name for name, spec in VIEW_DEFINITIONS.items() if spec.default)
+ALL_VIEWS = tuple(VIEW_DEFINITIONS)
 SILENT_VIEW_DB = -40.0  # a view this far below the loudest of left/right/mid carries no signal
 
 _DBFS_FLOOR = 1e-10  # RMS floor (full scale = 1.0) so that silence reads -200 dBFS, not -inf
 MAX_AMPLITUDE = 1e15  # |sample| above this is not audio (float32 sums and spectra overflow)
+
+
+def register_view(spec: ViewSpec) -> None:
+    """Add ``spec`` to :data:`VIEW_DEFINITIONS` (a new name only; ConfigError otherwise)."""
+    if spec.name in VIEW_DEFINITIONS or not spec.name or "/" in spec.name or "+" in spec.name:
+        raise ConfigError(f"view name {spec.name!r} is taken or not a plain name")
+    VIEW_DEFINITIONS[spec.name] = spec
+
+
+def all_views() -> tuple[str, ...]:
+    """Every view name in the table now, in table order."""
+    return tuple(VIEW_DEFINITIONS)
+
+
+def default_views() -> tuple[str, ...]:
+    """The views a study computes when ``--views`` is not given."""
+    return tuple(name for name, spec in VIEW_DEFINITIONS.items() if spec.default)
+
+
+def silence_checked_views() -> tuple[str, ...]:
+    """The views :func:`file_silent_views` checks for silence."""
+    return tuple(name for name, spec in VIEW_DEFINITIONS.items() if spec.can_be_silent)
+
+
+def unknown_views(views) -> list[str]:
+    """The names in ``views`` that are not in the table."""
+    return [v for v in views if v not in VIEW_DEFINITIONS]
 
 
 class MonoInputWarning(UserWarning):
@@ -63,7 +132,8 @@ def _warn_mono(path: str | Path | None) -> None:
 
 def binaural_views(audio: np.ndarray, side_scale: float = 1.0,
                    path: str | Path | None = None) -> dict[str, np.ndarray]:
-    """The five views of ``audio`` (C, N) or (N,): ``{left, right, mid, side, mono}``, each (N,).
+    """Every view of :data:`VIEW_DEFINITIONS` of ``audio`` (C, N) or (N,), each (N,) float32
+    (built in: ``{left, right, mid, side, mono}``).
 
     See the module docstring for the definitions. ``path`` only names the file in the
     mono warning and in errors.
@@ -71,19 +141,9 @@ def binaural_views(audio: np.ndarray, side_scale: float = 1.0,
     audio = _as_channels(audio, path)
     if audio.shape[0] == 1:
         _warn_mono(path)
-        left = audio[0].copy()
-        right = audio[0].copy()
-    else:
-        left = audio[0].copy()
-        right = audio[1].copy()
+    left, right = audio[0], audio[-1]   # mono: L = R = the one channel
     scale = np.float32(side_scale)
-    return {
-        "left": left,
-        "right": right,
-        "mid": scale * (left + right),
-        "side": scale * (left - right),
-        "mono": (left + right) / np.float32(2.0),
-    }
+    return {name: spec.compute(left, right, scale) for name, spec in VIEW_DEFINITIONS.items()}
 
 
 def silent_views(signals: Mapping[str, np.ndarray],
@@ -91,7 +151,8 @@ def silent_views(signals: Mapping[str, np.ndarray],
     """Views of one file that carry no signal of their own -> set of view names.
 
     A view is *silent* when its RMS lies more than ``-threshold_db`` dB below the reference
-    level, the largest RMS of ``left``, ``right`` and ``mid`` among ``signals`` (for a stereo
+    level, the largest RMS of the views marked ``silence_reference`` (``left``, ``right`` and
+    ``mid``) among ``signals`` (for a stereo
     file the mid view, ``L + R``; for a file with one dead channel, the live one). With the
     default -40 dB, the Side of identical channels or of a mono file (all zeros) is silent,
     while real stereo (EMOVO: Side/Mid RMS ratio about 1.1, i.e. +1 dB) is far from it.
@@ -100,12 +161,25 @@ def silent_views(signals: Mapping[str, np.ndarray],
     :mod:`binser.features`). A file whose reference level is 0 (all silent) gives every view.
     """
     levels = {v: _rms(np.asarray(x)) for v, x in signals.items()}
-    reference = max((levels[v] for v in ("left", "right", "mid") if v in levels),
+    reference = max((levels[v] for v in levels if _is_reference(v)),
                     default=max(levels.values(), default=0.0))
     if reference <= 0.0:
         return set(levels)
     limit = reference * 10.0 ** (threshold_db / 20.0)
     return {v for v, level in levels.items() if level < limit}
+
+
+def _is_reference(view: str) -> bool:
+    spec = VIEW_DEFINITIONS.get(view)
+    return spec is not None and spec.silence_reference
+
+
+def file_silent_views(signals: Mapping[str, np.ndarray],
+                      threshold_db: float = SILENT_VIEW_DB) -> set[str]:
+    """:func:`silent_views` of the views of one file that can be silent (``can_be_silent``
+    in :data:`VIEW_DEFINITIONS`; ``signals`` as returned by :func:`binaural_views`)."""
+    return silent_views({v: signals[v] for v in silence_checked_views() if v in signals},
+                        threshold_db)
 
 
 # ----------------------------------------------------------------------------- statistics
