@@ -306,7 +306,9 @@ def _six_speakers_two_systems(seed=0, per_speaker=30, acc_b=0.3):
 def test_paired_identical_systems():
     y, _, pred, spk = _six_speakers_two_systems()
     c = paired_comparison(y, pred, pred.copy(), spk, CLASSES)
-    assert set(c) == {"ua_a", "ua_b", "diff", "ci95", "p_value", "p_method", "n_speakers", "method"}
+    assert set(c) == {"ua_a", "ua_b", "diff", "ci95", "p_value", "p_method", "n_speakers", "method",
+                      "p_floor", "speaker_diff", "n_better", "n_worse", "n_tied"}
+    assert c["n_tied"] == 6 and c["n_better"] == c["n_worse"] == 0 and c["p_floor"] == 2 / 64
     assert c["ua_a"] == c["ua_b"] == pytest.approx(metrics(y, pred, CLASSES)["ua"])
     assert c["diff"] == 0.0 and c["ci95"] == [0.0, 0.0]
     assert c["p_value"] == 1.0 and c["p_method"] == "exact" and c["n_speakers"] == 6
@@ -417,3 +419,87 @@ def test_speaker_independence_is_verified_not_assumed():
     assert verdict["independent"] is False and "a" in verdict["reason"]
     per_file = [f"u{i}" for i in range(6)]
     assert speaker_independence(folds(per_file, "loso"), per_file)["independent"] is False
+
+
+# ---------------------------------------------------------------- issue 21: claims honestly
+
+
+def test_holm_on_hand_computed_p_values():
+    from binser.evaluation import holm
+
+    # sorted: 0.005 x4 = 0.02, 0.01 x3 = 0.03, 0.03 x2 = 0.06, 0.04 x1 = 0.04 -> max(0.06)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # capped at 1, ties keep their order, one p is unchanged, none is empty
+    assert holm([0.5, 0.5, 0.2]) == pytest.approx([1.0, 1.0, 0.6])
+    assert holm([0.031]) == [0.031] and holm([]) == []
+    with pytest.raises(ConfigError, match="p-values in 0..1"):
+        holm([0.2, 1.5])
+
+
+@pytest.mark.parametrize("speakers, floor", [(3, 2 / 8), (6, 2 / 64), (24, 1 / 10001)])
+def test_floor_of_the_swap_test(speakers, floor):
+    """The smallest p the test can give: 2/2^S exact (3 and 6 speakers), 1/(1+n_perm) by
+    monte-carlo (24 speakers: 2^24 > 10000 patterns); reached by a always right, b never."""
+    from binser.evaluation import swap_test_floor
+
+    assert swap_test_floor(speakers) == pytest.approx(floor, rel=1e-12)
+    spk = np.repeat([f"s{i:02d}" for i in range(speakers)], 4)
+    y = np.tile(np.array(CLASSES[:2]), 2 * speakers)
+    wrong = np.where(y == CLASSES[0], CLASSES[1], CLASSES[0])
+    c = paired_comparison(y, y, wrong, spk, CLASSES, n_boot=50)
+    assert c["p_floor"] == pytest.approx(floor, rel=1e-12)
+    assert c["p_value"] == pytest.approx(floor, rel=1e-12)
+    assert c["n_better"] == speakers and c["n_worse"] == c["n_tied"] == 0
+
+
+def test_per_speaker_differences_match_sklearn():
+    rng = np.random.default_rng(3)
+    spk = np.array(_speakers({"f1": 14, "f2": 10, "m1": 12}))
+    y = rng.choice(CLASSES[:3], size=len(spk))
+    pred_a = np.where(rng.random(len(y)) < 0.7, y, CLASSES[3])
+    pred_b = np.where(rng.random(len(y)) < 0.5, y, CLASSES[3])
+    pred_b[spk == "m1"] = pred_a[spk == "m1"]                      # one tied speaker
+    c = paired_comparison(y, pred_a, pred_b, spk, CLASSES, n_boot=20)
+    for s in ("f1", "f2", "m1"):
+        m = spk == s
+        want = (balanced_accuracy_score(y[m], pred_a[m])
+                - balanced_accuracy_score(y[m], pred_b[m]))
+        assert c["speaker_diff"][s] == pytest.approx(want, abs=1e-12)
+    signs = np.sign([c["speaker_diff"][s] for s in ("f1", "f2", "m1")])
+    assert (c["n_better"], c["n_worse"], c["n_tied"]) == (int(np.sum(signs > 0)),
+                                                         int(np.sum(signs < 0)), 1)
+
+
+def test_adjusted_verdicts_and_cannot_be_decided():
+    from binser.evaluation import adjust_claims, claim_verdict
+
+    def comp(p, lo=0.01, hi=0.2, s=6):
+        return {"ci95": [lo, hi], "p_value": p, "n_speakers": s, "p_floor": 2 / 2 ** s}
+
+    # one claim with 6 speakers at the floor: supported, as before
+    (one,) = adjust_claims([comp(2 / 64)])
+    assert one["verdict"] == one["verdict_raw"] == "supported" and one["p_holm"] == 2 / 64
+    assert "approximate" in one["ci95_note"] and "84.5%" in one["ci95_note"]
+    # two claims at the floor: Holm 0.0625 > 0.05 whatever the data -> cannot be decided
+    two = adjust_claims([comp(2 / 64), comp(2 / 64, -0.2, -0.01)])
+    assert [c["p_holm"] for c in two] == [0.0625, 0.0625]
+    assert [c["verdict_raw"] for c in two] == ["supported", "refuted"]
+    assert {c["verdict"] for c in two} == {"cannot be decided with 6 speakers"}
+    # 8 speakers: floor 2/256, Holm over 3 claims can decide; the middle claim fails Holm
+    three = adjust_claims([comp(0.008, s=8), comp(0.03, s=8), comp(0.5, s=8)])
+    assert [c["p_holm"] for c in three] == pytest.approx([0.024, 0.06, 0.5])
+    assert [c["verdict"] for c in three] == ["supported", "undecided", "undecided"]
+    assert three[1]["verdict_raw"] == "supported"
+    # 3 speakers: floor 0.25 > 0.05 even for one claim; 12 speakers: no interval caveat
+    assert claim_verdict(comp(0.25, s=3)) == "cannot be decided with 3 speakers"
+    assert "ci95_note" not in adjust_claims([comp(0.001, s=12)])[0]
+
+
+def test_speaker_bootstrap_coverage_simulation_backs_the_caveat():
+    """The caveat's figures are what the simulation measures (fixed seed), and coverage with
+    6 speakers falls clearly short of the nominal 95 % and of 12 speakers'."""
+    from binser.evaluation import COVERAGE_6, COVERAGE_12, speaker_bootstrap_coverage
+
+    six, twelve = speaker_bootstrap_coverage(6), speaker_bootstrap_coverage(12)
+    assert (round(100 * six, 1), round(100 * twelve, 1)) == (COVERAGE_6, COVERAGE_12)
+    assert six < 0.9 < twelve < 0.95

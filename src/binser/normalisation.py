@@ -9,7 +9,9 @@ carry no signal (``mask`` False) become 0.
 
 Labels are never used, so the statistics of a *test* speaker come from that speaker's own
 unlabelled utterances: the evaluation is transductive (it needs a batch of the test
-speaker's recordings) but label-free, and every output built on it says so.
+speaker's recordings) but label-free, and every output built on it says so
+(:data:`TRANSDUCTIVE_CAVEAT`; :mod:`binser.deployment` measures what a deployment with a
+few of the speaker's recordings, or none, gets instead).
 
 It removes what is constant within a speaker (voice, microphone, level). It helps where each
 speaker shows several emotions (acted corpora such as EMOVO, every actor all seven) and
@@ -30,7 +32,23 @@ import numpy as np
 from .errors import ConfigError
 
 STD_FLOOR = 1e-8
+# Beside every speaker-normalised figure (README, RESULTS, report rows and claims).
+TRANSDUCTIVE_CAVEAT = "transductive: uses all of the test speaker's recordings"
 LOW_COVERAGE = 0.5   # warn when speakers show on average fewer than this share of the labels
+
+
+class SpeakerAssumptionWarning(UserWarning):
+    """A speaker-normalised model was given several files without speaker information and
+    treated them as one speaker."""
+
+
+def one_speaker_assumption(n_files: int, min_utterances: int) -> str:
+    """What ``predict`` assumed for ``n_files`` files given without speaker information."""
+    how = (f"statistics over all {n_files} files" if n_files >= min_utterances else
+           f"fewer than {min_utterances} files, so the average training speaker's statistics")
+    return (f"speaker normalisation: {n_files} files given without speaker information "
+            f"(--speaker/--speakers); assumed they are ONE speaker ({how}); files of "
+            "different speakers then share wrong statistics: name the speakers")
 
 
 def speaker_statistics(X: np.ndarray, speakers: Sequence, mask: np.ndarray | None = None

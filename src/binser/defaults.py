@@ -1,0 +1,167 @@
+"""How binser's defaults may be chosen, and a check that applies the rule.
+
+The rule: a default (backbone, encoder layer policy, pooling, classifier, fusion) is decided
+from one of
+
+* ``inner-cv``: the training speakers' inner cross-validation scores, aggregated over the
+  outer folds, as ``results.json`` records them (``fold_layer_scores``: per outer fold, the
+  mean inner-CV UA of every candidate layer on the training speakers only);
+* ``other-corpus``: results on a corpus other than the one whose test folds are reported;
+* ``a-priori``: a choice fixed before any result was seen (the paper's setting, a published
+  probe);
+
+and never from ``outer-test``: the UA of the outer test folds that the reported figures come
+from. A figure measured with a configuration picked after seeing those test folds is
+*exploratory*: it may guide the next study, it is not evidence for the choice.
+
+:func:`check_default_choice` applies the rule to a proposed switch ``old -> new``: a switch
+justified by outer test UA is refused (:class:`DefaultChoiceError`) or, with
+``exploratory=True``, returned flagged ``"exploratory"``; a switch justified by inner-CV
+scores is accepted only when ``new`` has the higher mean inner-CV UA over the outer folds
+(a selection policy such as ``auto``, whose inner score is the maximum over candidates on the
+same inner folds, is optimistic there and is flagged exploratory). :data:`CURRENT_DEFAULTS`
+records how each current default was chosen; :func:`audit_defaults` applies the check to
+each.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .errors import ConfigError
+
+EVIDENCE = ("inner-cv", "other-corpus", "a-priori", "outer-test")
+SELECTION_POLICIES = ("auto",)   # values that choose among candidates on the inner folds
+
+
+class DefaultChoiceError(ConfigError):
+    """A default switch that the rule refuses (e.g. justified by outer test UA)."""
+
+
+@dataclass(frozen=True)
+class DefaultRecord:
+    """One current default: the setting, its value, the evidence kind and how it was chosen."""
+
+    setting: str
+    value: str
+    previous: str | None
+    evidence: str
+    how: str
+
+
+CURRENT_DEFAULTS: tuple[DefaultRecord, ...] = (
+    DefaultRecord("backbone", "auto: whisper-base when its weights are available",
+                  "efficientnet_lite0",
+                  "outer-test", "chosen after the outer LOSO UA of EMOVO: nested four-view "
+                  "fusion 58.50 (whisper-base) vs 31.63 (EfficientNet-Lite0)"),
+    DefaultRecord("layer", "auto", "4", "outer-test",
+                  "switched from the a-priori layer 4 after the outer LOSO UA of EMOVO: nested "
+                  "four-view fusion 58.50 (auto) vs 55.27 (layer 4); the per-fold choice itself "
+                  "uses inner CV only"),
+    DefaultRecord("fusion_pooling", "stats (speech encoders); block-max (image CNNs)", None,
+                  "a-priori", "block-max is the paper's; stats (mean and standard deviation "
+                  "over frames) was fixed for encoders when they were added, before any "
+                  "encoder result"),
+    DefaultRecord("classifier", "linear SVM, C by speaker-grouped inner CV, calibrated", None,
+                  "a-priori", "the paper's classifier; C chosen on the training speakers"),
+    DefaultRecord("fusion", "two-stage score fusion, staged search, nested weights", None,
+                  "a-priori", "the paper's eqs. 8-10 and its two stages; weights on the "
+                  "training speakers' out-of-fold scores"),
+)
+
+
+def layer_inner_scores(results: Mapping[str, Any], pooling: str | None = None,
+                       views: Sequence[str] | None = None) -> dict[str, list[float]]:
+    """Per-fold inner-CV evidence on the encoder layer from ``results.json``.
+
+    Returns ``{layer: [score of fold 1, ...]}`` where a fold's score is the mean over
+    ``views`` (default: every plain ``<view>/<pooling>`` run with ``fold_layer_scores``) of
+    that layer's inner-CV UA on the fold's training speakers, plus ``"auto"``: the mean over
+    views of the best layer's score (what ``--layer auto`` picks; optimistic, being a maximum).
+    ``pooling`` defaults to ``results["fusion_pooling"]``. ConfigError when the run recorded
+    no layer scores (a fixed-layer study).
+    """
+    pooling = pooling or results.get("fusion_pooling") or "stats"
+    runs = {r["name"]: r for r in results.get("runs", [])}
+    names = ([f"{v}/{pooling}" for v in views] if views is not None else
+             [n for n in runs if n.endswith("/" + pooling) and ":" not in n
+              and "fold_layer_scores" in runs[n]])
+    tables = [runs[n].get("fold_layer_scores") for n in names if n in runs]
+    tables = [t for t in tables if t]
+    if not tables:
+        raise ConfigError(f"no inner-CV layer scores (fold_layer_scores) for {pooling} runs in "
+                          "these results: run the study with --layer auto")
+    n_folds = len(tables[0])
+    layers = sorted(tables[0][0], key=int)
+    out = {layer: [float(np.mean([t[f][layer] for t in tables])) for f in range(n_folds)]
+           for layer in layers}
+    out["auto"] = [float(np.mean([max(t[f].values()) for t in tables])) for f in range(n_folds)]
+    return out
+
+
+def check_default_choice(setting: str, new: Any, old: Any, evidence: str,
+                         inner_scores: Mapping[str, Sequence[float]] | None = None,
+                         results: Mapping[str, Any] | None = None, source: str = "",
+                         exploratory: bool = False) -> dict[str, Any]:
+    """Apply the rule (module docstring) to the switch ``old -> new`` of ``setting``.
+
+    ``evidence``: one of :data:`EVIDENCE`. ``inner-cv`` needs per-fold inner-CV scores of
+    both values, given as ``inner_scores`` (``{value: [per fold]}``) or, for
+    ``setting == "layer"``, read from ``results`` (:func:`layer_inner_scores`).
+    ``other-corpus`` and ``a-priori`` need ``source`` (which corpus or which prior choice).
+    Returns ``dict(setting, new, old, evidence, status, reason, inner_cv)`` with ``status``
+    ``"accepted"`` or ``"exploratory"``; raises :class:`DefaultChoiceError` when the rule
+    refuses the switch (outer test UA without ``exploratory=True``, inner-CV scores that do
+    not favour ``new``).
+    """
+    if evidence not in EVIDENCE:
+        raise ConfigError(f"unknown evidence {evidence!r}; choose one of {', '.join(EVIDENCE)}")
+    new, old = str(new), str(old)
+    out: dict[str, Any] = {"setting": setting, "new": new, "old": old, "evidence": evidence,
+                           "inner_cv": None}
+    if evidence == "outer-test":
+        reason = (f"{setting}: {old} -> {new} was justified by outer test UA, which the "
+                  "rule forbids; decide on the training speakers' inner-CV scores or on "
+                  "another corpus; figures with this setting are exploratory")
+        if not exploratory:
+            raise DefaultChoiceError(reason)
+        return {**out, "status": "exploratory", "reason": reason}
+    if evidence in ("other-corpus", "a-priori"):
+        if not source:
+            raise ConfigError(f"{setting}: evidence {evidence} needs its source (which "
+                              "corpus, which prior choice)")
+        return {**out, "status": "accepted", "reason": f"{evidence}: {source}"}
+    if inner_scores is None:
+        if setting != "layer" or results is None:
+            raise ConfigError(f"{setting}: inner-cv evidence needs inner_scores "
+                              "({value: [score per outer fold]}) or, for the layer, results")
+        inner_scores = layer_inner_scores(results)
+    missing = [v for v in (new, old) if v not in inner_scores]
+    if missing:
+        raise ConfigError(f"{setting}: no inner-CV scores for {', '.join(missing)} (have "
+                          f"{', '.join(map(str, inner_scores))})")
+    mean_new, mean_old = (float(np.mean(inner_scores[v])) for v in (new, old))
+    wins = int(np.sum(np.asarray(inner_scores[new]) > np.asarray(inner_scores[old])))
+    summary = {"mean_new": mean_new, "mean_old": mean_old, "folds_new_better": wins,
+               "n_folds": len(inner_scores[new])}
+    out["inner_cv"] = summary
+    text = (f"mean inner-CV UA over {summary['n_folds']} outer folds {100 * mean_new:.2f} "
+            f"({new}) vs {100 * mean_old:.2f} ({old}); {new} better in {wins} folds")
+    if mean_new <= mean_old:
+        raise DefaultChoiceError(f"{setting}: {old} -> {new} is not supported by the inner "
+                                 f"evidence: {text}")
+    if new in SELECTION_POLICIES:
+        return {**out, "status": "exploratory",
+                "reason": text + f"; {new} scores the best candidate on the same inner folds "
+                                 "(optimistic): confirm on another corpus or by nested inner CV"}
+    return {**out, "status": "accepted", "reason": text}
+
+
+def audit_defaults(defaults: Sequence[DefaultRecord] = CURRENT_DEFAULTS
+                   ) -> list[dict[str, Any]]:
+    """:func:`check_default_choice` of each recorded default (outer-test ones come back
+    ``"exploratory"`` instead of raising)."""
+    return [check_default_choice(d.setting, d.value, d.previous, d.evidence, source=d.how,
+                                 exploratory=True) for d in defaults]
