@@ -24,6 +24,8 @@ from binser.serve.stream import StreamEngine, analyse_file
 fastapi = pytest.importorskip("fastapi", reason="the 'serve' extra is not installed")
 from binser.serve.app import ServeSettings, create_app  # noqa: E402
 
+LOCAL = "http://127.0.0.1"   # the test client's Host: a loopback name the guard serves
+
 
 # ------------------------------------------------------------------------------ fixtures
 
@@ -269,7 +271,7 @@ def client(model):
     from fastapi.testclient import TestClient
 
     app = create_app(model, ServeSettings(max_upload_bytes=400_000))
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         yield c
 
 
@@ -292,6 +294,7 @@ def test_health_model_page_docs(client, model):
     assert page.status_code == 200 and "timeline" in page.text
     assert "http" not in client.get("/static/app.js").text.replace("https:", "")  # no CDN
     assert client.get("/openapi.json").json()["paths"]["/predict"]
+    assert client.get("/docs").status_code == 404          # no Swagger UI from a CDN
 
 
 def test_predict_upload_equals_predict(client, model, wav, private_tmp):
@@ -337,7 +340,7 @@ def test_token(model, wav):
     from fastapi.testclient import TestClient
     from starlette.websockets import WebSocketDisconnect
 
-    with TestClient(create_app(model, ServeSettings(token="s3cret"))) as c:
+    with TestClient(create_app(model, ServeSettings(token="s3cret")), base_url=LOCAL) as c:
         assert c.get("/health").status_code == 200
         assert c.get("/model").status_code == 401
         assert c.get("/model?token=wrong").status_code == 401
@@ -345,7 +348,7 @@ def test_token(model, wav):
         files = {"file": ("a.wav", wav.read_bytes(), "audio/wav")}
         assert c.post("/predict", files=files).status_code == 401
         assert c.post("/predict?token=s3cret", files=files).status_code == 200
-        with c.websocket_connect("/stream") as ws:
+        with c.websocket_connect("ws://127.0.0.1/stream") as ws:
             assert ws.receive_json()["code"] == 1008
             with pytest.raises(WebSocketDisconnect) as info:
                 ws.receive_json()
@@ -364,8 +367,9 @@ class Server:
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         sock.close()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning", ws_max_size=1 << 22))
+        from binser.serve.guard import server_config
+
+        self.server = uvicorn.Server(server_config(app, app.state.settings, port=self.port))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 20

@@ -14,7 +14,22 @@ Endpoints (a token, when set, is required everywhere except ``/``, ``/static/*``
   application/octet-stream; 422: not decodable audio (the decoder's cause; never a server
   path). The upload goes to a temporary file that is always removed; the client's file
   name is used only for its (allow-listed) extension.
-* ``WS /stream``: the protocol below. ``/docs`` and ``/openapi.json``: OpenAPI.
+  Also 401 without the token (checked from the headers before any body byte is read),
+  408 a body that stalls ``body_timeout_s``, 413 a body that passes ``max_upload_bytes``
+  while it arrives (chunked bodies are counted too) or audio whose header declares more
+  than ``max_duration_s`` seconds or ``max_decoded_samples`` samples (rate x duration x
+  channels: a small compressed file cannot make the server decode gigabytes), 503 with
+  ``Retry-After`` when ``compute_threads + max_queue`` uploads are already in the server.
+  A client that disconnects while its upload waits for a compute slot is dropped from the
+  queue; one that disconnects while its file is computed stops it before the model runs
+  when the header check was the last step, else its result is discarded.
+* ``WS /stream``: the protocol below. ``/openapi.json``: the OpenAPI schema (token-protected
+  when a token is set); there is no ``/docs`` page (it would load Swagger UI from a CDN).
+
+The guard in front of the app (:mod:`binser.serve.guard`) also refuses a Host header not in
+``allowed_hosts`` and an Origin that is not the server's own nor in ``allowed_origins``
+(DNS rebinding, cross-site pages and WebSockets), and adds a Content Security Policy and
+the usual security headers to every response.
 
 WebSocket protocol (JSON text messages, binary PCM):
 
@@ -28,12 +43,20 @@ WebSocket protocol (JSON text messages, binary PCM):
 4. client: ``{"type": "stop"}``; server: the last windows, then ``{"type": "end",
    "summary": {...}}`` and closes with 1000.
 
+The server reads every message as it arrives (so the client's pings are answered however
+long the model takes) and computes the queued audio in order, all queued chunks at once.
+A connection holds a stream slot only once its ``start`` was accepted.
+
 Errors: the server sends ``{"type": "error", "code": C, "message": "..."}`` and closes with
 code C: 1003 binary before ``start`` or an unknown message type; 1007 malformed JSON, bad
 ``start`` fields, partial frames or non-finite samples; 1008 missing or wrong token, no
-``start`` within 10 s, stream longer than ``max_stream_s``; 1009 a message over
-``max_message_bytes``; 1011 an internal error; 1013 too many concurrent streams (try again
-later). A client that vanishes mid-stream frees its slot at once.
+``start`` within ``start_timeout_s`` (10 s), no message for ``stream_idle_s`` (30 s) after
+``start``, stream longer than ``max_stream_s``, a sender more than ``max_backlog_s`` (30 s)
+of audio ahead of the computation (send in real time, or slower); 1009 a message over
+``max_message_bytes``; 1011 an internal error; 1012 the server is shutting down (it waits
+at most ``shutdown_timeout_s`` for open streams, then closes them); 1013 too many
+concurrent streams, or too many from this client address (try again later). A client that
+vanishes mid-stream frees its slot at once.
 """
 from __future__ import annotations
 
@@ -42,8 +65,9 @@ import hmac
 import json
 import os
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -57,7 +81,8 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from .. import __version__
 from ..errors import BinserError, ConfigError
-from .stream import StreamEngine, analyse_file, check_stream_params
+from .guard import LOOPBACK_HOSTS, Guard
+from .stream import FORMATS, StreamEngine, analyse_file, check_stream_params
 
 ALLOWED_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac",
                     ".aif", ".aiff", ".webm", ".mp4", ".mkv", ".mov", ".avi"}
@@ -68,7 +93,14 @@ READ_CHUNK = 1 << 16
 
 @dataclass
 class ServeSettings:
-    """Limits of one server. ``token``: required secret (None: none, loopback only)."""
+    """Limits of one server. ``token``: required secret (None: none, loopback only).
+
+    Sizes in bytes, durations in seconds of wall time except ``max_stream_s`` and
+    ``max_duration_s``/``max_backlog_s`` (seconds of audio). ``max_decoded_samples``: the
+    largest ``sample_rate x duration x channels`` an upload's header may declare (None:
+    ``96000 * max_duration_s``, i.e. stereo 48 kHz for the longest allowed duration).
+    ``allowed_hosts``: Host header names served (``"*"``: any); ``allowed_origins``:
+    Origins accepted besides the server's own."""
 
     max_upload_bytes: int = 50 << 20
     max_stream_s: float = 3600.0
@@ -76,30 +108,41 @@ class ServeSettings:
     max_message_bytes: int = 1 << 20
     compute_threads: int = 2
     token: str | None = None
+    max_duration_s: float = 600.0
+    max_decoded_samples: int | None = None
+    max_queue: int = 8
+    body_timeout_s: float = 30.0
+    header_timeout_s: float = 10.0
+    max_connections: int = 64
+    start_timeout_s: float = START_TIMEOUT_S
+    stream_idle_s: float = 30.0
+    max_streams_per_client: int = 2
+    max_backlog_s: float = 30.0
+    shutdown_timeout_s: float = 10.0
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    allowed_origins: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def decoded_samples_limit(self) -> int:
+        if self.max_decoded_samples is not None:
+            return int(self.max_decoded_samples)
+        return int(96000 * self.max_duration_s)
 
 
 def create_app(model, settings: ServeSettings | None = None) -> FastAPI:
     """The FastAPI app serving ``model`` (a loaded :class:`binser.model.Model`)."""
     settings = settings or ServeSettings()
-    app = FastAPI(title="binser", version=__version__,
+    app = FastAPI(title="binser", version=__version__, docs_url=None, redoc_url=None,
                   description="Binaural speech emotion recognition: predict files, stream "
                               "PCM over a WebSocket (protocol in binser.serve.app).")
     app.state.model = model
     app.state.settings = settings
     app.state.streams = 0
+    app.state.clients = {}       # client address -> open streams
+    app.state.uploads = 0        # /predict requests in the server (the guard's count)
+    app.state.compute_s = 1.0    # running mean of an upload's compute time (Retry-After)
     app.state.limiter = anyio.CapacityLimiter(max(1, settings.compute_threads))
     static = resources.files("binser.serve") / "static"
-
-    @app.middleware("http")
-    async def refuse_large_uploads(request: Request, call_next):
-        # before the multipart body is read: a declared length over the limit is refused
-        length = request.headers.get("content-length")
-        if request.url.path == "/predict" and length and length.isdigit() \
-                and int(length) > settings.max_upload_bytes + READ_CHUNK:
-            return JSONResponse({"detail": f"upload larger than the limit of "
-                                           f"{settings.max_upload_bytes} bytes"},
-                                status_code=413)
-        return await call_next(request)
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 
     def authorised(headers, query) -> bool:
@@ -110,6 +153,9 @@ def create_app(model, settings: ServeSettings | None = None) -> FastAPI:
         if auth.lower().startswith("bearer "):
             given = auth[7:].strip()
         return hmac.compare_digest(given.encode(), settings.token.encode())
+
+    app.state.authorised = authorised
+    app.add_middleware(Guard, state=app.state)
 
     def require_token(request: Request) -> None:
         if not authorised(request.headers, request.query_params):
@@ -140,7 +186,13 @@ def create_app(model, settings: ServeSettings | None = None) -> FastAPI:
                 "limits": {"max_upload_bytes": settings.max_upload_bytes,
                            "max_stream_s": settings.max_stream_s,
                            "max_streams": settings.max_streams,
-                           "max_message_bytes": settings.max_message_bytes}}
+                           "max_message_bytes": settings.max_message_bytes,
+                           "max_duration_s": settings.max_duration_s,
+                           "max_decoded_samples": settings.decoded_samples_limit,
+                           "max_queue": settings.max_queue,
+                           "stream_idle_s": settings.stream_idle_s,
+                           "max_streams_per_client": settings.max_streams_per_client,
+                           "max_backlog_s": settings.max_backlog_s}}
 
     @app.post("/predict")
     async def predict(request: Request, file: UploadFile | None = File(None),
@@ -170,15 +222,18 @@ def create_app(model, settings: ServeSettings | None = None) -> FastAPI:
                     handle.write(chunk)
             if size == 0:
                 raise HTTPException(400, "empty file")
-            result = await anyio.to_thread.run_sync(
-                _predict_file, model, tmp, name, timeline, per_channel,
-                limiter=app.state.limiter)
+            result = await _compute(app, request, _predict_file, model, tmp, name, timeline,
+                                    per_channel, settings)
         finally:
             await file.close()
             try:
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
+        if result is None:   # the client left: nobody reads an answer
+            return JSONResponse({"detail": "cancelled: the client disconnected"}, 499)
+        if result.get("too_large"):
+            return JSONResponse({"detail": result["too_large"]}, status_code=413)
         if "error" in result and result.get("label") is None and result["error"]:
             return JSONResponse(result, status_code=422)
         return JSONResponse(result)
@@ -190,9 +245,70 @@ def create_app(model, settings: ServeSettings | None = None) -> FastAPI:
     return app
 
 
-def _predict_file(model, tmp: str, name: str, timeline: bool, per_channel: bool
-                  ) -> dict[str, Any]:
-    """Predict one temporary file; every path in the answer is the client's name."""
+async def _compute(app: FastAPI, request: Request, fn, *args) -> Any:
+    """``fn(*args, cancel=event)`` in a compute thread once a slot is free; None if the
+    client disconnected first (its place in the queue is given up at once; a computation
+    already running is told through ``event`` and its result is discarded). Times the
+    wait and the computation into the request's log line."""
+    timing = request.scope.setdefault("binser.timing", {})
+    cancel = threading.Event()
+    result: list[Any] = []
+    began = time.perf_counter()
+
+    async def watch(scope: anyio.CancelScope) -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                cancel.set()
+                timing["cancelled"] = True
+                scope.cancel()
+                return
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(watch, group.cancel_scope)
+        async with app.state.limiter:
+            timing["wait_ms"] = 1000 * (time.perf_counter() - began)
+            t0 = time.perf_counter()
+            result.append(await anyio.to_thread.run_sync(
+                lambda: fn(*args, cancel=cancel)))
+            timing["compute_ms"] = 1000 * (time.perf_counter() - t0)
+        group.cancel_scope.cancel()
+    if cancel.is_set() or not result:
+        return None
+    return result[0]
+
+
+def upload_too_large(path: str, settings: ServeSettings) -> str | None:
+    """The reason an upload's header declares too much audio to decode, else None (also
+    None when the header cannot be read: the decoder then reports the real cause)."""
+    from ..audio import audio_info
+
+    try:
+        info = audio_info(path)
+    except BinserError:
+        return None
+    samples = info.frames * info.channels
+    if info.duration_s > settings.max_duration_s:
+        return (f"audio too long: its header declares {info.duration_s:.1f} s, over the "
+                f"limit of {settings.max_duration_s:g} s (--max-duration-s)")
+    if samples > settings.decoded_samples_limit:
+        return (f"audio too large to decode: its header declares {info.sample_rate} Hz x "
+                f"{info.duration_s:.1f} s x {info.channels} channel(s) = {samples} samples, "
+                f"over the limit of {settings.decoded_samples_limit}")
+    return None
+
+
+def _predict_file(model, tmp: str, name: str, timeline: bool, per_channel: bool,
+                  settings: ServeSettings, cancel: threading.Event | None = None
+                  ) -> dict[str, Any] | None:
+    """Predict one temporary file; every path in the answer is the client's name.
+    ``{"too_large": reason}`` when its header declares too much work; None if ``cancel``
+    was set before the model ran."""
+    reason = upload_too_large(tmp, settings)
+    if reason is not None:
+        return {"too_large": reason}
+    if cancel is not None and cancel.is_set():
+        return None
     if per_channel:
         try:
             out = analyse_file(model, tmp, per_channel=True)
@@ -230,19 +346,38 @@ async def _stream_session(app: FastAPI, ws: WebSocket, authorised) -> None:
     if not authorised(ws.headers, ws.query_params):
         await _close(ws, 1008, "missing or wrong token")
         return
+    try:
+        message = await _receive(ws, settings.start_timeout_s)
+    except asyncio.TimeoutError:
+        await _close(ws, 1008, f"no start message within {settings.start_timeout_s:g} s")
+        return
+    except WebSocketDisconnect:
+        return
+    start = await _start_message(ws, message, settings)
+    if start is None:
+        return
+    client = ws.client.host if ws.client else "?"
     if app.state.streams >= settings.max_streams:
         await _close(ws, 1013, f"too many concurrent streams (limit {settings.max_streams}); "
                                "try again later")
         return
-    app.state.streams += 1
+    if app.state.clients.get(client, 0) >= settings.max_streams_per_client:
+        await _close(ws, 1013, f"too many streams from this client (limit "
+                               f"{settings.max_streams_per_client}); try again later")
+        return
+    app.state.streams += 1     # a slot is held only from an accepted start on
+    app.state.clients[client] = app.state.clients.get(client, 0) + 1
     try:
-        await _run_stream(app, ws, settings)
+        await _run_stream(app, ws, settings, start)
     except WebSocketDisconnect:
         pass   # the client vanished: drop the engine, free the slot
     except Exception as exc:   # never leave a socket open on an unexpected error
         await _close(ws, 1011, f"internal error ({type(exc).__name__})")
     finally:
         app.state.streams -= 1
+        app.state.clients[client] -= 1
+        if not app.state.clients[client]:
+            del app.state.clients[client]
 
 
 async def _receive(ws: WebSocket, timeout: float | None = None) -> dict[str, Any]:
@@ -252,16 +387,70 @@ async def _receive(ws: WebSocket, timeout: float | None = None) -> dict[str, Any
     return message
 
 
-async def _run_stream(app: FastAPI, ws: WebSocket, settings: ServeSettings) -> None:
-    model = app.state.model
+class _StreamClosed(Exception):
+    """The reader found a reason to close the stream (code, message)."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+async def _reader(ws: WebSocket, settings: ServeSettings, start: dict[str, Any],
+                  queue: asyncio.Queue, state: dict[str, Any]) -> None:
+    """Read every message as it arrives (the WebSocket layer answers pings meanwhile) into
+    ``queue``: whole-frame PCM ``bytes``, ``"stop"``, or a :class:`_StreamClosed` /
+    :class:`WebSocketDisconnect`. ``state["backlog"]``: seconds of audio received, not yet
+    computed; ``state["gone"]``: the client disconnected (queued audio is dropped)."""
+    frame = start["channels"] * FORMATS[start["format"]].itemsize
+    received = 0.0
     try:
-        message = await _receive(ws, START_TIMEOUT_S)
-    except asyncio.TimeoutError:
-        await _close(ws, 1008, f"no start message within {START_TIMEOUT_S:g} s")
-        return
-    start = await _start_message(ws, message, settings)
-    if start is None:
-        return
+        while True:
+            try:
+                message = await _receive(ws, settings.stream_idle_s)
+            except asyncio.TimeoutError:
+                raise _StreamClosed(1008, f"no message for {settings.stream_idle_s:g} s "
+                                          "after start (send audio or stop)") from None
+            data = message.get("bytes")
+            if data is not None:
+                if len(data) > settings.max_message_bytes:
+                    raise _StreamClosed(1009, f"binary message of {len(data)} bytes exceeds "
+                                              f"{settings.max_message_bytes}")
+                seconds = len(data) / frame / start["sample_rate"]
+                if received + seconds > settings.max_stream_s:
+                    raise _StreamClosed(1008, f"stream longer than the limit of "
+                                              f"{settings.max_stream_s:g} s")
+                if state["backlog"] + seconds > settings.max_backlog_s:
+                    raise _StreamClosed(1008, f"the sender is {state['backlog'] + seconds:.1f} s of "
+                                              "audio ahead of the computation (limit "
+                                              f"{settings.max_backlog_s:g} s): send in real "
+                                              "time")
+                received += seconds
+                state["backlog"] += seconds
+                await queue.put((data, time.perf_counter()))
+                continue
+            text = message.get("text")
+            if text is not None and len(text) > settings.max_message_bytes:
+                raise _StreamClosed(1009, "text message too large")
+            try:
+                body = json.loads(text or "")
+            except (json.JSONDecodeError, RecursionError):
+                raise _StreamClosed(1007, "malformed JSON message") from None
+            kind = body.get("type") if isinstance(body, dict) else None
+            if kind != "stop":
+                raise _StreamClosed(1003, f"unexpected message type {kind!r} (binary PCM or "
+                                          "{\"type\": \"stop\"} expected)")
+            await queue.put("stop")
+            return
+    except WebSocketDisconnect as gone:
+        state["gone"] = True
+        await queue.put(gone)
+    except _StreamClosed as stop:
+        await queue.put(stop)
+
+
+async def _run_stream(app: FastAPI, ws: WebSocket, settings: ServeSettings,
+                      start: dict[str, Any]) -> None:
+    model = app.state.model
     try:
         engine = StreamEngine(model, start["sample_rate"], start["channels"],
                               per_channel=start["per_channel"])
@@ -269,56 +458,55 @@ async def _run_stream(app: FastAPI, ws: WebSocket, settings: ServeSettings) -> N
         await _close(ws, 1007, str(exc))
         return
     fmt = start["format"]
+    frame = start["channels"] * FORMATS[fmt].itemsize
     await ws.send_json({"type": "ready", "labels": model.labels, "views": list(model.views),
                         "window_s": engine.window_s, "hop_s": engine.hop_s,
                         "per_channel": engine.per_channel,
                         "max_duration_s": settings.max_stream_s,
                         "max_message_bytes": settings.max_message_bytes})
     limiter = app.state.limiter
-    while True:
-        message = await _receive(ws)
-        data = message.get("bytes")
-        if data is not None:
-            if len(data) > settings.max_message_bytes:
-                await _close(ws, 1009, f"binary message of {len(data)} bytes exceeds "
-                                       f"{settings.max_message_bytes}")
+    queue: asyncio.Queue = asyncio.Queue()
+    state = {"backlog": 0.0, "gone": False}
+    reader = asyncio.create_task(_reader(ws, settings, start, queue, state))
+    try:
+        while True:
+            item = await queue.get()
+            if state["gone"]:
+                raise WebSocketDisconnect(1001)   # the client left: drop its queued audio
+            if isinstance(item, tuple):      # PCM: this chunk and every one queued behind
+                chunks, arrived = [item[0]], item[1]
+                while not queue.empty() and isinstance(queue._queue[0], tuple):  # noqa: SLF001
+                    chunks.append(queue.get_nowait()[0])
+                if any(len(c) % frame for c in chunks):
+                    bad = next(c for c in chunks if len(c) % frame)
+                    await _close(ws, 1007, f"{len(bad)} bytes is not a whole number of {fmt} "
+                                           f"frames of {start['channels']} channel(s) "
+                                           f"({frame} bytes each)")
+                    return
+                data = b"".join(chunks)
+                try:
+                    results = await anyio.to_thread.run_sync(engine.feed_bytes, data, fmt,
+                                                             arrived, limiter=limiter)
+                except BinserError as exc:
+                    await _close(ws, 1007, str(exc))
+                    return
+                state["backlog"] = max(0.0, state["backlog"] - len(data) / frame / start["sample_rate"])
+                for r in results:
+                    await ws.send_json({"type": "window", **r.to_dict()})
+            elif item == "stop":
+                results = await anyio.to_thread.run_sync(engine.finish, limiter=limiter)
+                for r in results:
+                    await ws.send_json({"type": "window", **r.to_dict()})
+                await ws.send_json({"type": "end", "summary": engine.summary()})
+                await ws.close(1000)
                 return
-            frame = start["channels"] * (4 if fmt == "f32le" else 2)
-            if engine.duration_s + len(data) / frame / engine.sample_rate \
-                    > settings.max_stream_s:
-                await _close(ws, 1008, f"stream longer than the limit of "
-                                       f"{settings.max_stream_s:g} s")
+            elif isinstance(item, _StreamClosed):
+                await _close(ws, item.code, item.message)
                 return
-            try:
-                results = await anyio.to_thread.run_sync(engine.feed_bytes, data, fmt,
-                                                         time.perf_counter(),
-                                                         limiter=limiter)
-            except BinserError as exc:
-                await _close(ws, 1007, str(exc))
-                return
-            for r in results:
-                await ws.send_json({"type": "window", **r.to_dict()})
-            continue
-        text = message.get("text")
-        if text is not None and len(text) > settings.max_message_bytes:
-            await _close(ws, 1009, "text message too large")
-            return
-        try:
-            body = json.loads(text or "")
-        except (json.JSONDecodeError, RecursionError):
-            await _close(ws, 1007, "malformed JSON message")
-            return
-        kind = body.get("type") if isinstance(body, dict) else None
-        if kind == "stop":
-            results = await anyio.to_thread.run_sync(engine.finish, limiter=limiter)
-            for r in results:
-                await ws.send_json({"type": "window", **r.to_dict()})
-            await ws.send_json({"type": "end", "summary": engine.summary()})
-            await ws.close(1000)
-            return
-        await _close(ws, 1003, f"unexpected message type {kind!r} (binary PCM or "
-                               "{\"type\": \"stop\"} expected)")
-        return
+            else:
+                raise item               # WebSocketDisconnect: the client left
+    finally:
+        reader.cancel()
 
 
 async def _start_message(ws: WebSocket, message: dict[str, Any], settings: ServeSettings

@@ -80,6 +80,32 @@ def add_parsers(sub) -> None:
                    help="concurrent WebSocket streams (default %(default)s)")
     p.add_argument("--threads", type=positive_int, default=2,
                    help="model computations run at once (default %(default)s)")
+    p.add_argument("--max-duration-s", type=positive_float, default=600.0,
+                   help="longest upload, seconds of audio as its header declares; the "
+                        "decoded size (rate x duration x channels) is capped at 96000 x this "
+                        "(default %(default)s)")
+    p.add_argument("--max-queue", type=int, default=8,
+                   help="uploads waiting for a compute slot before new ones get 503 with "
+                        "Retry-After (default %(default)s)")
+    p.add_argument("--max-connections", type=positive_int, default=64,
+                   help="open connections before new requests get 503 (default %(default)s)")
+    p.add_argument("--stream-idle-s", type=positive_float, default=30.0,
+                   help="a stream with no message for this long after start is closed "
+                        "(default %(default)s)")
+    p.add_argument("--max-streams-per-client", type=positive_int, default=2,
+                   help="concurrent streams from one client address (default %(default)s)")
+    p.add_argument("--max-backlog-s", type=positive_float, default=30.0,
+                   help="seconds of audio a stream may run ahead of the computation before it "
+                        "is closed with an error (default %(default)s)")
+    p.add_argument("--shutdown-timeout", type=positive_float, default=10.0,
+                   help="on shutdown, seconds open streams and requests get before they are "
+                        "closed (streams with code 1012) (default %(default)s)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="a Host name to serve besides the loopback names (repeatable; '*': "
+                        "any; default for a non-loopback --host with --token: any)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a web page origin (scheme://host:port) allowed to call the API and "
+                        "open streams besides the server's own (repeatable)")
     p.set_defaults(func=run_serve)
 
 
@@ -255,11 +281,38 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def serve_settings(args: argparse.Namespace):
+    """The :class:`~binser.serve.app.ServeSettings` of ``binser serve``'s options."""
+    from .app import ServeSettings
+    from .guard import LOOPBACK_HOSTS
+
+    if args.max_queue < 0:
+        raise ConfigError(f"--max-queue must be 0 or more, got {args.max_queue}")
+    hosts = tuple(LOOPBACK_HOSTS) + tuple(args.allow_host)
+    if not is_loopback(args.host) and not args.allow_host:
+        hosts = ("*",)   # reachable by any name; the token guards it
+    elif args.host not in ("0.0.0.0", "::"):
+        hosts += (args.host,)
+    return ServeSettings(max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
+                         max_stream_s=args.max_stream_s, max_streams=args.max_streams,
+                         compute_threads=args.threads, token=args.token or None,
+                         max_duration_s=args.max_duration_s, max_queue=args.max_queue,
+                         max_connections=args.max_connections,
+                         stream_idle_s=args.stream_idle_s,
+                         max_streams_per_client=args.max_streams_per_client,
+                         max_backlog_s=args.max_backlog_s,
+                         shutdown_timeout_s=args.shutdown_timeout,
+                         allowed_hosts=hosts, allowed_origins=tuple(args.allow_origin))
+
+
 def run_serve(args: argparse.Namespace) -> int:
     try:
+        import logging
+
         import uvicorn
 
-        from .app import ServeSettings, create_app
+        from .app import create_app
+        from .guard import LOG, server_config
     except ImportError as exc:
         raise ConfigError(f"binser serve needs the 'serve' extra: pip install "
                           f"'binser[serve]' ({exc})") from exc
@@ -268,13 +321,15 @@ def run_serve(args: argparse.Namespace) -> int:
     if not is_loopback(args.host) and not args.token:
         raise ConfigError(f"--host {args.host} is reachable from other machines: give "
                           "--token SECRET (or $BINSER_TOKEN), or bind 127.0.0.1")
+    settings = serve_settings(args)
     model = Model.load(args.model)
-    settings = ServeSettings(max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
-                             max_stream_s=args.max_stream_s, max_streams=args.max_streams,
-                             compute_threads=args.threads, token=args.token or None)
     app = create_app(model, settings)
+    if not LOG.handlers:   # one line per upload with its timings, on stderr
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("binser: %(message)s"))
+        LOG.addHandler(handler)
+        LOG.setLevel(logging.INFO)
     print(f"binser: serving {args.model} on http://{args.host}:{args.port}/ "
-          f"(API docs at /docs)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
-                ws_max_size=settings.max_message_bytes + 4096)
+          f"(OpenAPI schema at /openapi.json)", file=sys.stderr)
+    uvicorn.Server(server_config(app, settings, host=args.host, port=args.port)).run()
     return 0

@@ -1,5 +1,6 @@
 // binser web page: upload a file (POST /predict) or stream the microphone (WS /stream)
-// and draw the emotion timeline. No external assets.
+// and draw the emotion timeline. No external assets. Text from the server (labels, view
+// names, messages) is only ever set as textContent: nothing is parsed as HTML.
 "use strict";
 const COLORS = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"];
 const token = new URLSearchParams(location.search).get("token");
@@ -21,8 +22,19 @@ async function loadModel() {
   legend();
 }
 
+function el(tag, text) {
+  const node = document.createElement(tag);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
 function legend() {
-  $("legend").innerHTML = labels.map((l, i) => `<span><i style="background:${COLORS[i % COLORS.length]}"></i>${l}</span>`).join("");
+  $("legend").replaceChildren(...labels.map((l, i) => {
+    const item = el("span"), swatch = el("i");
+    swatch.style.background = COLORS[i % COLORS.length];
+    item.append(swatch, document.createTextNode(String(l)));
+    return item;
+  }));
 }
 
 function plot(canvas, series, duration) {
@@ -59,7 +71,11 @@ function draw(final) {
   const names = windows.length ? Object.keys(windows[windows.length - 1].parts) : [];
   const box = $("parts");
   if (box.dataset.names !== names.join(",")) {
-    box.innerHTML = names.map((n) => `<h3>${n}</h3><canvas width="900" height="90" data-part="${n}"></canvas>`).join("");
+    box.replaceChildren(...names.flatMap((n) => {
+      const canvas = el("canvas");
+      canvas.width = 900; canvas.height = 90; canvas.dataset.part = n;
+      return [el("h3", n), canvas];
+    }));
     box.dataset.names = names.join(",");
   }
   box.querySelectorAll("canvas").forEach((c) => {
@@ -72,7 +88,7 @@ function showLabel(label, scores, text) {
   $("label").textContent = label ? label : (text || "");
   $("label").dataset.label = label || "";
   const best = Object.entries(scores || {}).sort((a, b) => b[1] - a[1]).slice(0, 4);
-  $("scores").innerHTML = best.map(([k, v]) => `<span>${k} ${(100 * v).toFixed(0)} %</span>`).join("");
+  $("scores").replaceChildren(...best.map(([k, v]) => el("span", `${k} ${(100 * v).toFixed(0)} %`)));
 }
 
 function channelText(channels) {
