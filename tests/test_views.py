@@ -257,5 +257,5 @@ def test_unknown_view_is_refused_with_the_table_names():
 
     from binser.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="choose from left right mid side mono"):
+    with pytest.raises(ConfigError, match="view.*centre; choose from left, right, mid, side, mono"):
         ExperimentSettings(dataset="folder", root=".", views=("left", "centre")).validate()

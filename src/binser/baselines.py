@@ -37,6 +37,7 @@ import numpy as np
 from .audio import audio_info, load_audio
 from .config import FrontEndConfig
 from .errors import AudioError, BinserError, ConfigError
+from .validation import check_choice, check_int_range
 from .features import FeatureCache, file_sha256
 from .views import all_views, binaural_views, unknown_views
 
@@ -74,18 +75,13 @@ def require_opensmile() -> ModuleType:
 
 def check_feature_set(feature_set: str) -> str:
     """``feature_set`` if it is a key of :data:`OPENSMILE_SETS`, else :class:`ConfigError`."""
-    if feature_set not in OPENSMILE_SETS:
-        raise ConfigError(f"unknown openSMILE feature set {feature_set!r}; "
-                          f"choose from {', '.join(OPENSMILE_SETS)}")
-    return feature_set
+    return check_choice(feature_set, OPENSMILE_SETS, "openSMILE feature set")
 
 
 def check_view(view: str) -> str:
     """``view`` if it is a view of :mod:`binser.views` (``left right mid side mono``), else
     :class:`ConfigError`."""
-    if unknown_views([view]):
-        raise ConfigError(f"unknown view {view!r}; choose from {', '.join(all_views())}")
-    return view
+    return check_choice(view, all_views(), "view")
 
 
 def baseline_run_name(feature_set: str, view: str = DEFAULT_VIEW) -> str:
@@ -374,6 +370,4 @@ def _check_pairs(feature_sets: Sequence[str], views: Sequence[str]) -> list[tupl
 
 def _check_workers(workers: int) -> int:
     """A positive integer thread count."""
-    if int(workers) != workers or workers < 1:
-        raise ConfigError(f"workers must be a positive integer, got {workers!r}")
-    return int(workers)
+    return check_int_range(workers, "workers", 1, integral_floats=True)

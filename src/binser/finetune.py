@@ -61,6 +61,7 @@ from torch import nn
 from .backbones import Backbone, RandomWeightsWarning, get_backbone, weights_digest
 from .config import FrontEndConfig
 from .errors import BinserError, ConfigError, ModelError
+from .validation import check_choice, check_choices, check_int_range
 
 CHECKPOINT_FORMAT = "binser-finetuned-v1"   # bump when the training procedure changes
 PREFIX_CACHE_BYTES = 3 << 30   # frozen-part outputs are kept in memory up to this size
@@ -138,10 +139,9 @@ class FinetuneSettings:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
-        if self.amp not in AMP_MODES:
-            raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
-        if self.batchnorm not in ("frozen", "train"):
-            raise ConfigError(f"batchnorm must be 'frozen' or 'train', got {self.batchnorm!r}")
+        check_choice(self.amp, AMP_MODES, "amp mode", option="fine-tuning amp")
+        check_choice(self.batchnorm, ("frozen", "train"), "batchnorm mode",
+                     option="fine-tuning batchnorm")
         if self.input_size is not None:
             _check_positive_int("input_size", self.input_size)
         if self.max_segments_per_epoch is not None:
@@ -189,8 +189,7 @@ class FinetuneSettings:
 
 
 def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"fine-tuning {name} must be a positive integer, got {value!r}")
+    check_int_range(value, f"fine-tuning {name}", 1)
 
 
 def _check_device_name(name: str) -> None:
@@ -341,15 +340,9 @@ def load_view_images(paths: Sequence[str | Path], views: Sequence[str],
 
     from .audio import load_audio
     from .spectrogram import views_images
-    from .views import binaural_views
+    from .views import all_views, binaural_views
 
-    from .views import all_views, unknown_views
-
-    views = list(views)
-    unknown = unknown_views(views)
-    if not views or unknown:
-        raise ConfigError(f"views must be among {', '.join(all_views())}; got "
-                          f"{', '.join(views) or 'none'}")
+    views = list(check_choices(views, all_views(), "view", option="--views"))
     out: dict[str, list[np.ndarray]] = {v: [] for v in views}
     for path in tqdm(list(paths), desc="images", unit="file", disable=not progress,
                      leave=False):

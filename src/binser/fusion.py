@@ -53,6 +53,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from .errors import ConfigError
+from .validation import check_choice
 
 GRID = tuple(round(0.1 * i, 1) for i in range(11))
 SEARCHES = ("staged", "joint")
@@ -175,10 +176,7 @@ def two_stage_fusion(s_left: np.ndarray, s_right: np.ndarray, s_mid: np.ndarray,
 
 
 def _rule(fusion_name: str) -> FusionRule:
-    if fusion_name not in FUSION_RULES:
-        raise ConfigError(f"unknown fusion {fusion_name!r}; choose one of "
-                          f"{', '.join(FUSION_RULES)}")
-    return FUSION_RULES[fusion_name]
+    return FUSION_RULES[check_choice(fusion_name, FUSION_RULES, "fusion")]
 
 
 def _check_fusion(fusion_name: str, scores: Mapping[str, np.ndarray]) -> tuple[str, ...]:
@@ -308,8 +306,7 @@ def select_weights(scores: Mapping[str, np.ndarray], y: Sequence, fusion_name: s
     ``alpha, beta, gamma`` for the four views); ``ua`` is the UA at those weights. Searches
     and ties: see the module docstring.
     """
-    if search not in SEARCHES:
-        raise ConfigError(f"unknown weight search {search!r}; choose one of {', '.join(SEARCHES)}")
+    check_choice(search, SEARCHES, "weight search")
     _check_fusion(fusion_name, scores)
     codes = _label_codes(y, classes)
     if len(codes) == 0:

@@ -20,7 +20,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, TypeVar
 
-from .errors import ConfigError
+from .validation import check_int_range
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -38,9 +38,7 @@ def check_workers(workers: int | None) -> int:
     """``workers`` as a positive int (None: :func:`default_workers`)."""
     if workers is None:
         return default_workers()
-    if isinstance(workers, bool) or int(workers) != workers or workers < 1:
-        raise ConfigError(f"--threads must be a positive integer, got {workers!r}")
-    return int(workers)
+    return check_int_range(workers, "--threads", 1, integral_floats=True)
 
 
 def single_thread_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None,

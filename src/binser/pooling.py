@@ -40,6 +40,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from .errors import BinserError, ConfigError
+from .validation import check_choice
 
 PAPER_POOLINGS = ("global-max", "global-avg", "block-max", "block-avg")
 POOLINGS = PAPER_POOLINGS + ("stats", "block-stats")
@@ -51,8 +52,7 @@ class PoolingInputError(BinserError, ValueError):
 
 
 def _check_kind(kind: str) -> None:
-    if kind not in _KINDS:
-        raise ConfigError(f"pooling kind must be one of {_KINDS}, got {kind!r}")
+    check_choice(kind, _KINDS, "pooling kind")
 
 
 def _check_segments(X: Sequence[np.ndarray], d: int | None = None) -> list[np.ndarray]:
@@ -218,8 +218,7 @@ def make_pooling(name: str, blocks: int = 2, levels: int | None = None,
                  absolute: bool = False) -> _SegmentPooling:
     """Pooling transformer by run name: one of :data:`POOLINGS` (``absolute``: block
     pooling of ``|X|``, ``|dX|``)."""
-    if name not in POOLINGS:
-        raise ConfigError(f"unknown pooling {name!r}; choose one of {', '.join(POOLINGS)}")
+    check_choice(name, POOLINGS, "pooling")
     if name == "stats":
         return StatsPooling(blocks=1)
     if name == "block-stats":
