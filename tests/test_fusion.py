@@ -303,3 +303,14 @@ def test_malformed_rules_are_refused():
     with pytest.raises(ConfigError, match="before"):
         register_fusion(FusionRule("bad", "x", (Stage("a", "w", "b", "left"),
                                                 Stage("b", "v", "a", "right"))))
+
+
+def test_weights_are_shown_as_lambda_but_keyed_gamma():
+    from binser.fusion import describe_weights, weight_symbols
+
+    scores, y, classes = _random_four_view(3)
+    weights, _ = select_weights(scores, y, "left+right+mid+side", classes)
+    assert list(weights) == ["alpha", "beta", "gamma"]             # results.json keys kept
+    assert describe_weights({"alpha": 0.3, "beta": 0.5, "gamma": 0.4}) == \
+        "alpha=0.3, beta=0.5, lambda=0.4"
+    assert weight_symbols() == {"alpha": "α", "beta": "β", "gamma": "λ"}

@@ -72,13 +72,15 @@ class Stage:
     """One stage of a fusion rule: ``output = combine(weight, first, second)``.
 
     ``first``/``second``: a view name or the ``output`` of an earlier stage. ``weight``: the
-    weight's key in ``weights`` dicts and ``results.json``; ``symbol``: how the report shows it.
+    weight's key in ``weights`` dicts, ``results.json`` and model files; ``symbol``: how the
+    report shows it; ``label``: its name in plain-text output (default: ``weight``).
     """
     output: str
     weight: str
     first: str
     second: str
     symbol: str = ""
+    label: str = ""
 
 
 @dataclass(frozen=True)
@@ -156,12 +158,19 @@ def weight_symbols() -> dict[str, str]:
             for st in rule.stages}
 
 
+def describe_weights(weights: Mapping[str, float]) -> str:
+    """Plain-text weights with the docs' names: ``alpha=0.3, beta=0.5, lambda=0.4``."""
+    labels = {st.weight: st.label or st.weight for rule in FUSION_RULES.values()
+              for st in rule.stages}
+    return ", ".join(f"{labels.get(k, k)}={v:g}" for k, v in weights.items()) or "none"
+
+
 _ALPHA = Stage("s1", "alpha", "left", "right", "α")    # eq. 8
 _BETA = Stage("s2", "beta", "mid", "side", "β")        # eq. 9
 register_fusion(FusionRule("left+right", "Left, Right", (_ALPHA,)))
 register_fusion(FusionRule("mid+side", "Mid, Side", (_BETA,)))
 register_fusion(FusionRule("left+right+mid+side", "Left, Right, Mid, Side",
-                           (_ALPHA, _BETA, Stage("s", "gamma", "s1", "s2", "λ"))))  # eq. 10
+                           (_ALPHA, _BETA, Stage("s", "gamma", "s1", "s2", "λ", "lambda"))))  # eq. 10
 _UA_TIE_TOL = 1e-12
 _CHUNK_VALUES = 4_000_000  # fused score values held at once during the grid search
 
