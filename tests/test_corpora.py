@@ -66,7 +66,7 @@ def test_canonical_label_unknown_names_the_word():
 
 def test_datasets_names():
     assert set(DATASETS) == {"emovo", "ravdess", "cremad", "emodb", "urdu", "afew", "baum1s",
-                             "folder", "csv"}
+                             "folder", "csv", "scenes"}
     assert all(isinstance(d, str) and d and "\n" not in d for d in DATASETS.values())
 
 

@@ -34,9 +34,13 @@ Every figure is measured on the machine it runs on, over EMOVO (or a subset with
   WebSocket streams, each playing its own ~30 s of joined EMOVO utterances
   (:func:`long_stream_files`; per-window latency p50/p99, whether each N keeps up with real
   time; stops at the first that does not). The server is always terminated.
+* **scenes** (:func:`scenes_speed`): ``binser scenes`` with its default settings over every
+  4th EMOVO file (the quick subset with ``quick=True``), on one thread: decode, room and
+  HRIR rendering, noise, competing talkers and FLAC writing, x real time.
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -870,7 +874,7 @@ def serve_load(model: str | Path, files: Sequence[Path], clients: int = 16, uplo
 
 # ------------------------------------------------------------------------------ the suite
 
-PARTS = ("frontend", "extraction", "encoder", "study", "opensmile", "ray", "serve")
+PARTS = ("frontend", "extraction", "encoder", "study", "opensmile", "ray", "serve", "scenes")
 
 
 @dataclass
@@ -1046,8 +1050,38 @@ def run_bench(options: BenchOptions, report: Callable[[str], None] = print) -> d
             report(f"serve: largest number of real-time streams kept up: "
                    f"{sv['max_streams_kept_up']}; server RSS after the streams "
                    f"{rss['after_streams']:.0f} MiB")
+    if "scenes" in options.parts:
+        sc = scenes_speed(options.root, files if options.quick else files[::4])
+        figures["scenes"] = sc
+        report(f"scenes: {sc['files']} EMOVO files, {sc['audio_s']:.0f} s of audio rendered "
+               f"in {sc['wall_s']:.1f} s on one thread -> {sc['xrt']:.0f}x real time "
+               f"({sc['with_interferer']} with a competing talker)")
     figures["summary"] = summary(figures)
     return figures
+
+
+def scenes_speed(root: Path, files: Sequence[Path]) -> dict[str, Any]:
+    """``binser scenes`` (default settings, seed 0) over ``files`` of the EMOVO corpus at
+    ``root`` into a temporary folder, on one thread (BLAS limited to one): decoding,
+    rendering and FLAC writing, x real time."""
+    from threadpoolctl import threadpool_limits
+
+    from .corpora import corpus
+    from .scenes import SceneSettings, make_scenes
+
+    found = corpus("emovo", root)
+    wanted = {os.path.abspath(f) for f in files}
+    subset = found.subset([i for i, u in enumerate(found) if os.path.abspath(u.path) in wanted])
+    work = Path(tempfile.mkdtemp(prefix="binser-bench-scenes-"))
+    try:
+        with threadpool_limits(1):
+            done = make_scenes(subset, work / "scenes", SceneSettings(), progress=False)
+        with open(work / "scenes" / "scenes.csv", newline="") as handle:
+            interferers = sum(1 for row in csv.DictReader(handle) if row["interferer"])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"files": done["made"], "audio_s": done["audio_s"], "wall_s": done["wall_s"],
+            "xrt": done["xrt"], "threads": 1, "with_interferer": interferers}
 
 
 def summary(figures: dict[str, Any]) -> dict[str, Any]:
@@ -1081,6 +1115,7 @@ def summary(figures: dict[str, Any]) -> dict[str, Any]:
         "serve_p99_ms": _serve(figures, "uploads", "p99_ms"),
         "serve_errors": _serve(figures, "uploads", "errors"),
         "serve_max_streams": figures.get("serve", {}).get("max_streams_kept_up"),
+        "scenes_xrt": figures.get("scenes", {}).get("xrt"),
         "quick": figures["quick"],
     }
 

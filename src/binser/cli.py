@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -322,6 +323,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scenes(args: argparse.Namespace) -> int:
+    from .corpora import corpus
+    from .scenes import SceneSettings, make_scenes
+
+    settings = SceneSettings(seed=args.seed, snr=args.snr, rt60=args.rt60,
+                             interferer_prob=args.interferer_prob, sir=args.sir,
+                             azimuth=args.azimuth, hrir=args.hrir, downmix=args.downmix)
+    found = corpus(args.dataset, args.root, manifest=args.manifest)
+    done = make_scenes(found, args.out, settings, progress=not args.quiet)
+    rate = f", {done['xrt']:.0f}x real time" if done["made"] else ""
+    print(f"scenes: {done['files']} files in {done['out']} ({done['made']} made, "
+          f"{done['kept']} already there; {done['audio_s']:.0f} s of audio in "
+          f"{done['wall_s']:.1f} s{rate}); read them back with --dataset scenes --root "
+          f"{done['out']}")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .model import Model, format_prediction, read_speakers_csv
 
@@ -488,6 +506,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model folder (binser train --out) for the serve part: load and "
                         "latency of 'binser serve' on loopback (without it: skipped)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("scenes", help="binaural scenes: each utterance in a simulated room "
+                                      "with noise and a competing talker, as stereo FLAC")
+    add_corpus_options(p, out_help="scene folder (FLAC files, scenes.csv, scenes.json); "
+                                   "rerun with the same settings to resume")
+    p.add_argument("--seed", type=_non_negative_int, default=0,
+                   help="random seed; each file's draws depend only on it and the file's "
+                        "path (default: %(default)s)")
+    p.add_argument("--snr", default="0,5,10,20",
+                   help="SNRs in dB to draw from, target vs diffuse noise at the ears "
+                        "(default: %(default)s)")
+    p.add_argument("--rt60", default="0.2:0.9",
+                   help="reverberation time range LOW:HIGH in seconds (default: %(default)s)")
+    p.add_argument("--interferer-prob", default="0.5",
+                   help="probability of a competing talker (default: %(default)s)")
+    p.add_argument("--sir", default="0,5,10",
+                   help="SIRs in dB to draw from, target vs competing talker "
+                        "(default: %(default)s)")
+    p.add_argument("--azimuth", default="-90:90",
+                   help="target azimuth range LOW:HIGH in degrees, 0 front, 90 left "
+                        "(default: %(default)s)")
+    p.add_argument("--hrir", default=None,
+                   help="HRIR file: .npz (ir (M,2,N), sources (M,3), samplerate) or .sofa "
+                        "(needs binser[sofa]); default: $BINSER_HRTF or "
+                        "../shared/data/hrtf/mit-kemar.npz")
+    p.add_argument("--downmix", default="first", choices=("first", "mean"),
+                   help="how a stereo source becomes mono: its first channel or the mean "
+                        "(default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    # values such as "--azimuth -45:45" or "--snr -5,0" start with '-': take every '-<digit>'
+    # word as a value, not an option (argparse's own rule since Python 3.13)
+    p._negative_number_matcher = re.compile(r"^-\.?\d")
+    p.set_defaults(func=cmd_scenes)
 
     p = sub.add_parser("predict", help="predict the emotion of audio/video files with a model")
     p.add_argument("model", help="model folder written by 'binser train'")

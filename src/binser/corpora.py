@@ -69,6 +69,7 @@ DATASETS: dict[str, str] = {
     "baum1s": "BAUM-1s: Turkish spontaneous video, 6 basic emotions from a CSV (losgo:5)",
     "folder": "any corpus as <root>/<label>/<speaker>_<rest>.<ext>",
     "csv": "any corpus listed in a CSV manifest: path, label, speaker[, split]",
+    "scenes": "binaural scenes made by 'binser scenes' (its --out folder, read via scenes.csv)",
 }
 
 
@@ -485,6 +486,16 @@ def _load_csv(root: Path, manifest: str | Path | None) -> _Found:
     return found
 
 
+def _load_scenes(root: Path, manifest: str | Path | None) -> _Found:
+    """``scenes``: the ``scenes.csv`` that ``binser scenes`` wrote in ``root`` (the source
+    corpus's labels, speakers and splits; binser.scenes)."""
+    path = root / "scenes.csv"
+    if not path.is_file():
+        raise CorpusError(f"{root}: no scenes.csv here (give the folder written by "
+                          "'binser scenes --out')")
+    return _load_csv(root, path)
+
+
 # --------------------------------------------------------------------------- BAUM-1s
 
 _BAUM_BASIC = ("anger", "disgust", "fear", "joy", "sadness", "surprise")
@@ -597,6 +608,8 @@ _ADAPTERS: dict[str, _Adapter] = {
                        f"{' '.join(LABELS)} (or a synonym)", _by_name(_parse_folder)),
     "csv": _Adapter("a CSV manifest with columns path, label, speaker[, split], paths relative "
                     "to the manifest's folder", _load_csv, uses_manifest=True),
+    "scenes": _Adapter("a folder written by 'binser scenes --out' (scenes.csv: path, label, "
+                       "speaker, split and the scene parameters)", _load_scenes),
 }
 
 assert set(_ADAPTERS) == set(DATASETS)
