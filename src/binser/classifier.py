@@ -1,4 +1,5 @@
-"""Per-view linear SVM with C chosen on the training speakers only (SPEC step 8).
+"""Per-view linear SVM with C chosen on the training speakers only (docs/METHOD.md
+section 7).
 
 :class:`ViewClassifier` is equivalent to::
 
@@ -36,7 +37,7 @@ Choices (documented here, visible as parameters):
 * Calibration ``"temperature"`` (default): ``softmax(t * decision)`` with one temperature
   ``t`` fitted by log loss on the out-of-fold decision values. One scalar cannot reorder a
   row, so ``predict`` is the SVM's own prediction (the grid search's), while the scores
-  become probabilities comparable across views for fusion (SPEC step 9).
+  become probabilities comparable across views for fusion (docs/METHOD.md section 8).
 * Calibration ``"sigmoid"``: Platt's sigmoid per class (one-vs-rest) on the out-of-fold
   decision values, with Platt's target smoothing, then rows normalised to sum to 1 (binary:
   one sigmoid on the positive class, ``p0 = 1 - p1``) -- the procedure of scikit-learn's

@@ -17,7 +17,7 @@ from .errors import ConfigError
 
 @dataclass(frozen=True)
 class FrontEndConfig:
-    """Audio -> log-Mel -> segments -> 3-channel images (SPEC steps 1-5).
+    """Audio -> log-Mel -> segments -> 3-channel images (docs/METHOD.md sections 1-4).
 
     Defaults follow Zhang et al. (2020): 16 kHz, 64 Mel bands 20-8000 Hz, Hamming window of
     25 ms, hop of 10 ms, 64-frame segments (0.64 s), segment hop 30 frames.

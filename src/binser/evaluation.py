@@ -1,4 +1,4 @@
-"""Speaker-independent protocols and metrics (SPEC step 10).
+"""Speaker-independent protocols and metrics (docs/METHOD.md section 10).
 
 Protocols (strings as on the command line):
 

@@ -1,7 +1,8 @@
 """Segment-level deep features of audio files, per binaural view, with a disk cache.
 
 :class:`SegmentFeatureExtractor` turns each file into, per view, an array ``(n_i, d)`` of
-backbone features of its ``n_i`` segment images (SPEC steps 1-6, frozen extraction):
+backbone features of its ``n_i`` segment images (docs/METHOD.md sections 1-5, frozen
+extraction):
 decode once -> binaural views -> 3-channel segment images -> resize + normalise -> backbone.
 Segments of consecutive files and views are packed into full batches. A view that carries
 no signal in a file (:func:`binser.views.silent_views`) gets an array with ``n_i = 0`` rows.
@@ -128,7 +129,8 @@ class _Batcher:
 
 def file_views(path: str | Path, config: FrontEndConfig = FrontEndConfig()
                ) -> tuple[dict[str, np.ndarray], set[str]]:
-    """Decode one file once -> ``({view: (N,) float32}, silent views)`` (SPEC steps 1-2;
+    """Decode one file once -> ``({view: (N,) float32}, silent views)`` (docs/METHOD.md
+    sections 1-2;
     silent: :func:`binser.views.silent_views`)."""
     audio = load_audio(path, sr=config.sample_rate, channels=config.channels,
                        max_duration_s=config.max_duration_s)
@@ -139,7 +141,8 @@ def file_views(path: str | Path, config: FrontEndConfig = FrontEndConfig()
 def file_images(path: str | Path, views: Sequence[str],
                 config: FrontEndConfig = FrontEndConfig()) -> dict[str, np.ndarray]:
     """The front end of one file: decode once -> binaural views -> segment images
-    ``{view: (n, 3, F, L) float32}`` for ``views`` (SPEC steps 1-5). A silent view (no
+    ``{view: (n, 3, F, L) float32}`` for ``views`` (docs/METHOD.md sections 1-4). A silent
+    view (no
     signal of its own, e.g. the Side of identical channels) gets ``n = 0`` images."""
     signals, silent = file_views(path, config)
     images = views_images({v: signals[v] for v in views if v not in silent}, config)

@@ -1,4 +1,5 @@
-"""Fine-tuning one ImageNet CNN per binaural view on emotion-labelled segments (SPEC step 6).
+"""Fine-tuning one ImageNet CNN per binaural view on emotion-labelled segments
+(docs/METHOD.md section 5).
 
 The paper's recipe (Zhang et al. 2020, eq. 1 and section III-B): the network's ImageNet
 classification layer is replaced by a C-way layer, every segment carries its utterance's

@@ -1,5 +1,6 @@
 """Score-level fusion of the binaural views: the paper's two-stage fusion (docs/METHOD.md
-section 7, eqs. 8-10) and its weight search, with every fusion rule one entry of a table.
+section 8, eqs. M14-M16 = the paper's eqs. 8-10) and its weight search, with every fusion
+rule one entry of a table.
 
 Scores are ``(N, K)`` arrays per view whose columns follow one shared ``classes`` order and
 which are comparable across views (calibrated probabilities from
@@ -170,7 +171,8 @@ _BETA = Stage("s2", "beta", "mid", "side", "β")        # eq. 9
 register_fusion(FusionRule("left+right", "Left, Right", (_ALPHA,)))
 register_fusion(FusionRule("mid+side", "Mid, Side", (_BETA,)))
 register_fusion(FusionRule("left+right+mid+side", "Left, Right, Mid, Side",
-                           (_ALPHA, _BETA, Stage("s", "gamma", "s1", "s2", "λ", "lambda"))))  # eq. 10
+                           (_ALPHA, _BETA,
+                            Stage("s", "gamma", "s1", "s2", "λ", "lambda"))))   # eq. 10
 _UA_TIE_TOL = 1e-12
 _CHUNK_VALUES = 4_000_000  # fused score values held at once during the grid search
 

@@ -1,4 +1,5 @@
-"""Segment-level features -> utterance-level features (SPEC step 7, paper eqs. 3-7).
+"""Segment-level features -> utterance-level features (docs/METHOD.md section 6,
+eqs. M11-M12; paper eqs. 3-7).
 
 Every transformer here takes a list of ``N`` arrays, one per utterance, each of shape
 ``(n_i, d)`` (``n_i >= 1`` segments in time order, ``d`` features per segment) and returns

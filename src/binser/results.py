@@ -4,7 +4,7 @@ Top-level fields :data:`TOP_LEVEL`; every entry of ``runs`` has :data:`RUN_FIELD
 the run-name grammar (:class:`binser.runnames.RunName`: views, poolings and fusion rules from
 their tables), fractions in 0..1, a K x K confusion matrix that counts ``n_utterances``; a
 ``speaker-norm:`` run carries ``speaker_norm = true``; a score fusion carries ``selection``
-(``nested``, or ``oracle`` for ``@oracle``) and ``weights``. See docs/METHOD.md section 9.
+(``nested``, or ``oracle`` for ``@oracle``) and ``weights``. See docs/METHOD.md section 10.
 """
 from __future__ import annotations
 

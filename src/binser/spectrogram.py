@@ -1,4 +1,4 @@
-"""Log-Mel spectrograms, context segments and 3-channel images (SPEC steps 3-5).
+"""Log-Mel spectrograms, context segments and 3-channel images (docs/METHOD.md sections 3-4).
 
 Shapes: ``N`` samples, ``V`` views, ``F`` Mel bands, ``T`` frames, ``n`` segments, ``L``
 frames per segment. Every array returned is float32 unless stated.
@@ -274,10 +274,10 @@ def _windows(logmel: np.ndarray, frames: int, hop: int) -> np.ndarray:
 def segment(logmel: np.ndarray, frames: int = 64, hop: int = 30) -> np.ndarray:
     """Cut a log-Mel (F, T) into context windows (n, F, frames) float32 (a copy).
 
-    Starts 0, hop, 2*hop ... until the segments cover all T frames (SPEC: "over the whole
-    log-Mel"); where the last segment runs past T it is padded at the end with the
-    utterance's minimum value, so an utterance shorter than ``frames`` gives exactly one
-    padded segment and no frame is ever dropped.
+    Starts 0, hop, 2*hop ... until the segments cover all T frames (docs/METHOD.md section
+    4, eq. M7: the whole log-Mel); where the last segment runs past T it is padded at the
+    end with the utterance's minimum value, so an utterance shorter than ``frames`` gives
+    exactly one padded segment and no frame is ever dropped.
     """
     logmel = np.asarray(logmel, dtype=np.float32)
     return np.ascontiguousarray(_windows(logmel, frames, hop))

@@ -8,7 +8,7 @@ validator) derives from that table, so a new view is one entry (:func:`register_
 
 Definitions (``L``, ``R``: the left and right channels, rows 0 and 1 of ``audio`` (C, N);
 ``s``: ``side_scale``, the paper's ``s = 1``; ``s = 0.5`` gives the normalised sum/difference;
-docs/METHOD.md section 2, eqs. 1-2):
+docs/METHOD.md section 2, eqs. M1-M4):
 
 * ``left  = L``
 * ``right = R``

@@ -1,4 +1,5 @@
-"""Backbones: the networks that turn one view into a sequence of feature vectors (SPEC step 6).
+"""Backbones: the networks that turn one view into a sequence of feature vectors
+(docs/METHOD.md section 5).
 
 One family per module, one registry here:
 

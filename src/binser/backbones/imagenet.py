@@ -1,4 +1,4 @@
-"""ImageNet CNN backbones that turn segment images into deep features (SPEC step 6).
+"""ImageNet CNN backbones that turn segment images into deep features (docs/METHOD.md section 5).
 
 A :class:`Backbone` bundles a network whose ``model(x)`` maps normalised images
 ``(B, 3, S, S)`` to segment features ``(B, d)``, the ImageNet classification layer that
