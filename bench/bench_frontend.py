@@ -1,4 +1,4 @@
-"""Front-end throughput over the whole EMOVO corpus (SPEC steps 1-5).
+"""Front-end throughput over the whole EMOVO corpus (docs/METHOD.md sections 1-4).
 
 Per file: decode + resample (``load_audio``), the binaural views (``binaural_views``), and
 log-Mel + segments + delta / delta-delta images of the four views (``views_images``, one

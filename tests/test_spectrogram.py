@@ -1,4 +1,4 @@
-"""Tests of binser.spectrogram: log-Mel, deltas, segments, images (SPEC steps 3-5).
+"""Tests of binser.spectrogram: log-Mel, deltas, segments, images (docs/METHOD.md sections 3-4).
 
 References are computed independently inside the tests: librosa for the log-Mel and the
 deltas, scikit-image for the bilinear resize, hand-computed counts for the segments.
