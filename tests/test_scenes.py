@@ -92,7 +92,8 @@ def _rows(folder: Path) -> list[dict[str, str]]:
 
 
 def _ild(stereo: np.ndarray) -> float:
-    return 10 * np.log10(np.sum(stereo[0].astype(float) ** 2) / np.sum(stereo[1].astype(float) ** 2))
+    left, right = np.asarray(stereo, float)
+    return 10 * np.log10(np.sum(left ** 2) / np.sum(right ** 2))
 
 
 def _npz_ild_below_8k(azimuth: float) -> float:
@@ -139,6 +140,46 @@ def test_sofa_file_reads_like_the_npz(tmp_path, kemar, hrirs):
     from_sofa = load_hrir(tmp_path / "kemar.sofa")
     np.testing.assert_allclose(from_sofa.ir, hrirs.ir, atol=1e-6)
     np.testing.assert_allclose(from_sofa.azimuth, hrirs.azimuth, atol=1e-4)
+
+
+def test_diffuse_noise_matches_independent_sources_through_the_hrirs(hrirs):
+    """The per-bin Cholesky draw has the cross-spectra of independent white noises from each
+    direction, each convolved with its HRIR and summed (computed here the plain way)."""
+    from scipy.signal import csd, welch
+
+    from binser.scenes import HRIRSet, diffuse_noise
+
+    pick = np.arange(0, len(hrirs.ir), 89)                     # 8 directions
+    few = HRIRSet(ir=hrirs.ir[pick], azimuth=hrirs.azimuth[pick],
+                  elevation=hrirs.elevation[pick], path=hrirs.path, sha256="", source_rate=SR)
+    n, rng = 8 * SR, np.random.default_rng(0)
+    plain = sum(convolve(rng.standard_normal(n), few.ir[k]) for k in range(len(pick)))
+    drawn = diffuse_noise(np.random.default_rng(1), few, n)
+    def coherency(x):   # complex: magnitude and interaural phase
+        f, cross = csd(x[0], x[1], fs=SR, nperseg=512)
+        return f, cross / np.sqrt(welch(x[0], fs=SR, nperseg=512)[1]
+                                  * welch(x[1], fs=SR, nperseg=512)[1])
+
+    f, c_plain = coherency(plain)
+    _, c_drawn = coherency(drawn)
+    assert np.mean(np.abs(c_drawn - c_plain)) < 0.1
+    assert np.mean(np.abs(np.conj(c_drawn) - c_plain)) > 0.2     # the phase is tested too
+    for ear in (0, 1):
+        band = (f > 100) & (f < 7000)
+        p_plain = welch(plain[ear], fs=SR, nperseg=512)[1][band]
+        p_drawn = welch(drawn[ear], fs=SR, nperseg=512)[1][band]
+        ratio_db = 10 * np.log10(p_drawn / p_plain)
+        assert np.median(np.abs(ratio_db - np.median(ratio_db))) < 0.5   # same shape
+
+
+def test_diffuse_noise_is_coherent_low_and_incoherent_high(hrirs):
+    from scipy.signal import coherence
+
+    from binser.scenes import diffuse_noise
+
+    x = diffuse_noise(np.random.default_rng(0), hrirs, 6 * SR, "pink")
+    f, c = coherence(x[0], x[1], fs=SR, nperseg=1024)
+    assert c[(f >= 50) & (f < 200)].mean() > 0.6 and c[f >= 1000].mean() < 0.05
 
 
 # ------------------------------------------------------------------ levels and the room

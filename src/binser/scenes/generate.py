@@ -8,14 +8,14 @@ import hashlib
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..errors import AudioError, ConfigError
 from .acoustics import (NOISE_TYPES, BRIR, Room, diffuse_noise, draw_room, place_source,
                         room_brir)
-from .hrir import HRIRSet
+from .hrir import SAMPLE_RATE, HRIRSet
 
 TARGET_RMS_DBFS = -26.0           # the reverberant target's RMS over both ears
 PEAK_LIMIT = 0.99                 # the mixture is scaled down if its peak would pass this
@@ -183,12 +183,25 @@ def loop_to(signal: np.ndarray, n: int, start: int) -> np.ndarray:
     return np.tile(signal, reps)[start:start + n]
 
 
+def load_mono(path: str | Path, downmix: str = "first") -> np.ndarray:
+    """A source file as mono float64 at 16 kHz: its first channel, or the mean of its
+    channels (``downmix="mean"``)."""
+    from ..audio import load_audio
+
+    if downmix == "first":
+        return load_audio(path, sr=SAMPLE_RATE, channels=(0,))[0].astype(np.float64)
+    return load_audio(path, sr=SAMPLE_RATE).mean(axis=0, dtype=np.float64)
+
+
 def render_scene(source: np.ndarray, rel: str, settings: SceneSettings, hrirs: HRIRSet,
                  interferers: Sequence[tuple[str, str, Path]] = (),
-                 load=None) -> Scene:
+                 load: Callable[[Path], np.ndarray] | None = None) -> Scene:
     """Render the scene of one mono utterance ``source`` (N,) at 16 kHz whose path relative
     to its corpus root is ``rel``. ``interferers``: ``(relative path, speaker, path)`` of the
-    other speakers' utterances; ``load(path) -> mono (M,)`` decodes the chosen one."""
+    other speakers' utterances; ``load(path) -> mono (M,)`` decodes the chosen one (default:
+    :func:`load_mono` with ``settings.downmix``)."""
+    if load is None:
+        load = lambda path: load_mono(path, settings.downmix)  # noqa: E731
     room_rng, noise_rng, talk_rng, tail_rng = file_rngs(settings.seed, rel)
     source = np.asarray(source, np.float64)
     if not np.any(source):

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..corpora import Corpus, Utterance
 from ..errors import ConfigError, CorpusError
-from .generate import SceneSettings, render_scene
+from .generate import SceneSettings, load_mono, render_scene
 from .hrir import SAMPLE_RATE, HRIRSet, load_hrir
 
 FORMAT = "binser-scenes-1"
@@ -52,11 +52,10 @@ class Job:
 
 def check_requirements() -> None:
     """ConfigError when the image-source model's package is missing."""
-    try:
-        import pyroomacoustics  # noqa: F401
-    except ImportError:
-        raise ConfigError("binser scenes needs pyroomacoustics: pip install "
-                          "'binser[scenes]'") from None
+    import importlib.util
+
+    if importlib.util.find_spec("pyroomacoustics") is None:
+        raise ConfigError("binser scenes needs pyroomacoustics: pip install 'binser[scenes]'")
 
 
 def check_speakers(corpus: Corpus, settings: SceneSettings) -> None:
@@ -125,10 +124,10 @@ def check_out_folder(out: Path, identity: dict[str, Any], corpus_root: Path) -> 
         old = json.loads(stored.read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--out {out}: cannot read {SETTINGS_FILE} ({exc})") from None
-    differ = [k for k in _COMPARED if old.get(k) != identity[k]]
-    differ = [f"{k}.{s}" for k in differ if k == "settings"
-              for s in identity[k] if old.get(k, {}).get(s) != identity[k][s]] + \
-             [k for k in differ if k != "settings"]
+    old_settings = old.get("settings") if isinstance(old.get("settings"), dict) else {}
+    differ = [f"settings.{k}" for k, v in identity["settings"].items()
+              if old_settings.get(k) != v]
+    differ += [k for k in _COMPARED if k != "settings" and old.get(k) != identity[k]]
     if differ:
         raise ConfigError(f"--out {out}: holds scenes made with other settings or another "
                           f"corpus (differs in {', '.join(differ)}); choose another folder, "
@@ -193,16 +192,6 @@ def _lock(out: Path):
         raise ConfigError(f"--out {out}: another binser run is writing to this folder; wait "
                           "for it to finish or choose another folder") from None
     return handle
-
-
-def load_mono(path: Path, downmix: str = "first") -> np.ndarray:
-    """A source file as mono float64 at 16 kHz: its first channel, or the mean of its
-    channels (``downmix="mean"``)."""
-    from ..audio import load_audio
-
-    if downmix == "first":
-        return load_audio(path, sr=SAMPLE_RATE, channels=(0,))[0].astype(np.float64)
-    return load_audio(path, sr=SAMPLE_RATE).mean(axis=0, dtype=np.float64)
 
 
 # ------------------------------------------------------------------------------ the run
