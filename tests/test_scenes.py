@@ -238,6 +238,25 @@ def test_more_reverberation_lowers_the_drr(hrirs):
     assert drr[0] > drr[1] + 3
 
 
+def test_sources_are_1_to_2_5_m_away_inside_the_walls():
+    from binser.scenes.acoustics import draw_room, place_source
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        rt60, azimuths = rng.uniform(0.2, 0.9), rng.uniform(-180, 180, size=2)
+        room = draw_room(rng, rt60, azimuths)
+        assert 0 < room.absorption <= 0.9
+        assert 0.161 * room.volume / (room.surface * room.absorption) == pytest.approx(rt60)
+        for azimuth in azimuths:
+            position = place_source(rng, room, azimuth)
+            offset = position - room.head
+            assert 1.0 <= np.linalg.norm(offset) <= 2.5 and offset[2] == 0
+            inside = (position[:2] >= 0.5 - 1e-9) & (position[:2] <= room.dims[:2] - 0.5 + 1e-9)
+            assert inside.all()
+            bearing = np.degrees(np.arctan2(offset[1], offset[0])) - room.yaw
+            assert (bearing - azimuth + 180) % 360 - 180 == pytest.approx(0, abs=1e-6)
+
+
 def test_interferer_azimuth_keeps_its_distance():
     rng = np.random.default_rng(0)
     for target in (-90.0, 0.0, 85.0):

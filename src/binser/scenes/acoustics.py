@@ -8,8 +8,9 @@ from the facing direction, counter-clockwise (+90 = left), as in :mod:`.hrir`.
 draws), one frequency-independent energy absorption coefficient on every wall from Sabine's
 formula ``alpha = 0.161 V / (S * RT60)`` (V volume in m^3, S wall area in m^2; a room too
 large for the RT60 (alpha > 0.9) is shrunk until alpha = 0.9). Head 1-1.8 m high, at least
-0.8 m from the walls; source at the head's height (elevation 0), at ``distance`` 1-2.5 m in
-the direction ``azimuth``, at least 0.5 m from the walls (positions redrawn until they fit).
+0.8 m from the walls (redrawn, up to 100 times, until every source of the scene can be 1 m
+away; else the room's centre); each source at the head's height (elevation 0) in the
+direction ``azimuth``, at a distance uniform in 1-2.5 m cut to stay 0.5 m inside the walls.
 
 **BRIR** (:func:`room_brir`, shape (2, L), direct sound at sample 0):
 
@@ -39,6 +40,7 @@ long-term spectrum of the target utterance, Welch, 512-sample Hann segments).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 import numpy as np
 
@@ -51,6 +53,7 @@ HEAD_HEIGHT = (1.0, 1.8)
 HEAD_MARGIN = 0.8
 SOURCE_DISTANCE = (1.0, 2.5)
 SOURCE_MARGIN = 0.5
+HEAD_TRIES = 100
 MAX_ABSORPTION = 0.9
 TAIL_FADE_S = 0.005
 NOISE_TYPES = ("pink", "speech")
@@ -82,35 +85,49 @@ def sabine_absorption(dims, rt60: float) -> float:
     return 0.161 * lx * ly * lz / (2 * (lx * ly + lx * lz + ly * lz) * rt60)
 
 
-def draw_room(rng: np.random.Generator, rt60: float) -> Room:
-    """A room, head position and facing direction for ``rt60`` seconds (module docstring)."""
+def draw_room(rng: np.random.Generator, rt60: float, azimuths=(0.0,)) -> Room:
+    """A room, head position and facing direction for ``rt60`` seconds (module docstring),
+    with room for a source at least 1 m away in each of ``azimuths`` (degrees)."""
     dims = np.array([rng.uniform(lo, hi) for lo, hi in ROOM_RANGES])
     alpha = sabine_absorption(dims, rt60)
     if alpha > MAX_ABSORPTION:   # alpha scales with the room's size: shrink it
         dims = dims * MAX_ABSORPTION / alpha
         alpha = MAX_ABSORPTION
+    yaw = float(rng.uniform(0, 360))
     margin = np.minimum(HEAD_MARGIN, dims / 2 * 0.9)
-    x, y = (rng.uniform(margin[i], dims[i] - margin[i]) for i in range(2))
     z = rng.uniform(min(HEAD_HEIGHT[0], dims[2] / 2), min(HEAD_HEIGHT[1], dims[2] - 0.3))
-    return Room(dims=dims, head=np.array([x, y, z]), yaw=float(rng.uniform(0, 360)),
+    room = Room(dims=dims, head=np.array([dims[0] / 2, dims[1] / 2, z]), yaw=yaw,
                 rt60=float(rt60), absorption=float(alpha))
+    for _ in range(HEAD_TRIES):   # else the room's centre (the most room in every direction)
+        head = np.array([rng.uniform(margin[0], dims[0] - margin[0]),
+                         rng.uniform(margin[1], dims[1] - margin[1]), z])
+        candidate = dataclasses.replace(room, head=head)
+        if all(free_distance(candidate, a) >= SOURCE_DISTANCE[0] for a in azimuths):
+            return candidate
+    return room
+
+
+def free_distance(room: Room, azimuth: float) -> float:
+    """How far a source can be from the head at ``azimuth`` and stay 0.5 m inside the
+    walls (metres)."""
+    angle = np.radians(room.yaw + azimuth)
+    step = np.array([np.cos(angle), np.sin(angle)])
+    lo, hi = SOURCE_MARGIN, room.dims[:2] - SOURCE_MARGIN
+    with np.errstate(divide="ignore", invalid="ignore"):
+        limits = np.where(step > 0, (hi - room.head[:2]) / step,
+                          np.where(step < 0, (lo - room.head[:2]) / step, np.inf))
+    return float(np.min(limits))
 
 
 def place_source(rng: np.random.Generator, room: Room, azimuth: float) -> np.ndarray:
-    """A source position at ``azimuth`` (degrees from the facing direction), ear height,
-    1-2.5 m away and 0.5 m inside the walls; the distance is shortened if no draw fits."""
+    """A source at ``azimuth`` (degrees from the facing direction), at ear height, at a
+    distance uniform in 1-2.5 m, limited to :func:`free_distance` (so 0.5 m inside the
+    walls; in a room too small for 1 m, the free distance itself)."""
+    free = free_distance(room, azimuth)
+    low, high = SOURCE_DISTANCE
+    distance = rng.uniform(low, min(high, free)) if free > low else max(free, 0.1)
     angle = np.radians(room.yaw + azimuth)
-    step = np.array([np.cos(angle), np.sin(angle), 0.0])
-    lo, hi = SOURCE_MARGIN, room.dims - SOURCE_MARGIN
-    for _ in range(20):
-        position = room.head + rng.uniform(*SOURCE_DISTANCE) * step
-        if np.all(position >= lo) and np.all(position <= hi):
-            return position
-    # the farthest distance that fits along this direction (at least 0.3 m)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        limits = np.where(step > 0, (hi - room.head) / step,
-                          np.where(step < 0, (lo - room.head) / step, np.inf))
-    return room.head + max(0.3, float(np.min(limits[:2]))) * step
+    return room.head + distance * np.array([np.cos(angle), np.sin(angle), 0.0])
 
 
 @dataclass

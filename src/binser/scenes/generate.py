@@ -208,9 +208,13 @@ def render_scene(source: np.ndarray, rel: str, settings: SceneSettings, hrirs: H
         raise AudioError(rel, "the source is digital silence; no scene can be made")
     rt60 = float(room_rng.uniform(*settings.rt60))
     azimuth = float(room_rng.uniform(*settings.azimuth))
-    room = draw_room(room_rng, rt60)
-    position = place_source(room_rng, room, azimuth)
-    brir = room_brir(tail_rng, hrirs, room, position)
+    talker = None
+    if interferers and talk_rng.uniform() < settings.interferer_prob:
+        talker = interferers[int(talk_rng.integers(len(interferers)))]
+        other_az = draw_interferer_azimuth(talk_rng, azimuth, settings.azimuth)
+        sir = float(talk_rng.choice(settings.sir))
+    room = draw_room(room_rng, rt60, (azimuth,) if talker is None else (azimuth, other_az))
+    brir = room_brir(tail_rng, hrirs, room, place_source(room_rng, room, azimuth))
     target = convolve(source, brir.ir)
     params = _room_params(rel, settings, hrirs, room, brir, azimuth)
 
@@ -220,10 +224,8 @@ def render_scene(source: np.ndarray, rel: str, settings: SceneSettings, hrirs: H
     params.update(snr_db=snr, noise=kind)
 
     interferer = None
-    if interferers and talk_rng.uniform() < settings.interferer_prob:
-        other_rel, other_speaker, other_path = interferers[int(talk_rng.integers(len(interferers)))]
-        other_az = draw_interferer_azimuth(talk_rng, azimuth, settings.azimuth)
-        sir = float(talk_rng.choice(settings.sir))
+    if talker is not None:
+        other_rel, other_speaker, other_path = talker
         other = np.asarray(load(other_path), np.float64)
         other = loop_to(other, source.size, int(talk_rng.integers(other.size)))
         other_brir = room_brir(tail_rng, hrirs, room, place_source(talk_rng, room, other_az))

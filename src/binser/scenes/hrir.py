@@ -124,7 +124,7 @@ def load_hrir(path: str | Path | None = None) -> HRIRSet:
         ir, sources, rate = _read_npz(path)
     ir, sources, rate = _checked(path, ir, sources, rate)
     return HRIRSet(ir=_resample(ir, rate), azimuth=np.mod(sources[:, 0], 360.0),
-                   elevation=sources[:, 1].copy(), path=path.absolute(),
+                   elevation=sources[:, 1].copy(), path=Path(os.path.abspath(path)),
                    sha256=_sha256(path), source_rate=rate)
 
 
