@@ -8,14 +8,17 @@ into a 16 kHz 16-bit stereo FLAC ``out/<source path>.flac`` holding:
    response (BRIR, :mod:`.acoustics`) built from head-related impulse responses (HRIRs,
    :mod:`.hrir`; the MIT KEMAR set by default), for a source at an **azimuth** drawn uniformly
    from ``settings.azimuth`` (degrees; 0 = straight ahead, counter-clockwise, +90 = the
-   listener's left, -90 = right), elevation 0, 1-2.5 m away in a shoebox room whose **RT60**
+   listener's left, -90 = right), elevation 0, 1-2.5 m away (0.5 m inside the walls; the
+   azimuth in the file's row is the drawn one, ``hrir_azimuth_deg`` the nearest measured
+   direction whose HRIR carries the direct sound) in a shoebox room whose **RT60**
    (seconds, for 60 dB of energy decay) is drawn uniformly from ``settings.rt60``: the direct
    sound and the image sources up to order 3 (``pyroomacoustics``), each through the HRIR of
    the measured direction nearest to its direction of arrival, plus a diffuse late tail whose
    amplitude decays as ``exp(-t * 3 ln(10) / RT60)``. **DRR** = ``10 log10(E_direct /
    E_reverberant)`` over both ears of the BRIR (direct = the direct sound's HRIR part);
-2. **diffuse noise** (pink or speech-shaped, equally likely) from every measured direction
-   through the HRIRs, at an **SNR** drawn from ``settings.snr`` (dB):
+2. **diffuse noise**, pink (power ~ 1/f) or speech-shaped (the target utterance's own
+   long-term spectrum), equally likely, from every measured direction through the HRIRs
+   (:func:`.acoustics.diffuse_noise`), at an **SNR** drawn from ``settings.snr`` (dB):
    ``SNR = 10 log10(sum over both ears and all samples of target^2 / same of noise^2)``, the
    target being the reverberant target at the ears (interferer not included);
 3. with probability ``settings.interferer_prob``, a **competing talker**: an utterance of
