@@ -477,6 +477,7 @@ def test_websocket_limits_and_vanishing_client(server):
             ws.send(start)
             assert json.loads(ws.recv(timeout=10))["type"] == "ready"
         with ws_connect(server) as c:                    # a third: too many streams
+            c.send(start)                                # (counted once it starts)
             closed_with(c, 1013)
         a.send(np.zeros((16000, 2), np.float32).tobytes()[:64_000])
         a.socket.close()                                 # vanishes without a close frame
