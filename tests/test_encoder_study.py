@@ -101,14 +101,40 @@ def test_speaker_norm_is_label_free_and_fold_local():
     settings = ExperimentSettings(dataset="x", root="x", poolings=("stats",),
                                   fusion_pooling="stats", n_boot=10)
     runs_a, _ = run_folds(pooled, y, speakers, fold_list, settings, 4, progress=False, n_jobs=1)
-    runs_b, _ = run_folds(speaker_normalised(PooledFeatures({None: signal}, {}), speakers),
-                          relabelled, speakers, fold_list, settings, 4, progress=False, n_jobs=1)
+    runs_b, _ = run_folds(pooled, relabelled, speakers, fold_list, settings, 4, progress=False,
+                          n_jobs=1)
     for name in runs_a:
         np.testing.assert_array_equal(runs_a[name].predicted[test], runs_b[name].predicted[test])
-    # and the normalisation really is per speaker: each speaker's rows have mean 0
-    X = pooled.layer_features()[("left", "stats")]
-    for s in np.unique(speakers):
-        np.testing.assert_allclose(X[speakers == s].mean(0), 0, atol=1e-9)
+
+
+def test_a_planted_test_speaker_row_never_reaches_training_statistics():
+    """One wild row (1e6 in every feature) planted in the test speaker: the normalised
+    training rows stay bit-identical and so does every choice of the fold; the test speaker's
+    other rows move (their statistics are the test speaker's own). A global standardisation,
+    the leak this guards against, would fail the same check."""
+    y, speakers, signal, _ = _planted(seed=2)
+    fold_list = folds(list(speakers), "loso")[:1]
+    train, test = fold_list[0]
+    planted = {key: X.copy() for key, X in signal.items()}
+    for X in planted.values():
+        X[test[0]] = 1e6
+    a = speaker_normalised(PooledFeatures({None: signal}, {}), speakers)
+    b = speaker_normalised(PooledFeatures({None: planted}, {}), speakers)
+    for key in signal:
+        Xa, Xb = a.layer_features()[key], b.layer_features()[key]
+        np.testing.assert_array_equal(Xa[train], Xb[train])
+        assert np.abs(Xa[test[1:]] - Xb[test[1:]]).max() > 0.1
+        for s in np.unique(speakers):                    # and really per speaker: mean 0
+            np.testing.assert_allclose(Xa[speakers == s].mean(0), 0, atol=1e-9)
+    settings = ExperimentSettings(dataset="x", root="x", poolings=("stats",),
+                                  fusion_pooling="stats", n_boot=10)
+    runs_a, _ = run_folds(a, y, speakers, fold_list, settings, 4, progress=False, n_jobs=1)
+    runs_b, _ = run_folds(b, y, speakers, fold_list, settings, 4, progress=False, n_jobs=1)
+    for name in runs_a:
+        assert runs_a[name].fold_extra == runs_b[name].fold_extra, name
+    key = ("left", "stats")
+    leaky = [(X - X.mean(0)) / X.std(0) for X in (signal[key], planted[key])]
+    assert not np.array_equal(leaky[0][train], leaky[1][train])
 
 
 def test_end_to_end_with_a_tiny_whisper(tmp_path, tiny_dir, tiny_corpus):
@@ -127,9 +153,47 @@ def test_end_to_end_with_a_tiny_whisper(tmp_path, tiny_dir, tiny_corpus):
     assert runs["speaker-norm:left/stats"]["speaker_norm"] is True
     assert results["backbone"] == "whisper-tiny" and len(results["backbone_weights_sha256"]) == 64
     assert results["ci_method"] == "speaker-bootstrap" and results["fusion_search"] == "staged"
-    assert {c["verdict"] for c in results["comparisons"]} <= {"supported", "refuted", "undecided"}
+    _check_claims_against_the_predictions(results, tmp_path / "out" / "predictions.csv")
+    # speaker normalisation as deployed: the transductive variant is the run's own figure
+    deployment = results["speaker_norm_deployment"]
+    assert deployment["fusion"] == "speaker-norm:score-fusion/left+right+mid+side"
+    first = deployment["variants"][0]
+    assert first["kind"] == "all" and first["ua"] == \
+        runs["speaker-norm:score-fusion/left+right+mid+side"]["ua"]
+    assert [v["k"] for v in deployment["variants"] if v["kind"] == "random"] == [5, 10, 20]
     report = (tmp_path / "out" / "report.md").read_text()
     assert "TRANSDUCTIVE" in report and "whisper-tiny (speech encoder)" in report
+
+
+def _check_claims_against_the_predictions(results, csv_path):
+    """Every claim's numbers recomputed from predictions.csv (scikit-learn per speaker), Holm
+    by hand, and the verdict forced by 4 speakers: the floor 2/16 exceeds 0.05."""
+    import csv
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    rows = list(csv.DictReader(open(csv_path)))
+    claims = results["comparisons"]
+    assert len(claims) > 5
+    order = sorted(range(len(claims)), key=lambda i: claims[i]["p_value"])
+    m, running = len(claims), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * claims[i]["p_value"]))
+        assert claims[i]["p_holm"] == pytest.approx(running, abs=1e-12)
+    for c in claims:
+        truth = np.array([r["label"] for r in rows])
+        a, b = np.array([r[c["a"]] for r in rows]), np.array([r[c["b"]] for r in rows])
+        spk = np.array([r["speaker"] for r in rows])
+        assert c["diff"] == pytest.approx(balanced_accuracy_score(truth, a)
+                                          - balanced_accuracy_score(truth, b), abs=1e-12)
+        for s, d in c["speaker_diff"].items():
+            k = spk == s
+            assert d == pytest.approx(balanced_accuracy_score(truth[k], a[k])
+                                      - balanced_accuracy_score(truth[k], b[k]), abs=1e-12)
+        assert c["n_better"] + c["n_worse"] + c["n_tied"] == c["n_speakers"] == 4
+        assert c["p_floor"] == 2 / 16 and c["p_value"] >= 2 / 16
+        assert c["verdict"] == "cannot be decided with 4 speakers"
+        assert ("caveat" in c) == ("speaker-norm:" in c["a"] + c["b"])
 
 
 def test_features_do_not_depend_on_the_thread_count_or_the_batch(tmp_path, tiny_dir):

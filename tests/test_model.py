@@ -7,6 +7,7 @@ import json
 import pickle
 import shutil
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -706,8 +707,20 @@ def test_whisper_speaker_norm_own_statistics_and_fallback(whisper_norm, whisper_
     assert "TRANSDUCTIVE" in card and "fewer than 5 files" in card
     speaker = [f for f in whisper_wavs if f.name.startswith("spk02_")]      # 8 files
     files = copies(speaker[:6], tmp_path / "unlabelled")
-    preds = model.predict(files, progress=False)
+    from binser.normalisation import SpeakerAssumptionWarning
+
+    with pytest.warns(SpeakerAssumptionWarning) as caught:   # several files, no speakers
+        preds = model.predict(files, progress=False)
+    assert [str(w.message) for w in caught if w.category is SpeakerAssumptionWarning] == [
+        "speaker normalisation: 6 files given without speaker information (--speaker/"
+        "--speakers); assumed they are ONE speaker (statistics over all 6 files); files of "
+        "different speakers then share wrong statistics: name the speakers"]
     assert {p.speaker_norm for p in preds} == {"own statistics over 6 files"}
+    with warnings.catch_warnings():                          # named: nothing assumed
+        warnings.simplefilter("error", SpeakerAssumptionWarning)
+        named = model.predict(files, speakers=["s"] * 6, progress=False)
+        model.predict(files[:1], progress=False)             # one file: nothing to pool
+    assert [p.scores for p in named] == [p.scores for p in preds]
     # by hand: pooled features standardised over these 6 files, then the classifiers
     frames = frames_of(model, files)
     proba = {}

@@ -8,30 +8,61 @@ import pytest
 from binser.demo import DemoSpec, make_demo_corpus
 from binser.experiment import (ExperimentSettings, RunPredictions, oracle_fusions,
                                run_experiment, summarise_run)
-from binser.fusion import FUSIONS, fuse, select_weights
+from binser.fusion import FUSIONS
 from binser.report import build_blocks, pct
 from binser.results import validate_results
 
 
-def test_oracle_fusion_is_the_best_grid_point_on_the_pooled_test_data():
+def _fused_by_hand(p, a, b, g):
+    """Eqs. 8-10 written out again (not binser.fusion): g(aL + (1-a)R) + (1-g)(bM + (1-b)S)."""
+    return (g * (a * p["left"] + (1 - a) * p["right"])
+            + (1 - g) * (b * p["mid"] + (1 - b) * p["side"]))
+
+
+def _ua_by_hand(y, scores):
+    """Mean over the classes in y of the recall of the arg-max class."""
+    pred = scores.argmax(axis=1)
+    return float(np.mean([np.mean(pred[y == c] == c) for c in np.unique(y)]))
+
+
+@pytest.mark.parametrize("search", ["staged", "joint"])
+def test_oracle_fusion_is_the_best_grid_point_by_brute_force(search):
+    """Independent of select_weights: every grid point scored with the fusion formula and
+    scikit-learn's UA. joint: the oracle reaches the best of all 11^3 points; staged: alpha
+    and beta are best for their own two-view fusions and gamma is best given them."""
     rng = np.random.default_rng(4)
     n, k = 60, 3
     y = rng.integers(0, k, n)
     proba = {v: rng.dirichlet(np.ones(k), n) for v in ("left", "right", "mid", "side")}
     proba["left"][np.arange(n), y] += 0.3 * rng.random(n)        # left knows something
+    proba["mid"][np.arange(n), y] += 0.2 * rng.random(n)
     tested = np.ones(n, dtype=bool)
     tested[:5] = False                                           # never tested: left out
-    out = oracle_fusions(proba, y, k, tested, FUSIONS, "staged")
-    for name in FUSIONS:
-        run = out[f"score-fusion/{name}@oracle"]
-        scores = {v: proba[v][tested] for v in FUSIONS[name]}
-        weights, best = select_weights(scores, y[tested], name, list(range(k)))
-        assert run.extra == {"selection": "oracle", "weights": weights}
-        np.testing.assert_array_equal(run.predicted[tested],
-                                      fuse(scores, name, weights).argmax(axis=1))
-        assert (run.predicted[~tested] == -1).all()
-        recall = [np.mean(run.predicted[tested][y[tested] == c] == c) for c in range(k)]
-        assert np.mean(recall) == pytest.approx(best)
+    out = oracle_fusions(proba, y, k, tested, FUSIONS, search)
+    p, yt = {v: x[tested] for v, x in proba.items()}, y[tested]
+    grid = [round(0.1 * i, 1) for i in range(11)]
+    ua = {(a, b, g): _ua_by_hand(yt, _fused_by_hand(p, a, b, g))
+          for a in grid for b in grid for g in grid}
+    four = out["score-fusion/left+right+mid+side@oracle"]
+    w = four.extra["weights"]
+    chosen = (w["alpha"], w["beta"], w["gamma"])
+    np.testing.assert_array_equal(four.predicted[tested],
+                                  _fused_by_hand(p, *chosen).argmax(axis=1))
+    assert (four.predicted[~tested] == -1).all() and four.extra["selection"] == "oracle"
+    lr = {a: ua[(a, 0.0, 1.0)] for a in grid}                   # g = 1: left+right alone
+    ms = {b: ua[(0.0, b, 0.0)] for b in grid}                   # g = 0: mid+side alone
+    if search == "joint":
+        assert ua[chosen] == pytest.approx(max(ua.values()), abs=1e-12)
+    else:
+        assert lr[w["alpha"]] == pytest.approx(max(lr.values()), abs=1e-12)
+        assert ms[w["beta"]] == pytest.approx(max(ms.values()), abs=1e-12)
+        assert ua[chosen] == pytest.approx(max(ua[(w["alpha"], w["beta"], g)] for g in grid),
+                                           abs=1e-12)
+    two = out["score-fusion/left+right@oracle"]
+    assert lr[two.extra["weights"]["alpha"]] == pytest.approx(max(lr.values()), abs=1e-12)
+    from sklearn.metrics import balanced_accuracy_score
+
+    assert balanced_accuracy_score(yt, two.predicted[tested]) == pytest.approx(max(lr.values()))
 
 
 def test_fold_ua_and_pooled_metrics_by_hand():
@@ -66,6 +97,63 @@ def test_the_report_prints_the_results_numbers():
     fusion = next(r for h, r in tables if h[0] == "Score-level fusion")
     assert fusion[-1][:4] == ["Left, Right, Mid, Side", "58.12", "46.30–70.90",
                               "α=0.2, β=0.7, λ=1.0 (per fold)"]
+
+
+def _report_results(n_speakers=6):
+    run = lambda name, ci, **kw: {"name": name, "ua": 0.5, "wa": 0.5, "macro_f1": 0.5,  # noqa: E731
+                                  "fold_ua": [0.5, 0.5], "ua_ci95": ci,
+                                  "confusion": [[1, 0], [0, 1]], **kw}
+    runs = [run("left/stats", [0.4286, 0.4286]),
+            run("score-fusion/left+right+mid+side", [0.4, 0.6], selection="nested",
+                weights=[{"alpha": 0.5, "beta": 0.5, "gamma": 0.5}] * 2),
+            run("score-fusion/left+right+mid+side@oracle", [0.45, 0.62], selection="oracle",
+                weights={"alpha": 0.5, "beta": 0.5, "gamma": 0.5}),
+            run("speaker-norm:score-fusion/left+right+mid+side@oracle", [0.5, 0.7],
+                selection="oracle", weights={"alpha": 0.5, "beta": 0.5, "gamma": 0.5},
+                speaker_norm=True)]
+    claim = {"claim": "four-view fusion beats left alone", "a": "score-fusion/left+right+mid+side",
+             "b": "left/stats", "diff": 0.05, "ci95": [0.01, 0.09], "p_value": 2 / 64,
+             "n_speakers": n_speakers, "p_floor": 2 / 64, "n_better": 6, "n_worse": 0,
+             "n_tied": 0, "p_holm": 0.0625, "verdict": "cannot be decided with 6 speakers"}
+    return {"dataset": "x", "protocol": "loso", "n_utterances": 2, "classes": ["a", "b"],
+            "backbone": "whisper-base", "layer": 3, "mode": "frozen", "runs": runs,
+            "fusion_pooling": "stats", "n_folds": 2, "n_speakers": n_speakers,
+            "fold_test_speakers": [["s1"], ["s2"]],
+            "comparisons": [claim, {**claim, "claim": "[speaker-norm] x", "p_value": 0.5,
+                                    "p_holm": 0.5, "caveat": "transductive: uses all of the "
+                                                             "test speaker's recordings"}]}
+
+
+def test_oracle_rows_have_no_interval_and_no_per_fold_column():
+    blocks = build_blocks(_report_results(), {})
+    norm = next(b[2] for b in blocks if b[0] == "table" and b[1][:5] == ["Run", "UA", "WA",
+                                                                       "F1", "UA CI"])
+    assert norm == [["score-fusion/left+right+mid+side@oracle", "50.00", "50.00", "50.00",
+                     "n/a (chosen on the test data)", "50.00"]]
+    per_fold = next(rows for head, rows in ((b[1], b[2]) for b in blocks if b[0] == "table")
+                    if head[1:] == ["s1", "s2"])
+    assert [r[0] for r in per_fold] == ["left/stats", "score-fusion/left+right+mid+side"]
+
+
+def test_degenerate_interval_is_printed_as_such():
+    blocks = build_blocks(_report_results(n_speakers=2), {})
+    table1 = next(b[2] for b in blocks if b[0] == "table" and b[1][0] == "Representation")
+    assert table1[0][4] == ("42.86 only: degenerate interval (every resample gave the same UA; "
+                            "2 speakers)")
+
+
+def test_claims_table_states_speakers_floor_holm_and_caveat():
+    blocks = build_blocks(_report_results(), {})
+    i = next(i for i, b in enumerate(blocks) if b[0] == "h2" and "claims" in b[1])
+    text, (kind, head, rows) = blocks[i + 1][1], blocks[i + 2]
+    assert text.startswith("6 speakers; 2 claims.")
+    assert "Smallest attainable p with 6 speakers: 0.0312" in text
+    assert "smallest attainable Holm p: 0.0625" in text and "approximate" in text
+    assert head == ["Claim (a beats b)", "a", "b", "UA diff", "95% CI", "speakers +/-/=", "p",
+                    "p (Holm)", "verdict"]
+    assert rows[0][5:] == ["6+ / 0- / 0=", "0.031", "0.062", "cannot be decided with 6 speakers"]
+    assert rows[1][0] == "[speaker-norm] x (transductive: uses all of the test speaker's " \
+                         "recordings)"
 
 
 def test_losgo_end_to_end(tmp_path):

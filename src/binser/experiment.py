@@ -833,8 +833,11 @@ def compare_runs(runs: Mapping[str, RunPredictions], y: np.ndarray, classes: lis
                  fusion_pooling: str = "stats") -> list[dict[str, Any]]:
     """Paired speaker-level comparisons (``results.json``'s ``comparisons``) of the claims
     of :func:`comparison_pairs`, plus speaker-normalised vs plain for every run that has
-    both."""
-    from .evaluation import paired_comparison, verdict
+    both; Holm-corrected across all of them, verdicts on the adjusted p
+    (:func:`binser.evaluation.adjust_claims`). Claims on speaker-normalised runs carry
+    ``caveat`` (:data:`binser.normalisation.TRANSDUCTIVE_CAVEAT`)."""
+    from .evaluation import adjust_claims, paired_comparison
+    from .normalisation import TRANSDUCTIVE_CAVEAT
 
     names = np.asarray(classes)
     pairs = (comparison_pairs(list(runs), "", fusion_pooling)
@@ -850,8 +853,11 @@ def compare_runs(runs: Mapping[str, RunPredictions], y: np.ndarray, classes: lis
         result = paired_comparison(names[y[tested]], names[runs[a].predicted[tested]],
                                    names[runs[b].predicted[tested]], speakers[tested], classes,
                                    n_boot=n_boot, seed=seed)
-        out.append({"claim": claim, "a": a, "b": b, **result, "verdict": verdict(result)})
-    return out
+        entry = {"claim": claim, "a": a, "b": b, **result}
+        if a.startswith(NORM_PREFIX) or b.startswith(NORM_PREFIX):
+            entry["caveat"] = TRANSDUCTIVE_CAVEAT
+        out.append(entry)
+    return adjust_claims(out)
 
 
 def _run_order(name: str) -> tuple:
@@ -1043,6 +1049,9 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
         "comparisons": compare_runs(runs, y, classes, speakers, settings.n_boot, settings.seed,
                                     settings.resolved_fusion_pooling()),
     }
+    if settings.speaker_norm:   # issue 21: what a deployment without all recordings gets
+        results["speaker_norm_deployment"] = _deployment(pooled, y, speakers, fold_list,
+                                                         results, settings, progress)
     timing["total_s"] = time.perf_counter() - t0
     results["timing"] = timing
     if target is not None:   # a temporary sibling, swapped in whole: one run's output
@@ -1057,6 +1066,24 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
                              config=settings.frontend)
         _progress(f"results written to {target.path}", progress)
     return results
+
+
+def _deployment(pooled, y: np.ndarray, speakers: np.ndarray, fold_list, results: dict,
+                settings: ExperimentSettings, progress: bool) -> dict[str, Any] | None:
+    """:func:`binser.deployment.deployment_variants` of the largest speaker-normalised nested
+    fusion of the run (None when there is none)."""
+    from .deployment import deployment_variants
+
+    runs = {r["name"]: r for r in results["runs"]}
+    fusion = next((f for f in reversed(list(FUSIONS))
+                   if f"{NORM_PREFIX}score-fusion/{f}" in runs), None)
+    if fusion is None:
+        return None
+    _progress(f"speaker normalisation as deployed (speaker-norm:score-fusion/{fusion})",
+              progress)
+    return deployment_variants(pooled, y, speakers, fold_list, runs, results["classes"],
+                               fusion=fusion, fusion_pooling=settings.resolved_fusion_pooling(),
+                               seed=settings.seed)
 
 
 def mono_files(corpus: Corpus) -> list[str]:

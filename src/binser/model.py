@@ -508,7 +508,8 @@ class Model:
         the :class:`AudioError`. ``cache_dir``: an optional feature cache. ``batch_size``:
         segments per network call (CNN) or files decoded and encoded together (Whisper).
         ``speakers`` (speaker-normalised models only): one speaker id per path, or None: all
-        files of this call are one speaker (see the module docstring). ``executor``: where
+        files of this call are one speaker (see the module docstring; with several files a
+        :class:`~binser.normalisation.SpeakerAssumptionWarning` says so). ``executor``: where
         the features are computed (:mod:`binser.executors`; default: here). Returns one
         :class:`Prediction` per path, in order.
         """
@@ -525,6 +526,13 @@ class Model:
             chosen = {v: [features[v][i] for i in good] for v in self.views}
             pooled = {v: self.pool(v, chosen[v]) for v in self.views}
             who = ids[good]
+            if self.speaker_norm and speakers is None and len(good) > 1:
+                import warnings
+
+                from .normalisation import SpeakerAssumptionWarning, one_speaker_assumption
+
+                warnings.warn(one_speaker_assumption(len(good), self.min_utterances),
+                              SpeakerAssumptionWarning, stacklevel=2)
             stats, notes = self._call_statistics(pooled, who)
             fused, per_view = self._score_pooled(pooled, who, stats)
             for row, i in enumerate(good):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import FrontEndConfig
+from .normalisation import TRANSDUCTIVE_CAVEAT
 
 POOLING_TITLES = {"global-max": "Global max-pooling", "global-avg": "Global average-pooling",
                   "block-max": "Block-based temporal max-pooling",
@@ -40,9 +41,24 @@ def pct(value: float | None) -> str:
     return "-" if value is None else f"{100.0 * value:.2f}"
 
 
-def _ci(run: dict[str, Any]) -> str:
+ORACLE_CI = "n/a (chosen on the test data)"
+
+
+def _ci(run: dict[str, Any], n_speakers: Any = None) -> str:
+    """The UA interval cell: none on ``@oracle`` rows (picked on the test data, an interval
+    would describe the pick's luck, not a system); a degenerate interval (lo == hi) said so."""
+    if str(run.get("name", "")).endswith("@oracle"):
+        return ORACLE_CI
     lo, hi = run.get("ua_ci95", (None, None))
-    return "-" if lo is None else f"{pct(lo)}–{pct(hi)}"
+    if lo is None:
+        return "-"
+    if lo == hi:
+        who = f"{n_speakers} speakers" if n_speakers is not None else "too few speakers"
+        return (f"{pct(lo)} only: degenerate interval (every resample gave the same UA; "
+                f"{who})")
+    return f"{pct(lo)}–{pct(hi)}"
+
+
 
 
 def _weights_text(weights: Any) -> str:
@@ -65,11 +81,57 @@ def _fusion_pooling(results: dict[str, Any]) -> str:
             or "block-max")
 
 
-def _metric_cells(run: dict[str, Any] | None) -> list[str]:
+def _metric_cells(run: dict[str, Any] | None, n_speakers: Any = None) -> list[str]:
     """UA, WA, F1 and the UA interval of a run, or n/a (a view without signal)."""
     if run is None:
         return ["n/a"] * 4
-    return [pct(run["ua"]), pct(run["wa"]), pct(run["macro_f1"]), _ci(run)]
+    return [pct(run["ua"]), pct(run["wa"]), pct(run["macro_f1"]), _ci(run, n_speakers)]
+
+
+def _approximate_text(n_speakers: Any) -> str:
+    """' Intervals are approximate: ...' below 10 speakers, else ''."""
+    from .evaluation import interval_note
+
+    note = interval_note(n_speakers) if isinstance(n_speakers, int) and n_speakers > 1 else None
+    return f" Intervals are {note}." if note else ""
+
+
+def _claim_rows(comparisons: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """One row per claim: the difference, its interval, the speakers' signs, raw and Holm p,
+    the verdict (on the Holm p); claims on speaker-normalised runs carry the caveat."""
+    rows = []
+    for c in comparisons:
+        claim = c["claim"] + (f" ({c['caveat']})" if c.get("caveat") else "")
+        signs = (f"{c['n_better']}+ / {c['n_worse']}- / {c['n_tied']}="
+                 if "n_better" in c else "-")
+        holm = f"{c['p_holm']:.3f}" if "p_holm" in c else "-"
+        rows.append([claim, c["a"], c["b"], f"{100 * c['diff']:+.2f}",
+                     f"{100 * c['ci95'][0]:+.2f} to {100 * c['ci95'][1]:+.2f}", signs,
+                     f"{c['p_value']:.3f}", holm, c["verdict"]])
+    return rows
+
+
+def _claims_text(results: dict[str, Any]) -> str:
+    """Speakers, the smallest attainable p and what the verdicts mean, for the claims table."""
+    from .evaluation import APPROXIMATE_BELOW, interval_note, swap_test_floor
+
+    comparisons = results["comparisons"]
+    s = max(c["n_speakers"] for c in comparisons)
+    floor = comparisons[0].get("p_floor", swap_test_floor(s))
+    m = len(comparisons)
+    text = (f"{s} speakers; {m} claims. UA difference a - b on the same utterances; 95% paired "
+            "speaker bootstrap interval; signs: speakers where a is better / worse / equal; "
+            "two-sided speaker-swap permutation p-value and Holm's adjusted p across the "
+            f"{m} claims. Smallest attainable p with {s} speakers: {floor:.3g}; smallest "
+            f"attainable Holm p: {min(1.0, m * floor):.3g}. Verdict on the Holm p: supported: "
+            "interval above 0 and Holm p <= 0.05; refuted: below 0 and Holm p <= 0.05; "
+            f"'cannot be decided with {s} speakers' when even the smallest attainable Holm p "
+            "exceeds 0.05; otherwise undecided.")
+    if s < APPROXIMATE_BELOW:
+        text += f" Intervals are {interval_note(s)}."
+    return text
+
+
 
 
 def _backbone_text(results: dict[str, Any]) -> str:
@@ -132,22 +194,25 @@ def build_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block
     blocks.append(("p", "All figures are percentages over the pooled predictions of all test "
                         "folds. UA = unweighted average recall (the main metric), WA = accuracy, "
                         f"F1 = macro-F1; CI = {ci_text}. n/a: a view without signal in every "
-                        "file (no runs; left out of the fusions)."))
+                        "file (no runs; left out of the fusions)."
+                        + _approximate_text(results.get("n_speakers"))))
     if "fig1" in figures:
         blocks += [("h2", "Fig. 1: log-Mel spectrograms of the four binaural views"),
                    ("img", figures["fig1"], "Left, Right, Mid and Side log-Mel spectrograms of "
                                             "one utterance (shared colour scale).")]
     label = POOLING_TITLES.get(fusion_pooling, fusion_pooling).lower()
-    rows = [[v.capitalize(), *_metric_cells(runs.get(f"{v}/{fusion_pooling}"))] for v in views]
+    n_spk = results.get("n_speakers")
+    rows = [[v.capitalize(), *_metric_cells(runs.get(f"{v}/{fusion_pooling}"), n_spk)]
+            for v in views]
     if "best-view" in runs:
         choices = sorted(set(runs["best-view"].get("fold_choice", [])))
         rows.append([f"Best view, chosen per fold on the training speakers ({', '.join(choices)})",
-                     *_metric_cells(runs["best-view"])])
+                     *_metric_cells(runs["best-view"], n_spk)])
     blocks += [("h2", f"Table 1: monaural representations with {label}"),
                ("table", ["Representation", "UA", "WA", "F1", "UA CI"], rows)]
     for number, view in enumerate(views, start=2):
-        rows = [[POOLING_TITLES[p], *_metric_cells(runs.get(f"{view}/{p}"))] for p in poolings
-                if view in absent or f"{view}/{p}" in runs]
+        rows = [[POOLING_TITLES[p], *_metric_cells(runs.get(f"{view}/{p}"), n_spk)]
+                for p in poolings if view in absent or f"{view}/{p}" in runs]
         what = "view (waveform)" if results.get("layer") is not None else "Mel-spectrogram"
         blocks += [("h2", f"Table {number}: feature pooling methods, {view} {what}"),
                    ("table", ["Pooling method", "UA", "WA", "F1", "UA CI"], rows)]
@@ -156,7 +221,8 @@ def build_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block
     for fusion, title in FUSION_TITLES.items():
         nested, oracle = runs.get(f"score-fusion/{fusion}"), runs.get(f"score-fusion/{fusion}@oracle")
         if nested or oracle:
-            rows.append([title, pct(nested and nested["ua"]), _ci(nested) if nested else "-",
+            rows.append([title, pct(nested and nested["ua"]),
+                         _ci(nested, n_spk) if nested else "-",
                          _weights_text(nested.get("weights")) if nested else "-",
                          pct(oracle and oracle["ua"]),
                          _weights_text(oracle.get("weights")) if oracle else "-"])
@@ -169,40 +235,40 @@ def build_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block
     caveat = next((r["caveat"] for r in results["runs"] if r.get("caveat")), None)
     if caveat:
         blocks.append(("warn", f"Nested fusion in {caveat}"))
-    rows = [[title, pct(r["ua"]), pct(r["wa"]), pct(r["macro_f1"]), _ci(r)]
+    rows = [[title, pct(r["ua"]), pct(r["wa"]), pct(r["macro_f1"]), _ci(r, n_spk)]
             for fusion, title in FUSION_TITLES.items() if (r := runs.get(f"feature-fusion/{fusion}"))]
     blocks += [("h2", f"Table {n + 1}: feature-level fusion (concatenation, one SVM)"),
                ("table", ["Feature-level fusion", "UA", "WA", "F1", "UA CI"], rows)]
     baselines = [r for name, r in runs.items() if name.startswith("opensmile/")]
     if baselines:
         system = runs.get("score-fusion/left+right+mid+side")   # the paper's system, not a pick
-        rows = [[r["name"], pct(r["ua"]), pct(r["wa"]), pct(r["macro_f1"]), _ci(r)] for r in baselines]
+        rows = [[r["name"], pct(r["ua"]), pct(r["wa"]), pct(r["macro_f1"]), _ci(r, n_spk)]
+                for r in baselines]
         if system:
-            rows.append([f"binser {system['name']} (nested)", *_metric_cells(system)])
+            rows.append([f"binser {system['name']} (nested)", *_metric_cells(system, n_spk)])
         blocks += [("h2", f"Table {n + 2}: comparison with hand-crafted baselines"),
                    ("table", ["Method", "UA", "WA", "F1", "UA CI"], rows)]
     normalised = [r for r in results["runs"] if r["name"].startswith(NORM_PREFIX)]
     if normalised:
-        rows = [[r["name"][len(NORM_PREFIX):], *_metric_cells(r),
+        rows = [[r["name"][len(NORM_PREFIX):], *_metric_cells(r, n_spk),
                  pct(runs[r["name"][len(NORM_PREFIX):]]["ua"])
                  if r["name"][len(NORM_PREFIX):] in runs else "-"] for r in normalised]
-        blocks += [("h2", "Speaker-normalised features (TRANSDUCTIVE, label-free)"),
+        blocks += [("h2", f"Speaker-normalised features (TRANSDUCTIVE, label-free; "
+                          f"{TRANSDUCTIVE_CAVEAT})"),
                    ("p", "Each speaker's utterance-level features standardised over that "
                          "speaker's own utterances, test speakers included (no labels used). "
                          "This needs a batch of recordings of every test speaker; it is not "
                          "the plain speaker-independent setting."),
                    ("table", ["Run", "UA", "WA", "F1", "UA CI", "UA without"], rows)]
+    deployment = results.get("speaker_norm_deployment")
+    if deployment:
+        blocks += _deployment_blocks(deployment)
     if results.get("comparisons"):
-        rows = [[c["claim"], c["a"], c["b"], f"{100 * c['diff']:+.2f}",
-                 f"{100 * c['ci95'][0]:+.2f} to {100 * c['ci95'][1]:+.2f}",
-                 f"{c['p_value']:.3f}", c["verdict"]] for c in results["comparisons"]]
         blocks += [("h2", "The paper's claims on this corpus (paired, speaker level)"),
-                   ("p", "UA difference a - b on the same utterances; 95% paired speaker "
-                         "bootstrap interval; two-sided speaker-swap permutation p-value. "
-                         "supported: interval above 0 and p <= 0.05; refuted: below 0 and "
-                         "p <= 0.05; otherwise undecided."),
-                   ("table", ["Claim (a beats b)", "a", "b", "UA diff", "95% CI", "p",
-                              "verdict"], rows)]
+                   ("p", _claims_text(results)),
+                   ("table", ["Claim (a beats b)", "a", "b", "UA diff", "95% CI",
+                              "speakers +/-/=", "p", "p (Holm)", "verdict"],
+                    _claim_rows(results["comparisons"]))]
     layered = [r for r in results["runs"] if "fold_layer" in r]
     if layered:
         rows = [[r["name"], ", ".join(str(x) for x in r["fold_layer"])] for r in layered
@@ -214,8 +280,10 @@ def build_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block
         mean = results.get("protocol") != "loso"
         rows = [[r["name"], *[pct(u) for u in r["fold_ua"]],
                  *([pct(r.get("fold_mean", {}).get("ua"))] if mean else [])]
-                for r in results["runs"]]
+                for r in results["runs"] if not r["name"].endswith("@oracle")]
         blocks += [("h2", "Per-fold UA (test speakers)"),
+                   ("p", "@oracle runs are left out: their weights were chosen on the pooled "
+                         "test data of all folds, so they have no per-fold figure."),
                    ("table", ["Run", *fold_names, *(["mean of folds"] if mean else [])], rows)]
     confusion = [key for key in figures if key.startswith("confusion:")]
     if confusion:
@@ -232,7 +300,27 @@ def build_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block
     return blocks
 
 
-def render_markdown(blocks: Sequence[Block]) -> str:
+def _deployment_blocks(deployment: dict[str, Any]) -> list[Block]:
+    """Speaker normalisation as deployed (:mod:`binser.deployment`) beside the transductive
+    figure."""
+    rows = []
+    for v in deployment["variants"]:
+        spread = (f"{pct(v['ua_range'][0])}–{pct(v['ua_range'][1])} over "
+                  f"{len(v['ua_draws'])} draws" if v.get("ua_draws") else "-")
+        note = v.get("note") or (TRANSDUCTIVE_CAVEAT if v["kind"] == "all" else "")
+        rows.append([v["variant"], pct(v["ua"]), spread, note])
+    return [("h2", f"Speaker normalisation as deployed ({deployment['fusion']})"),
+            ("p", "Everything chosen on the training speakers as in the run (layers, "
+                  "classifiers, nested fusion weights); only the test speaker's statistics "
+                  "change: from all of its recordings (the transductive figure above), from "
+                  "k random recordings (seed "
+                  f"{deployment['seed']}), from a batch of one kind of emotion, or from none "
+                  f"(the average training speaker; also used below {deployment['min_utterances']}"
+                  " recordings, as predict does)."),
+            ("table", ["Test speaker's statistics from", "UA", "range", "note"], rows)]
+
+
+
     out: list[str] = []
     for block in blocks:
         kind = block[0]
