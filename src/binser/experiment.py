@@ -2,7 +2,8 @@
 
 Steps: corpus -> segment features per view (cached) -> pooling (stateless, per utterance) ->
 per fold: a linear SVM per view x pooling, nested fusion weights from training-fold
-out-of-fold scores, feature fusion -> pooled metrics -> ``results.json`` (SPEC contract).
+out-of-fold scores, feature fusion -> pooled metrics -> ``results.json`` (docs/METHOD.md
+section 10; the contract is checked by :mod:`binser.results`).
 
 Nothing is fitted on a test fold: scaling, C and calibration live inside
 :class:`~binser.classifier.ViewClassifier`, fitted on the training fold; fusion weights for
@@ -32,10 +33,11 @@ from .fusion import FUSIONS, fuse, select_weights
 from .pooling import POOLINGS, make_pooling
 from .normalisation import coverage_warning, speaker_normalise
 from .preflight import check_on_error, screen_corpus
-from .views import VIEWS
+from .runnames import NORM_PREFIX, RunName, run_order
+from .validation import check_choice, check_choices, check_int_range
+from .views import VIEWS, all_views
 
 MODES = ("frozen", "finetune")
-NORM_PREFIX = "speaker-norm:"
 FINETUNE_NESTED_CAVEAT = (
     "fine-tuned mode: the fold's networks were fine-tuned on all its training speakers, so "
     "the out-of-fold scores that choose C and the nested fusion weights come from networks "
@@ -60,12 +62,6 @@ def resolve_backbone(name: str, weights: str | None, cache_dir: str | Path | Non
 
     folder = whisper_cache_folder(DEFAULT_ENCODER.split("-", 1)[1], cache_dir)
     return DEFAULT_ENCODER if (folder / "model.safetensors").is_file() else DEFAULT_CNN
-
-
-def _check_choice(value: Any, choices: Sequence[str], what: str) -> None:
-    """ConfigError naming ``what`` and the choices when ``value`` is not one of them."""
-    if value not in choices:
-        raise ConfigError(f"unknown {what} {value!r}; choose from {', '.join(choices)}")
 
 
 def is_encoder(backbone: str) -> bool:
@@ -115,19 +111,12 @@ class ExperimentSettings:
     def validate(self) -> None:
         from .backbones import ALL_BACKBONES
 
-        _check_choice(self.backbone, ALL_BACKBONES, "backbone")
-        _check_choice(self.mode, MODES, "mode")
-        bad = [v for v in self.views if v not in VIEWS + ("mono",)]
-        if bad:
-            raise ConfigError(f"unknown view(s) {bad}; choose from left right mid side mono")
-        bad = [p for p in self.poolings if p not in POOLINGS]
-        if bad:
-            raise ConfigError(f"unknown pooling(s) {bad}; choose from {', '.join(POOLINGS)}")
-        unknown = [b for b in self.baselines if b not in BASELINES]
-        if unknown:
-            raise ConfigError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
-        if not self.poolings:
-            raise ConfigError(f"--poolings: no pooling given; choose from {', '.join(POOLINGS)}")
+        check_choice(self.backbone, ALL_BACKBONES, "backbone")
+        check_choice(self.mode, MODES, "mode")
+        check_choices(self.views, all_views(), "view", allow_empty=True)
+        check_choices(self.poolings, POOLINGS, "pooling", allow_empty=True)
+        check_choices(self.baselines, BASELINES, "baseline", allow_empty=True)
+        check_choices(self.poolings, POOLINGS, "pooling", option="--poolings")
         if self.fusion_pooling is not None and self.fusion_pooling not in self.poolings:
             raise ConfigError(f"--fusion-pooling {self.fusion_pooling} is not among the poolings "
                               f"run (--poolings {','.join(self.poolings)}): add it to "
@@ -135,10 +124,9 @@ class ExperimentSettings:
         from .evaluation import CI_METHODS
         from .fusion import SEARCHES
 
-        _check_choice(self.fusion_search, SEARCHES, "fusion search")
-        _check_choice(self.ci_method, CI_METHODS, "interval method")
-        if int(self.n_boot) != self.n_boot or self.n_boot < 1:
-            raise ConfigError(f"--n-boot must be a positive integer, got {self.n_boot!r}")
+        check_choice(self.fusion_search, SEARCHES, "fusion search")
+        check_choice(self.ci_method, CI_METHODS, "interval method")
+        check_int_range(self.n_boot, "--n-boot", 1, integral_floats=True)
         if is_encoder(self.backbone):
             if self.mode != "frozen":
                 raise ConfigError(f"{self.backbone}: only mode frozen is available for speech "
@@ -150,7 +138,7 @@ class ExperimentSettings:
         elif self.layer is not None:
             raise ConfigError(f"--layer applies to speech encoders (whisper-*), not to "
                               f"{self.backbone}")
-        _check_choice(self.finetune_preset, FINETUNE_PRESETS, "fine-tuning preset")
+        check_choice(self.finetune_preset, FINETUNE_PRESETS, "fine-tuning preset")
         check_on_error(self.on_error)
         from .executors import check_executor
 
@@ -163,25 +151,17 @@ class ExperimentSettings:
 
         parse_protocol(self.protocol)
 
-        def whole(value: Any, option: str, low: int, high: int | None = None,
-                  optional: bool = True) -> None:
-            if value is None and optional:
-                return
-            if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-                    or value < low or (high is not None and value > high)):
-                limit = f"in {low}..{high}" if high is not None else f">= {low}"
-                raise ConfigError(f"{option} must be an integer {limit}, got {value!r}")
-
-        whole(self.batch_size, "--batch-size", 1, 65536, optional=False)
-        whole(self.num_threads, "--threads", 1, 1024)
-        whole(self.blocks, "--blocks", 1, 64, optional=False)
-        whole(self.levels, "--levels", 1, 64)
-        whole(self.finetune_epochs, "--epochs", 1, 100000)
-        whole(self.seed, "--seed", 0, 2 ** 32 - 1, optional=False)
+        check_int_range(self.batch_size, "--batch-size", 1, 65536)
+        check_int_range(self.num_threads, "--threads", 1, 1024, optional=True)
+        check_int_range(self.blocks, "--blocks", 1, 64)
+        check_int_range(self.levels, "--levels", 1, 64, optional=True)
+        check_int_range(self.finetune_epochs, "--epochs", 1, 100000, optional=True)
+        check_int_range(self.seed, "--seed", 0, 2 ** 32 - 1)
         if not is_encoder(self.backbone):
             from .backbones.imagenet import MIN_INPUT_SIZE
 
-            whole(self.input_size, "--input-size", MIN_INPUT_SIZE.get(self.backbone, 32), 1024)
+            check_int_range(self.input_size, "--input-size",
+                            MIN_INPUT_SIZE.get(self.backbone, 32), 1024, optional=True)
         elif self.input_size is not None:
             raise ConfigError(f"--input-size applies to image CNNs, not to {self.backbone}")
         if self.weights is not None and str(self.weights) != "random":
@@ -760,8 +740,9 @@ def oracle_fusions(test_proba: dict[str, np.ndarray], y: np.ndarray, n_classes: 
                                     search=search)
         predicted = np.full(len(y), -1, dtype=int)
         predicted[tested] = fuse(scores, name, weights).argmax(axis=1)
-        out[f"score-fusion/{name}@oracle"] = RunPredictions(
-            f"score-fusion/{name}@oracle", predicted,
+        run_name = str(RunName.score_fusion(name, oracle=True))
+        out[run_name] = RunPredictions(
+            run_name, predicted,
             extra={"selection": "oracle", "weights": weights})
     return out
 
@@ -860,27 +841,6 @@ def compare_runs(runs: Mapping[str, RunPredictions], y: np.ndarray, classes: lis
     return adjust_claims(out)
 
 
-def _run_order(name: str) -> tuple:
-    """Contract order: single views (left right mid side mono x pooling), the best view,
-    score fusions (nested then oracle), feature fusions, baselines; speaker-normalised runs
-    after all plain ones, in the same order."""
-    normalised = name.startswith(NORM_PREFIX)
-    head, _, tail = name[len(NORM_PREFIX):].partition("/") if normalised else name.partition("/")
-    views = VIEWS + ("mono",)
-    fusion_rank = {f: i for i, f in enumerate(FUSIONS)}
-    if head in views:
-        return (normalised, 0, views.index(head),
-                POOLINGS.index(tail) if tail in POOLINGS else 9, name)
-    if head == "best-view":
-        return (normalised, 1, 0, 0, name)
-    if head == "score-fusion":
-        base, oracle = tail.partition("@")[0], tail.endswith("@oracle")
-        return (normalised, 2, int(oracle), fusion_rank.get(base, 9), name)
-    if head == "feature-fusion":
-        return (normalised, 3, 0, fusion_rank.get(tail, 9), name)
-    return (normalised, 4, 0, 0, name)
-
-
 def write_json_atomic(data: Any, path: Path) -> None:
     """Write JSON to ``path`` through a temporary file and an atomic rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -897,7 +857,7 @@ def write_predictions_csv(corpus: Corpus, fold_of: np.ndarray, runs: dict[str, R
     """Per-utterance predictions of every run (one column per run), for error analysis."""
     import csv
 
-    names = sorted(runs, key=_run_order)
+    names = sorted(runs, key=run_order)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")   # concurrent runs: own temp
     with open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -918,7 +878,7 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
     ``out`` is checked and locked before any work and replaced whole at the end (entries of
     the old folder named in ``keep`` are carried over, e.g. the demo's ``corpus``).
 
-    Returns the results dictionary (the SPEC's ``results.json`` contract).
+    Returns the results dictionary (the ``results.json`` contract, :mod:`binser.results`).
     """
     settings.validate()
     target = None
@@ -1001,16 +961,17 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
         norm_runs.update(oracle_fusions(norm_proba, y, len(classes), tested, fusions,
                                         settings.fusion_search))
         for name, run in norm_runs.items():
-            run.name = NORM_PREFIX + name
+            run.name = str(RunName.parse(name).normalised())
             run.extra["speaker_norm"] = True
             runs[run.name] = run
     timing["classifiers_s"] = time.perf_counter() - t
     if settings.mode == "finetune":   # issue 11.7c: say what the nested weights saw
         for name, run in runs.items():
-            if "score-fusion/" in name and not name.endswith("@oracle"):
+            parsed = RunName.parse(name)
+            if parsed.kind == "score-fusion" and not parsed.oracle:
                 run.extra["caveat"] = FINETUNE_NESTED_CAVEAT
 
-    run_names = sorted(runs, key=_run_order)
+    run_names = sorted(runs, key=run_order)
     results: dict[str, Any] = {
         "binser_version": __version__,
         "dataset": settings.dataset,

@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import FrontEndConfig
+from .fusion import fusion_titles, weight_symbols
 from .normalisation import TRANSDUCTIVE_CAVEAT
+from .runnames import NORM_PREFIX, RunName
+from .views import all_views
 
 POOLING_TITLES = {"global-max": "Global max-pooling", "global-avg": "Global average-pooling",
                   "block-max": "Block-based temporal max-pooling",
@@ -18,10 +21,8 @@ POOLING_TITLES = {"global-max": "Global max-pooling", "global-avg": "Global aver
 CI_TEXT = {"speaker-bootstrap": "95% speaker (cluster) bootstrap interval of UA: speakers "
                                 "resampled with replacement",
            "utterance-bootstrap": "95% bootstrap interval of UA over utterances"}
-NORM_PREFIX = "speaker-norm:"
-FUSION_TITLES = {"left+right": "Left, Right", "mid+side": "Mid, Side",
-                 "left+right+mid+side": "Left, Right, Mid, Side"}
-WEIGHT_SYMBOLS = {"alpha": "α", "beta": "β", "gamma": "λ"}
+# Fusion row titles and weight symbols: binser.fusion.fusion_titles() / weight_symbols(), from
+# the table of fusion rules (a rule added there appears in Tables 6-7 without an edit here).
 
 Block = tuple  # ("h1"|"h2"|"p"|"warn", text) | ("table", headers, rows) | ("img", file, caption)
 
@@ -59,19 +60,18 @@ def _ci(run: dict[str, Any], n_speakers: Any = None) -> str:
     return f"{pct(lo)}–{pct(hi)}"
 
 
-
-
 def _weights_text(weights: Any) -> str:
     """'α=0.4' for one dict; the per-fold range ('α=0.3–0.6') for a list of dicts."""
     if isinstance(weights, dict):
-        return ", ".join(f"{WEIGHT_SYMBOLS.get(k, k)}={v:.1f}" for k, v in weights.items())
+        symbols = weight_symbols()
+        return ", ".join(f"{symbols.get(k, k)}={v:.1f}" for k, v in weights.items())
     if isinstance(weights, list) and weights:
         parts = []
         for key in weights[0]:
             values = [w[key] for w in weights]
             lo, hi = min(values), max(values)
             span = f"{lo:.1f}" if lo == hi else f"{lo:.1f}–{hi:.1f}"
-            parts.append(f"{WEIGHT_SYMBOLS.get(key, key)}={span}")
+            parts.append(f"{weight_symbols().get(key, key)}={span}")
         return ", ".join(parts) + " (per fold)"
     return "-"
 
@@ -132,8 +132,6 @@ def _claims_text(results: dict[str, Any]) -> str:
     return text
 
 
-
-
 def _backbone_text(results: dict[str, Any]) -> str:
     if results.get("layer") is not None:
         sha = results.get("backbone_weights_sha256") or results.get("backbone_weights_id", "?")
@@ -160,8 +158,7 @@ def _silent_text(results: dict[str, Any]) -> str:
 def build_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block]:
     """Lay out the report as neutral blocks that both renderers understand."""
     runs = {r["name"]: r for r in results["runs"]}
-    views = [v for v in ("left", "right", "mid", "side", "mono")
-             if any(name.startswith(v + "/") for name in runs)]
+    views = [v for v in all_views() if any(name.startswith(v + "/") for name in runs)]
     poolings = [p for p in POOLING_TITLES if any(name.endswith("/" + p) for name in runs)]
     fusion_pooling = _fusion_pooling(results)
     absent = list(results.get("absent_views", []))
@@ -218,8 +215,9 @@ def build_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block
                    ("table", ["Pooling method", "UA", "WA", "F1", "UA CI"], rows)]
     n = len(views) + 2
     rows = []
-    for fusion, title in FUSION_TITLES.items():
-        nested, oracle = runs.get(f"score-fusion/{fusion}"), runs.get(f"score-fusion/{fusion}@oracle")
+    for fusion, title in fusion_titles().items():
+        nested = runs.get(str(RunName.score_fusion(fusion)))
+        oracle = runs.get(str(RunName.score_fusion(fusion, oracle=True)))
         if nested or oracle:
             rows.append([title, pct(nested and nested["ua"]),
                          _ci(nested, n_spk) if nested else "-",
@@ -236,7 +234,8 @@ def build_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block
     if caveat:
         blocks.append(("warn", f"Nested fusion in {caveat}"))
     rows = [[title, pct(r["ua"]), pct(r["wa"]), pct(r["macro_f1"]), _ci(r, n_spk)]
-            for fusion, title in FUSION_TITLES.items() if (r := runs.get(f"feature-fusion/{fusion}"))]
+            for fusion, title in fusion_titles().items()
+            if (r := runs.get(str(RunName.feature_fusion(fusion))))]
     blocks += [("h2", f"Table {n + 1}: feature-level fusion (concatenation, one SVM)"),
                ("table", ["Feature-level fusion", "UA", "WA", "F1", "UA CI"], rows)]
     baselines = [r for name, r in runs.items() if name.startswith("opensmile/")]
@@ -320,7 +319,7 @@ def _deployment_blocks(deployment: dict[str, Any]) -> list[Block]:
             ("table", ["Test speaker's statistics from", "UA", "range", "note"], rows)]
 
 
-
+def render_markdown(blocks: Sequence[Block]) -> str:
     out: list[str] = []
     for block in blocks:
         kind = block[0]
@@ -384,8 +383,9 @@ def make_figures(results: dict[str, Any], out_dir: Path, example_path: str | Pat
         figures["fig1"] = "figures/fig1_views.png"
     fusion_pooling = _fusion_pooling(results)
     runs = {r["name"]: r for r in results["runs"]}
-    wanted = [f"{v}/{fusion_pooling}" for v in ("left", "right", "mid", "side", "mono")]
-    wanted += [f"score-fusion/{f}" for f in FUSION_TITLES] + ["feature-fusion/left+right+mid+side"]
+    wanted = [str(RunName.single(v, fusion_pooling)) for v in all_views()]
+    wanted += [str(RunName.score_fusion(f)) for f in fusion_titles()]
+    wanted += ["feature-fusion/left+right+mid+side"]
     for name in wanted:
         if name not in runs:
             continue
