@@ -60,6 +60,7 @@ from .audio import audio_info
 from .config import FrontEndConfig
 from .errors import BinserError, ConfigError, CorpusError
 from .spectrogram import views_images
+from .validation import check_choices, check_float_range, check_int_range
 from .views import VIEWS, MonoInputWarning
 
 BACKBONE_CASES = (("efficientnet_lite0", 112), ("efficientnet_lite0", 160),
@@ -818,8 +819,10 @@ def serve_load(model: str | Path, files: Sequence[Path], clients: int = 16, uplo
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = tempfile.NamedTemporaryFile(prefix="binser-serve-", suffix=".log", delete=False)
+    most = str(max(streams, default=1))   # one client (this process) opens every stream
     command = [sys.executable, "-m", "binser", "serve", str(model), "--host", "127.0.0.1",
-               "--port", str(port), "--max-streams", str(max(streams, default=1))]
+               "--port", str(port), "--max-streams", most, "--max-streams-per-client", most,
+               "--max-queue", str(clients)]   # every client's upload is queued, none 503'd
     out: dict[str, Any] = {"model": str(model), "port": port, "files": len(files)}
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -897,19 +900,11 @@ def check_bench_options(options: BenchOptions) -> None:
     for an unknown or empty ``--parts``, a ``--threads``/``--batch-size`` that is not a whole
     number in range, a ``--seconds`` that is not a finite number > 0, and paths that
     cannot be what they are given for."""
-    parts = tuple(options.parts)
-    unknown = [p for p in parts if p not in PARTS]
-    if unknown:
-        raise ConfigError(f"--parts: unknown bench part(s) {','.join(unknown)}; choose from "
-                          f"{','.join(PARTS)}")
-    if not parts:
-        raise ConfigError(f"--parts: no part given; choose from {','.join(PARTS)}")
-    _check_whole(options.threads, "--threads", 1, 1024, optional=True)
-    _check_whole(options.batch, "--batch-size", 1, 65536)
-    seconds = options.seconds
-    if (isinstance(seconds, bool) or not isinstance(seconds, (int, float, np.number))
-            or not 0 < seconds < float("inf")):
-        raise ConfigError(f"--seconds must be a number of seconds > 0, got {seconds!r}")
+    check_choices(options.parts, PARTS, "bench part", option="--parts", sep=",")
+    check_int_range(options.threads, "--threads", 1, 1024, optional=True)
+    check_int_range(options.batch, "--batch-size", 1, 65536)
+    check_float_range(options.seconds, "--seconds", 0.0, low_inclusive=False,
+                      what="a number of seconds")
     for path, option in ((options.whisper_weights, "--whisper-weights"),
                          (options.serve_model, "--serve-model")):
         if path is not None and not Path(path).is_dir():
@@ -919,16 +914,6 @@ def check_bench_options(options: BenchOptions) -> None:
         from .outputs import check_folder
 
         check_folder(options.work, "--work")
-
-
-def _check_whole(value: Any, option: str, low: int, high: int, optional: bool = False) -> None:
-    """ConfigError unless ``value`` is a whole number in ``low..high`` (or None if
-    ``optional``)."""
-    if value is None and optional:
-        return
-    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-            or not low <= value <= high):
-        raise ConfigError(f"{option} must be a whole number in {low}..{high}, got {value!r}")
 
 
 def run_bench(options: BenchOptions, report: Callable[[str], None] = print) -> dict[str, Any]:

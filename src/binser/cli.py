@@ -14,6 +14,7 @@ from typing import Sequence
 from . import __version__
 from .cache import default_cache_dir  # noqa: F401  (re-exported: binser.cli.default_cache_dir)
 from .errors import BinserError, ConfigError
+from .validation import float_type, int_type
 
 
 def _layer(text: str) -> int | str:
@@ -21,31 +22,9 @@ def _layer(text: str) -> int | str:
     return text if text == "auto" else _non_negative_int(text)
 
 
-def _int_at_least(minimum: int):
-    """An argparse type: a whole number >= ``minimum``."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
+_positive_int = int_type(1)          # argparse types: binser.validation
+_non_negative_int = int_type(0)
+_positive_float = float_type()
 
 
 def _csv_list(text: str) -> tuple[str, ...]:
@@ -286,6 +265,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .fusion import describe_weights
     from .model import train_model
 
     ignored = [option for option, given in (("--baselines", args.baselines),
@@ -301,7 +281,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     layer = f" layer {model.layer}" if model.layer is not None else ""
     print(f"model saved to {args.out}: labels {', '.join(model.labels)}; views "
           f"{', '.join(model.views)}; backbone {backbone}{layer}; pooling "
-          f"{model.pooling.name}; fusion {model.fusion or 'none'} {model.weights}"
+          f"{model.pooling.name}; fusion {model.fusion or 'none'} "
+          f"({describe_weights(model.weights or {})})"
           + ("; speaker-normalised (transductive)" if model.speaker_norm else ""))
     return 0
 
