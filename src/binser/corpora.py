@@ -615,11 +615,6 @@ _ADAPTERS: dict[str, _Adapter] = {
 assert set(_ADAPTERS) == set(DATASETS)
 
 
-def naming_rule(name: str) -> str:
-    """The naming rule a corpus's files must follow (for messages and ``binser datasets``)."""
-    return _adapter(name).rule
-
-
 def _adapter(name: str) -> _Adapter:
     key = str(name).strip().lower()
     if key not in _ADAPTERS:

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -1069,8 +1069,3 @@ def speaker_normalised(pooled: PooledFeatures, speakers: np.ndarray) -> PooledFe
     signal (see :mod:`binser.normalisation`); labels are never used."""
     return pooled.with_rows(lambda key, X: speaker_normalise(
         X, speakers, ~pooled.silent.get(key[0], np.zeros(len(X), bool))))
-
-
-def with_overrides(settings: ExperimentSettings, **changes: Any) -> ExperimentSettings:
-    """A copy of ``settings`` with some fields changed (None values are ignored)."""
-    return replace(settings, **{k: v for k, v in changes.items() if v is not None})
