@@ -19,7 +19,9 @@ recomputed, never returned. Fine-tuned weights have another ``weights_id``, henc
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +44,8 @@ CACHE_FORMAT = "binser-segment-features-v4"  # bump when the feature computation
 FRAME_CACHE_FORMAT = "binser-frame-features-v3"   # v3: chunks of > 30 s files encoded alone
 SUB_BATCH = 16   # images per single-threaded work item (fixed: results never depend on threads)
 PROGRESS_MIN_S = 60.0    # encode_signals shows a bar when a signal is longer than this (s)
+CLIP_ENCODE_BATCH = 1    # timeline windows encoded per call by default (1: bit-exact)
+_WINDOWS = threading.local()   # window_batch(): this thread's batch for encode_windows
 
 
 def cache_key(file_digest: str, view: str, config_digest: str, backbone_name: str,
@@ -497,8 +501,36 @@ def encode_signals(backbone, signals: Sequence[np.ndarray], layers: Sequence[int
     joined in order: a signal's frames depend only on the signal, never on the batch or the
     thread count (see :mod:`binser.parallel`). ``progress``: a bar over seconds of audio
     encoded, shown when a signal is longer than :data:`PROGRESS_MIN_S` seconds (so a long
-    file shows its progress within the file). On a GPU: length-sorted masked batches."""
-    signals = list(signals)
+    file shows its progress within the file). On a GPU: length-sorted masked batches.
+    Identical signals (:func:`unique_signals`: the L and R views of a mono file) are
+    encoded once."""
+    unique, where = unique_signals(signals)
+    done = _encode_unique(backbone, unique, layers, num_threads, progress)
+    return [done[k] for k in where]
+
+
+def unique_signals(signals: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[int]]:
+    """``(unique, where)``: the distinct signals (equal shape, dtype and bytes count as one;
+    first occurrence kept, in order) and, per input signal, its index in ``unique``. The
+    L and R views of a mono file or of a file with identical channels are one signal,
+    encoded once (M = L + R is another: the encoders' log-Mel is not gain-invariant);
+    frames are bit-identical to encoding each copy."""
+    unique: list[np.ndarray] = []
+    where: list[int] = []
+    seen: dict[tuple, int] = {}
+    for signal in signals:
+        x = np.ascontiguousarray(signal)
+        key = (x.shape, x.dtype.str, hashlib.blake2b(x.tobytes(), digest_size=16).digest())
+        if key not in seen:
+            seen[key] = len(unique)
+            unique.append(signal)
+        where.append(seen[key])
+    return unique, where
+
+
+def _encode_unique(backbone, signals: list[np.ndarray], layers: Sequence[int],
+                   num_threads: int | None, progress: bool) -> list[dict[int, np.ndarray]]:
+    """:func:`encode_signals` of distinct signals."""
     if backbone.device.type != "cpu":
         return backbone.encode(signals, layers)
     from .backbones.whisper import HOP, SAMPLE_RATE
@@ -521,9 +553,71 @@ def encode_signals(backbone, signals: Sequence[np.ndarray], layers: Sequence[int
             for p in parts]
 
 
+@contextlib.contextmanager
+def window_batch(batch: int):
+    """Within the block, in this thread only, :func:`encode_windows` (so
+    ``Model.predict(timeline=True)``, ``Model.score_clips`` and the stream engine's Whisper
+    windows) encodes ``batch`` windows per call: faster, and equal to the unbatched
+    (bit-exact) timeline within 1e-5 instead of bit for bit. ``binser serve`` uses it."""
+    batch = int(batch)
+    if batch < 1:
+        raise ConfigError(f"window batch must be a positive integer, got {batch}")
+    before = getattr(_WINDOWS, "batch", None)
+    _WINDOWS.batch = batch
+    try:
+        yield
+    finally:
+        _WINDOWS.batch = before
+
+
+def encode_windows(backbone, signals: Sequence[np.ndarray], layers: Sequence[int],
+                   batch: int | None = None, num_threads: int | None = None
+                   ) -> list[dict[int, np.ndarray]]:
+    """:func:`encode_signals` for short windows, optionally batched: on the CPU the distinct
+    signals (:func:`unique_signals`) of at most 30 s whose Mel chunks have one length are
+    encoded ``batch`` at a time (default: the :func:`window_batch` in force in this thread,
+    else :data:`CLIP_ENCODE_BATCH`) (no padding, so no mask;
+    :meth:`~binser.backbones.whisper.WhisperBackbone.encode_chunks`), the batches side by
+    side on one intra-op thread each. A window's frames then equal :func:`encode_signals`'s
+    to float32 rounding (within 1e-5; a batched matrix product may sum in another order),
+    not bit for bit, and may differ that little with the batch's company. ``batch=1``:
+    exactly :func:`encode_signals`."""
+    if batch is None:
+        batch = getattr(_WINDOWS, "batch", None) or CLIP_ENCODE_BATCH
+    batch = int(batch)
+    if batch < 1:
+        raise ConfigError(f"batch must be a positive integer, got {batch}")
+    unique, where = unique_signals(signals)
+    if batch == 1 or backbone.device.type != "cpu" or not hasattr(backbone, "encode_chunks"):
+        done = _encode_unique(backbone, unique, layers, num_threads, False)
+        return [done[k] for k in where]
+    mels = single_thread_map(backbone.mel_chunks, unique, num_threads)
+    out: list[dict[int, np.ndarray] | None] = [None] * len(unique)
+    groups: dict[int, list[int]] = {}
+    longer = []
+    for i, chunks in enumerate(mels):
+        if len(chunks) == 1:
+            groups.setdefault(chunks[0].shape[1], []).append(i)
+        else:
+            longer.append(i)
+    work = [members[s:s + batch] for members in groups.values()
+            for s in range(0, len(members), batch)]
+    results = single_thread_map(
+        lambda group: backbone.encode_chunks([mels[i][0] for i in group], layers), work,
+        num_threads)
+    for group, frames in zip(work, results):
+        for i, f in zip(group, frames):
+            out[i] = f
+    if longer:
+        for i, f in zip(longer, _encode_unique(backbone, [unique[i] for i in longer], layers,
+                                               num_threads, False)):
+            out[i] = f
+    return [out[k] for k in where]  # type: ignore[misc]
+
+
 def clip_frames(backbone, clips: Sequence[np.ndarray], views: Sequence[str], layer: int,
-                config: FrontEndConfig = FrontEndConfig(), num_threads: int | None = None
-                ) -> list[dict[str, np.ndarray]]:
+                config: FrontEndConfig = FrontEndConfig(), num_threads: int | None = None,
+                batch: int | None = None) -> list[dict[str, np.ndarray]]:
     """Encoder frames of each clip, every clip treated as a file holding exactly its audio.
 
     ``clips``: ``(C, N_i)`` float32 at ``config.sample_rate`` (C = 1 or 2). Per clip: its
@@ -531,7 +625,10 @@ def clip_frames(backbone, clips: Sequence[np.ndarray], views: Sequence[str], lay
     silent Side), its silent views over the clip (:func:`binser.views.silent_views`), and for
     each of ``views`` the hidden states ``(n, d)`` of encoder ``layer`` (:func:`encode_signals`)
     or ``(0, d)`` where the view is silent. Returns ``[{view: frames}, ...]``. These are the
-    windows of a Whisper model's timeline and of a stream (:mod:`binser.serve.stream`)."""
+    windows of a Whisper model's timeline and of a stream (:mod:`binser.serve.stream`),
+    encoded by :func:`encode_windows` (views that are the same signal encoded once; one
+    window at a time, bit-exact, unless ``batch`` or a :func:`window_batch` asks for more:
+    then equal to that within 1e-5)."""
     views = _check_views(views)
     owners, signals = [], []
     out: list[dict[str, np.ndarray]] = []
@@ -546,7 +643,7 @@ def clip_frames(backbone, clips: Sequence[np.ndarray], views: Sequence[str], lay
             if v not in silent:
                 owners.append((i, v))
                 signals.append(signals_i[v])
-    for (i, v), frames in zip(owners, encode_signals(backbone, signals, (layer,),
+    for (i, v), frames in zip(owners, encode_windows(backbone, signals, (layer,), batch,
                                                      num_threads)):
         out[i][v] = np.ascontiguousarray(frames[layer], dtype=np.float32)
     return out

@@ -517,6 +517,21 @@ class WhisperBackbone:
             result = self.model(x.to(device=self.device, dtype=self.dtype), None, wanted)
             return {k: v[0].float().cpu().numpy() for k, v in result.items()}
 
+    def encode_chunks(self, mels: Sequence[np.ndarray], layers: Sequence[int]
+                      ) -> list[dict[int, np.ndarray]]:
+        """Mel chunks of ONE length ``(n_mels, T)`` encoded as one batch (no padding, so no
+        mask) -> per chunk, layer -> ``(ceil(T / 2), d)`` float32. Equals
+        :meth:`encode_chunk` of each to float32 rounding (about 1e-6: a batched matrix
+        product may sum in another order), not bit for bit."""
+        wanted = self.model.check_layers(layers)
+        if len({m.shape for m in mels}) > 1:
+            raise ConfigError("encode_chunks needs Mel chunks of one shape")
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(np.stack(mels), dtype=np.float32))
+            result = self.model(x.to(device=self.device, dtype=self.dtype), None, wanted)
+            result = {k: v.float().cpu().numpy() for k, v in result.items()}
+        return [{k: v[j].copy() for k, v in result.items()} for j in range(len(mels))]
+
     def encode_one(self, signal: np.ndarray, layers: Sequence[int]) -> dict[int, np.ndarray]:
         """:meth:`encode` for a single signal ``(N,)``."""
         return self.encode([signal], layers)[0]

@@ -100,7 +100,9 @@ class ServeSettings:
     largest ``sample_rate x duration x channels`` an upload's header may declare (None:
     ``96000 * max_duration_s``, i.e. stereo 48 kHz for the longest allowed duration).
     ``allowed_hosts``: Host header names served (``"*"``: any); ``allowed_origins``:
-    Origins accepted besides the server's own."""
+    Origins accepted besides the server's own. ``window_batch``: Whisper timeline and
+    stream windows encoded per call (:func:`binser.features.window_batch`; 1: bit-identical
+    to ``predict --timeline``, more: faster, equal within 1e-5)."""
 
     max_upload_bytes: int = 50 << 20
     max_stream_s: float = 3600.0
@@ -119,6 +121,7 @@ class ServeSettings:
     max_streams_per_client: int = 2
     max_backlog_s: float = 30.0
     shutdown_timeout_s: float = 10.0
+    window_batch: int = 16
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
 
@@ -192,7 +195,8 @@ def create_app(model, settings: ServeSettings | None = None) -> FastAPI:
                            "max_queue": settings.max_queue,
                            "stream_idle_s": settings.stream_idle_s,
                            "max_streams_per_client": settings.max_streams_per_client,
-                           "max_backlog_s": settings.max_backlog_s}}
+                           "max_backlog_s": settings.max_backlog_s,
+                           "window_batch": settings.window_batch}}
 
     @app.post("/predict")
     async def predict(request: Request, file: UploadFile | None = File(None),
@@ -309,6 +313,22 @@ def _predict_file(model, tmp: str, name: str, timeline: bool, per_channel: bool,
         return {"too_large": reason}
     if cancel is not None and cancel.is_set():
         return None
+    from ..features import window_batch
+
+    with window_batch(settings.window_batch):
+        return _predict_checked(model, tmp, name, timeline, per_channel)
+
+
+def _batched(settings: ServeSettings, fn, *args) -> Any:
+    """``fn(*args)`` with the server's window batch (a compute thread)."""
+    from ..features import window_batch
+
+    with window_batch(settings.window_batch):
+        return fn(*args)
+
+
+def _predict_checked(model, tmp: str, name: str, timeline: bool, per_channel: bool
+                     ) -> dict[str, Any]:
     if per_channel:
         try:
             out = analyse_file(model, tmp, per_channel=True)
@@ -485,8 +505,9 @@ async def _run_stream(app: FastAPI, ws: WebSocket, settings: ServeSettings,
                     return
                 data = b"".join(chunks)
                 try:
-                    results = await anyio.to_thread.run_sync(engine.feed_bytes, data, fmt,
-                                                             arrived, limiter=limiter)
+                    results = await anyio.to_thread.run_sync(
+                        _batched, settings, engine.feed_bytes, data, fmt, arrived,
+                        limiter=limiter)
                 except BinserError as exc:
                     await _close(ws, 1007, str(exc))
                     return
@@ -494,7 +515,8 @@ async def _run_stream(app: FastAPI, ws: WebSocket, settings: ServeSettings,
                 for r in results:
                     await ws.send_json({"type": "window", **r.to_dict()})
             elif item == "stop":
-                results = await anyio.to_thread.run_sync(engine.finish, limiter=limiter)
+                results = await anyio.to_thread.run_sync(_batched, settings, engine.finish,
+                                                         limiter=limiter)
                 for r in results:
                     await ws.send_json({"type": "window", **r.to_dict()})
                 await ws.send_json({"type": "end", "summary": engine.summary()})

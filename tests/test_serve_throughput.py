@@ -1,0 +1,131 @@
+"""Throughput of the Whisper windows (issue 19 item 5): views that are the same signal
+encoded once (bit-identical), windows batched under ``window_batch`` (equal to the
+one-at-a-time timeline within 1e-5, the relaxed equality the server states), and the
+server's uploads with a timeline against ``predict --timeline``."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import save_tiny_whisper, train_tiny_whisper_model
+from binser.errors import ConfigError
+from binser.model import Model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from binser.backbones import load_whisper
+
+    return load_whisper("whisper-tiny", save_tiny_whisper(tmp_path_factory.mktemp("tw") / "hf"))
+
+
+@pytest.fixture(scope="module")
+def whisper(tmp_path_factory):
+    folder, root = train_tiny_whisper_model(tmp_path_factory.mktemp("tput"))
+    return Model.load(folder), root
+
+
+def _signals(n: int = 5, seconds: float = 1.0) -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [(0.1 * rng.standard_normal(int(16000 * seconds))).astype(np.float32)
+            for _ in range(n)]
+
+
+def _count_chunks(backbone, monkeypatch) -> list[int]:
+    """Counts the Mel chunks the backbone encodes (alone or in batches)."""
+    counted = [0]
+    one, many = backbone.encode_chunk, backbone.encode_chunks
+
+    def chunk(mel, layers):
+        counted[0] += 1
+        return one(mel, layers)
+
+    def chunks(mels, layers):
+        counted[0] += len(mels)
+        return many(mels, layers)
+
+    monkeypatch.setattr(backbone, "encode_chunk", chunk)
+    monkeypatch.setattr(backbone, "encode_chunks", chunks)
+    return counted
+
+
+def test_identical_signals_are_encoded_once(tiny, monkeypatch):
+    from binser.features import clip_frames, encode_signals, unique_signals
+
+    x, y = _signals(2)
+    unique, where = unique_signals([x, x.copy(), y, x])
+    assert len(unique) == 2 and where == [0, 0, 1, 0]
+    alone = [encode_signals(tiny, [s], (1,))[0][1] for s in (x, y)]
+    counted = _count_chunks(tiny, monkeypatch)
+    got = encode_signals(tiny, [x, x.copy(), y], (1,))
+    assert counted[0] == 2
+    assert np.array_equal(got[0][1], alone[0]) and np.array_equal(got[1][1], alone[0])
+    assert np.array_equal(got[2][1], alone[1])
+    # a mono window: L = R are one signal (M = L + R = 2L is another: Whisper's log-Mel
+    # is not gain-invariant; Side silent): two encodings, not three
+    counted[0] = 0
+    (frames,) = clip_frames(tiny, [x[None, :]], ["left", "right", "mid", "side"], 1)
+    assert counted[0] == 2
+    assert np.array_equal(frames["left"], alone[0]) and np.array_equal(frames["right"],
+                                                                       alone[0])
+    assert np.array_equal(frames["mid"], encode_signals(tiny, [x + x], (1,))[0][1])
+    assert frames["side"].shape[0] == 0
+
+
+def test_batched_windows_equal_one_at_a_time_within_1e_5(tiny, monkeypatch):
+    from binser.features import encode_windows, window_batch
+
+    signals = _signals(7) + _signals(2, seconds=0.8)     # two lengths: two groups
+    exact = encode_windows(tiny, signals, (1, 2), batch=1)
+    counted = _count_chunks(tiny, monkeypatch)
+    batched = encode_windows(tiny, signals, (1, 2), batch=4)
+    assert counted[0] == len(signals)
+    for a, b in zip(batched, exact):
+        for layer in (1, 2):
+            assert a[layer].shape == b[layer].shape
+            scale = max(1.0, float(np.abs(b[layer]).max()))
+            assert np.abs(a[layer] - b[layer]).max() <= 1e-5 * scale
+    with window_batch(4):                      # the thread's setting is the default
+        inside = encode_windows(tiny, signals, (1,))
+        seen = []
+        other = threading.Thread(target=lambda: seen.append(
+            encode_windows(tiny, signals[:1], (1,))[0][1]))
+        other.start()
+        other.join()
+    assert all(np.array_equal(x[1], y[1]) for x, y in zip(inside, batched))
+    assert np.array_equal(seen[0], exact[0][1])              # other threads: unbatched
+    outside = encode_windows(tiny, signals, (1,))
+    assert all(np.array_equal(x[1], y[1]) for x, y in zip(outside, exact))
+    with pytest.raises(ConfigError):
+        with window_batch(0):
+            pass
+
+
+def test_server_timeline_equals_predict_within_1e_5(whisper, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from binser.serve.app import ServeSettings, create_app
+
+    model, root = whisper
+    parts = [sf.read(p, dtype="float32")[0] for p in sorted(Path(root).glob("*/*.wav"))[:3]]
+    path = tmp_path / "three.wav"
+    sf.write(path, np.concatenate(parts), 16000, subtype="FLOAT")
+    (want,) = model.predict([path], timeline=True, progress=False)
+    assert len(want.timeline) >= 5
+    for batch, tolerance in ((16, 1e-5), (1, 0.0)):
+        app = create_app(model, ServeSettings(window_batch=batch))
+        with TestClient(app, base_url="http://127.0.0.1") as client:
+            r = client.post("/predict", files={"file": ("t.wav", path.read_bytes(),
+                                                        "audio/wav")})
+        assert r.status_code == 200, r.text
+        got = r.json()["timeline"]
+        assert [(w["start_s"], w["end_s"]) for w in got] == \
+            [(w["start_s"], w["end_s"]) for w in want.timeline]
+        diff = max(abs(g["scores"][k] - w["scores"][k]) for g, w in zip(got, want.timeline)
+                   for k in model.labels)
+        assert diff <= tolerance, (batch, diff)
