@@ -137,6 +137,7 @@ def test_a_planted_test_speaker_row_never_reaches_training_statistics():
     assert not np.array_equal(leaky[0][train], leaky[1][train])
 
 
+@pytest.mark.slow
 def test_end_to_end_with_a_tiny_whisper(tmp_path, tiny_dir, tiny_corpus):
     settings = ExperimentSettings(dataset="folder", root=str(tiny_corpus), protocol="loso",
                                   backbone="whisper-tiny", weights=str(tiny_dir), layer="auto",
@@ -261,6 +262,7 @@ def test_scan_warns_when_speakers_show_one_label_each(tmp_path):
         in text
 
 
+@pytest.mark.slow
 def test_mono_files_are_flagged_in_results_and_report(tmp_path, tiny_dir, tiny_corpus):
     import shutil
 
@@ -281,6 +283,7 @@ def test_mono_files_are_flagged_in_results_and_report(tmp_path, tiny_dir, tiny_c
         (tmp_path / "out" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_warm_rerun_reads_pooled_features_not_frames(tmp_path, tiny_dir, tiny_corpus,
                                                      monkeypatch):
     """The pooled-feature cache: a rerun gives the same results without reading frames."""

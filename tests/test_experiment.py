@@ -151,6 +151,7 @@ def test_second_run_reuses_the_feature_cache(tiny_study, monkeypatch):
     assert [r["ua"] for r in again["runs"]] == [r["ua"] for r in results["runs"]]
 
 
+@pytest.mark.slow
 def test_finetune_mode_trains_per_fold_on_training_speakers_only(tmp_path):
     """Mode finetune: every fold fine-tunes its own network per view on its training
     speakers; the fold's test speaker is never among the speakers a network saw."""

@@ -29,7 +29,8 @@ import pytest
 
 from binser.demo import DemoSpec, make_demo_corpus
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+pytestmark = [pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals"),
+              pytest.mark.slow]   # whole studies in subprocesses, killed and resumed
 
 N_FILES = 24
 VIEWS = ("left", "right")

@@ -156,6 +156,7 @@ def test_claims_table_states_speakers_floor_holm_and_caveat():
                          "recordings)"
 
 
+@pytest.mark.slow
 def test_losgo_end_to_end(tmp_path):
     root = make_demo_corpus(tmp_path / "corpus", DemoSpec(n_speakers=4, per_emotion=2,
                                                           max_duration_s=1.2))
@@ -174,6 +175,7 @@ def test_losgo_end_to_end(tmp_path):
         assert sum(map(sum, run["confusion"])) == results["n_utterances"] == 32
 
 
+@pytest.mark.slow
 @pytest.mark.emovo
 def test_pinned_emovo_regression(emovo_root, tmp_path):
     """EfficientNet-Lite0 112 px, left view, global average pooling, LOSO on all of EMOVO:

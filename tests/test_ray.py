@@ -55,6 +55,7 @@ def local_run(corpus, tmp_path_factory):
     return base / "out", results
 
 
+@pytest.mark.slow
 def test_ray_results_equal_local(ray_cluster, corpus, local_run, tmp_path):
     results = run_experiment(settings(corpus, tmp_path / "cache", "ray"), out=tmp_path / "out",
                              progress=False, report=False)
@@ -65,6 +66,7 @@ def test_ray_results_equal_local(ray_cluster, corpus, local_run, tmp_path):
     assert len(entries) >= 4 * len(list(Path(corpus).rglob("*.wav")))
 
 
+@pytest.mark.slow
 def test_killed_actor_is_retried_with_identical_results(ray_cluster, corpus, local_run,
                                                         tmp_path, monkeypatch):
     seen: list[RayExecutor] = []
@@ -82,6 +84,7 @@ def test_killed_actor_is_retried_with_identical_results(ray_cluster, corpus, loc
     same_results(local_run[0], tmp_path / "out", local_run[1], results)
 
 
+@pytest.mark.slow
 def test_tiny_whisper_frames_equal_on_ray(ray_cluster, corpus, tmp_path):
     from test_encoder_study import TINY
     from test_whisper import random_encoder, save_hf_folder
@@ -124,6 +127,7 @@ def test_ray_address_needs_the_ray_executor(corpus, tmp_path, capsys):
     assert "--ray-address applies to --executor ray" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bench_ray_part_smoke(ray_cluster, corpus):
     from binser.benchmark import ray_speed, summary
 
@@ -134,6 +138,7 @@ def test_bench_ray_part_smoke(ray_cluster, corpus):
     assert set(summary({"quick": True, "ray": figures})["ray_vs_local"]) == {"1", "2"}
 
 
+@pytest.mark.slow
 def test_train_and_predict_on_ray_equal_local(ray_cluster, corpus, tmp_path):
     from dataclasses import replace
 
@@ -153,6 +158,7 @@ def test_train_and_predict_on_ray_equal_local(ray_cluster, corpus, tmp_path):
         [p.to_dict() for p in here]
 
 
+@pytest.mark.slow
 def test_interrupted_driver_keeps_finished_batches(ray_cluster, corpus, tmp_path, monkeypatch):
     submitted: list[int] = []
 
