@@ -129,3 +129,39 @@ def test_server_timeline_equals_predict_within_1e_5(whisper, tmp_path):
         diff = max(abs(g["scores"][k] - w["scores"][k]) for g, w in zip(got, want.timeline)
                    for k in model.labels)
         assert diff <= tolerance, (batch, diff)
+
+
+def test_quantize_int8_replaces_the_encoder_linear_layers(whisper, tmp_path):
+    import copy
+    import types
+
+    import torch
+
+    from binser.serve.quantize import quantize_model
+
+    model, root = whisper
+    wav = sorted(Path(root).glob("*/*.wav"))[0]
+    backbone = model.backbones[model.views[0]]
+    signal = sf.read(wav, dtype="float32")[0][:, 0]
+    before = backbone.encode_one(signal, (model.layer,))[model.layer]
+    (float_pred,) = model.predict([wav], progress=False)
+    q = copy.copy(model)
+    q.info = dict(model.info)
+    shared = {id(b): copy.copy(b) for b in model.backbones.values()}
+    q.backbones = {v: shared[id(b)] for v, b in model.backbones.items()}
+    linear = sum(isinstance(m, torch.nn.Linear) for m in backbone.model.modules())
+    assert quantize_model(q, "int8") == linear * len(shared) and linear > 0
+    qb = q.backbones[q.views[0]]
+    assert not any(isinstance(m, torch.nn.Linear) for m in qb.model.modules())
+    assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in qb.model.modules())
+    assert q.info["quantized"] == "int8" and "quantized" not in model.info
+    after = qb.encode_one(signal, (model.layer,))[model.layer]
+    assert after.shape == before.shape and not np.array_equal(after, before)
+    assert np.corrcoef(after.ravel(), before.ravel())[0, 1] > 0.95
+    (int8_pred,) = q.predict([wav], progress=False)
+    assert sum(int8_pred.scores.values()) == pytest.approx(1.0)
+    assert float_pred.scores != int8_pred.scores
+    with pytest.raises(ConfigError, match="Whisper"):
+        quantize_model(types.SimpleNamespace(family="imagenet", backbones={}, info={}))
+    with pytest.raises(ConfigError, match="int8"):
+        quantize_model(q, "int4")

@@ -186,6 +186,7 @@ def create_app(model, settings: ServeSettings | None = None) -> FastAPI:
                 "fusion": model.fusion, "window_s": probe.window_s, "hop_s": probe.hop_s,
                 "sample_rate": model.frontend.sample_rate, "fingerprint": model.fingerprint,
                 "synthetic": bool(model.info.get("synthetic")), "card": card,
+                "quantized": model.info.get("quantized"),
                 "limits": {"max_upload_bytes": settings.max_upload_bytes,
                            "max_stream_s": settings.max_stream_s,
                            "max_streams": settings.max_streams,

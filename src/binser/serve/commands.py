@@ -100,6 +100,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--shutdown-timeout", type=positive_float, default=10.0,
                    help="on shutdown, seconds open streams and requests get before they are "
                         "closed (streams with code 1012) (default %(default)s)")
+    p.add_argument("--quantize", choices=("int8",), default=None,
+                   help="Whisper models: int8 dynamically quantised encoder Linear layers "
+                        "(faster on the CPU; the scores change: see binser.serve.quantize)")
     p.add_argument("--window-batch", type=positive_int, default=16,
                    help="Whisper timeline/stream windows encoded per call: faster; the "
                         "numbers equal predict --timeline within 1e-5 (1: bit for bit) "
@@ -328,6 +331,10 @@ def run_serve(args: argparse.Namespace) -> int:
                           "--token SECRET (or $BINSER_TOKEN), or bind 127.0.0.1")
     settings = serve_settings(args)
     model = Model.load(args.model)
+    if args.quantize:
+        from .quantize import quantize_model
+
+        quantize_model(model, args.quantize)
     app = create_app(model, settings)
     if not LOG.handlers:   # one line per upload with its timings, on stderr
         handler = logging.StreamHandler(sys.stderr)
