@@ -69,6 +69,7 @@ from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
 
 from .errors import ConfigError
+from .validation import check_choice
 
 _EIG_RTOL = 1e-10   # Gram eigenvalues below this fraction of the largest are treated as 0
 CALIBRATIONS = ("temperature", "sigmoid")
@@ -297,9 +298,7 @@ class ViewClassifier(ClassifierMixin, BaseEstimator):
 
     # -- checks
     def _check_params(self) -> None:
-        if self.calibration not in CALIBRATIONS:
-            raise ConfigError(f"calibration must be one of {', '.join(CALIBRATIONS)}, got "
-                              f"{self.calibration!r}")
+        check_choice(self.calibration, CALIBRATIONS, "calibration")
         if len(self.Cs) == 0 or any(not np.isfinite(c) or c <= 0 for c in self.Cs):
             raise ConfigError(f"Cs must be positive finite numbers, got {self.Cs!r}")
         if int(self.inner_splits) < 2:

@@ -31,6 +31,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .errors import ConfigError
+from .validation import check_choice
 
 EVIDENCE = ("inner-cv", "other-corpus", "a-priori", "outer-test")
 SELECTION_POLICIES = ("auto",)   # values that choose among candidates on the inner folds
@@ -116,8 +117,7 @@ def check_default_choice(setting: str, new: Any, old: Any, evidence: str,
     refuses the switch (outer test UA without ``exploratory=True``, inner-CV scores that do
     not favour ``new``).
     """
-    if evidence not in EVIDENCE:
-        raise ConfigError(f"unknown evidence {evidence!r}; choose one of {', '.join(EVIDENCE)}")
+    check_choice(evidence, EVIDENCE, "evidence")
     new, old = str(new), str(old)
     out: dict[str, Any] = {"setting": setting, "new": new, "old": old, "evidence": evidence,
                            "inner_cv": None}

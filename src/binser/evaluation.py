@@ -68,6 +68,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import ConfigError
+from .validation import check_choice
 
 PROTOCOLS = ("loso", "losgo:K", "split")
 CI_METHODS = ("speaker-bootstrap", "utterance-bootstrap")
@@ -370,9 +371,7 @@ def ua_ci_with_method(y_true: Sequence, y_pred: Sequence, classes: Sequence,
     falls back to the utterance bootstrap and ``method_used`` is ``"utterance-bootstrap"``.
     ``utterance-bootstrap`` ignores ``groups``.
     """
-    if method not in CI_METHODS:
-        raise ConfigError(f"unknown interval method {method!r}; choose one of "
-                          f"{', '.join(CI_METHODS)}")
+    check_choice(method, CI_METHODS, "interval method")
     n_boot = _check_count(n_boot, "n_boot", "--n-boot")
     if method == "speaker-bootstrap":
         if groups is None:

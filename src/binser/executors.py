@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .errors import BinserError, ConfigError
+from .validation import check_choice
 
 EXECUTORS = ("local", "ray")
 RAY_MISSING = ("--executor ray needs the optional package ray "
@@ -58,8 +59,7 @@ def ray_available() -> bool:
 
 def check_executor(executor: str, ray_address: str | None = None) -> None:
     """Validate ``--executor`` and ``--ray-address`` up front (ConfigError, one line)."""
-    if executor not in EXECUTORS:
-        raise ConfigError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
+    check_choice(executor, EXECUTORS, "executor")
     if ray_address is not None and executor != "ray":
         raise ConfigError("--ray-address applies to --executor ray")
     if ray_address is not None and not str(ray_address).strip():

@@ -128,6 +128,7 @@ import numpy as np
 from . import __version__
 from .config import FrontEndConfig
 from .errors import AudioError, BinserError, ConfigError, ModelError
+from .validation import check_choice
 from .features import file_sha256  # noqa: F401  (one streaming file hash for caches and models)
 from .preflight import check_on_error
 
@@ -837,8 +838,7 @@ def _check_fusion_views(fusion: str | None, views: tuple[str, ...]) -> None:
         if len(views) != 1:
             raise ConfigError(f"a model without fusion has exactly one view, got {list(views)}")
         return
-    if fusion not in FUSIONS:
-        raise ConfigError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
+    check_choice(fusion, FUSIONS, "fusion")
     if tuple(FUSIONS[fusion]) != views:
         raise ConfigError(f"fusion {fusion} uses views {list(FUSIONS[fusion])}, got {list(views)}")
 
@@ -1451,8 +1451,7 @@ def model_views(fusion: str | None, views: Sequence[str]) -> tuple[str, ...]:
         if len(views) != 1:
             raise ConfigError(f"without a fusion, train exactly one view (got {list(views)})")
         return tuple(views)
-    if fusion not in FUSIONS:
-        raise ConfigError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
+    check_choice(fusion, FUSIONS, "fusion")
     missing = [v for v in FUSIONS[fusion] if v not in views]
     if missing:
         raise ConfigError(f"--fusion {fusion} trains the views {', '.join(FUSIONS[fusion])}, "

@@ -51,6 +51,7 @@ import numpy as np
 from .audio import AudioInfo, audio_info, load_audio
 from .config import FrontEndConfig
 from .errors import AudioError, BinserError, ConfigError
+from .validation import check_choice
 from .views import MAX_AMPLITUDE
 
 if TYPE_CHECKING:  # corpora imports nothing heavy, but keep the dependency one-way
@@ -299,9 +300,7 @@ def format_problems(problems: Sequence[tuple[Path, str]]) -> str:
 
 def check_on_error(on_error: str) -> str:
     """``on_error`` if it is a known policy (``"skip"`` or ``"fail"``), else ConfigError."""
-    if on_error not in ON_ERROR:
-        raise ConfigError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
-    return on_error
+    return check_choice(on_error, ON_ERROR, "--on-error policy")
 
 
 def apply_on_error(report: PreflightReport, on_error: str) -> list[int]:

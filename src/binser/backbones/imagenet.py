@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, ModelError
+from ..validation import check_choice
 from ..spectrogram import resize_images
 
 BACKBONES = ("efficientnet_lite0", "alexnet")
@@ -506,8 +507,7 @@ _NORMALISATION = {
 
 def _check_name_and_size(name: str, input_size: int | None) -> int:
     """Validate the backbone name and return the input size to use."""
-    if name not in BACKBONES:
-        raise ConfigError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+    check_choice(name, BACKBONES, "backbone")
     size = DEFAULT_INPUT_SIZE[name] if input_size is None else input_size
     if not isinstance(size, (int, np.integer)) or size < MIN_INPUT_SIZE[name]:
         raise ConfigError(f"{name}: input_size must be an integer >= {MIN_INPUT_SIZE[name]}, "

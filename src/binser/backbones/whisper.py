@@ -72,6 +72,7 @@ from torch import nn
 
 from ..cache import default_cache_dir, file_sha256
 from ..errors import AudioError, ConfigError, ModelError
+from ..validation import check_choice
 from .imagenet import state_dict_problems, weights_digest, weights_read_failure
 
 WHISPER_SIZES = ("tiny", "base", "small", "medium", "large-v3")
@@ -801,9 +802,7 @@ def load_whisper(name: str, weights: str | Path | None = None,
     ``download``. Raises :class:`ConfigError` for an unknown name and :class:`ModelError` for
     missing, unreadable or unfitting weights, including weights of another released size.
     """
-    if name not in WHISPER_BACKBONES:
-        raise ConfigError(f"unknown Whisper backbone {name!r}; known: "
-                          f"{', '.join(WHISPER_BACKBONES)}")
+    check_choice(name, WHISPER_BACKBONES, "Whisper backbone")
     size = name[len("whisper-"):]
     if weights is None:
         weights = _cached_or_downloaded(name, size, cache_dir, download)
