@@ -135,6 +135,16 @@ def test_oracle_rows_have_no_interval_and_no_per_fold_column():
     assert [r[0] for r in per_fold] == ["left/stats", "score-fusion/left+right+mid+side"]
 
 
+def test_console_summary_has_no_interval_on_oracle_rows(capsys):
+    from binser.cli import print_summary
+
+    print_summary(_report_results())
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert lines["score-fusion/left+right+mid+side@oracle"].endswith(
+        "n/a (chosen on the test data)")
+    assert lines["score-fusion/left+right+mid+side"].endswith("40.0-60.0")
+
+
 def test_degenerate_interval_is_printed_as_such():
     blocks = build_blocks(_report_results(n_speakers=2), {})
     table1 = next(b[2] for b in blocks if b[0] == "table" and b[1][0] == "Representation")
