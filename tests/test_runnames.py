@@ -42,3 +42,13 @@ def test_contract_order():
         "feature-fusion/left+right", "feature-fusion/mid+side", "opensmile/egemaps-right",
         "opensmile/is10", "speaker-norm:side/stats", "speaker-norm:best-view",
         "speaker-norm:score-fusion/mid+side@oracle"]
+
+
+def test_oracle_and_plain_name_helpers():
+    from binser.runnames import is_oracle, plain_name
+
+    assert is_oracle("speaker-norm:score-fusion/mid+side@oracle")
+    assert not is_oracle("score-fusion/mid+side") and not is_oracle("x@oracle")
+    assert plain_name("speaker-norm:score-fusion/mid+side@oracle") == "score-fusion/mid+side@oracle"
+    assert plain_name("left/stats") == "left/stats"
+    assert plain_name("speaker-norm:custom") == "custom"      # outside the grammar: prefix only

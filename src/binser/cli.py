@@ -195,13 +195,15 @@ def settings_from_args(args: argparse.Namespace, dataset: str, root: str,
 
 def print_summary(results: dict) -> None:
     """The headline numbers of an experiment, one run a line."""
+    from .runnames import is_oracle
+
     print(f"\n{results['dataset']} ({'SYNTHETIC, ' if results.get('synthetic') else ''}"
           f"{results['protocol']}, {results['n_utterances']} utterances, "
           f"backbone {results['backbone']}):")
     print(f"{'run':<42}{'UA %':>8}{'WA %':>8}{'F1 %':>8}   UA 95% CI")
     for r in results["runs"]:
         lo, hi = r["ua_ci95"]
-        ci = ("n/a (chosen on the test data)" if r["name"].endswith("@oracle")
+        ci = ("n/a (chosen on the test data)" if is_oracle(r["name"])
               else f"{100 * lo:.1f}-{100 * hi:.1f}")
         print(f"{r['name']:<42}{100 * r['ua']:>8.2f}{100 * r['wa']:>8.2f}"
               f"{100 * r['macro_f1']:>8.2f}   {ci}")

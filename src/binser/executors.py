@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .errors import BinserError, ConfigError
-from .validation import check_choice
+from .validation import check_choice, check_int_range
 
 EXECUTORS = ("local", "ray")
 RAY_MISSING = ("--executor ray needs the optional package ray "
@@ -236,8 +236,7 @@ class RayExecutor:
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      configure_logging=False,   # a new local cluster: the cores we may use
                      **({"num_cpus": default_workers()} if local else {}))
-        if workers is not None and (int(workers) != workers or workers < 1):
-            raise ConfigError(f"Ray workers must be a positive integer, got {workers!r}")
+        check_int_range(workers, "Ray workers", 1, optional=True, integral_floats=True)
         self.workers = workers
         self.files_per_task = int(files_per_task)
         self.max_attempts = int(max_attempts)

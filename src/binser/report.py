@@ -10,7 +10,7 @@ from typing import Any, Sequence
 from .config import FrontEndConfig
 from .fusion import fusion_titles, weight_symbols
 from .normalisation import TRANSDUCTIVE_CAVEAT
-from .runnames import NORM_PREFIX, RunName
+from .runnames import RunName, is_oracle, plain_name
 from .views import all_views
 
 POOLING_TITLES = {"global-max": "Global max-pooling", "global-avg": "Global average-pooling",
@@ -48,7 +48,7 @@ ORACLE_CI = "n/a (chosen on the test data)"
 def _ci(run: dict[str, Any], n_speakers: Any = None) -> str:
     """The UA interval cell: none on ``@oracle`` rows (picked on the test data, an interval
     would describe the pick's luck, not a system); a degenerate interval (lo == hi) said so."""
-    if str(run.get("name", "")).endswith("@oracle"):
+    if is_oracle(str(run.get("name", ""))):
         return ORACLE_CI
     lo, hi = run.get("ua_ci95", (None, None))
     if lo is None:
@@ -247,11 +247,11 @@ def build_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block
             rows.append([f"binser {system['name']} (nested)", *_metric_cells(system, n_spk)])
         blocks += [("h2", f"Table {n + 2}: comparison with hand-crafted baselines"),
                    ("table", ["Method", "UA", "WA", "F1", "UA CI"], rows)]
-    normalised = [r for r in results["runs"] if r["name"].startswith(NORM_PREFIX)]
+    normalised = [r for r in results["runs"] if plain_name(r["name"]) != r["name"]]
     if normalised:
-        rows = [[r["name"][len(NORM_PREFIX):], *_metric_cells(r, n_spk),
-                 pct(runs[r["name"][len(NORM_PREFIX):]]["ua"])
-                 if r["name"][len(NORM_PREFIX):] in runs else "-"] for r in normalised]
+        rows = [[plain_name(r["name"]), *_metric_cells(r, n_spk),
+                 pct(runs[plain_name(r["name"])]["ua"])
+                 if plain_name(r["name"]) in runs else "-"] for r in normalised]
         blocks += [("h2", f"Speaker-normalised features (TRANSDUCTIVE, label-free; "
                           f"{TRANSDUCTIVE_CAVEAT})"),
                    ("p", "Each speaker's utterance-level features standardised over that "
@@ -279,7 +279,7 @@ def build_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block
         mean = results.get("protocol") != "loso"
         rows = [[r["name"], *[pct(u) for u in r["fold_ua"]],
                  *([pct(r.get("fold_mean", {}).get("ua"))] if mean else [])]
-                for r in results["runs"] if not r["name"].endswith("@oracle")]
+                for r in results["runs"] if not is_oracle(r["name"])]
         blocks += [("h2", "Per-fold UA (test speakers)"),
                    ("p", "@oracle runs are left out: their weights were chosen on the pooled "
                          "test data of all folds, so they have no per-fold figure."),

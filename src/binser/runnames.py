@@ -138,6 +138,20 @@ class RunName:
         return (self.speaker_norm, *rank, self.format())
 
 
+def is_oracle(name: str) -> bool:
+    """``name`` is a score fusion with oracle weights (``...@oracle``); False for names
+    outside the grammar."""
+    return RunName.is_valid(name) and RunName.parse(name).oracle
+
+
+def plain_name(name: str) -> str:
+    """``name`` without the ``speaker-norm:`` prefix (names outside the grammar unchanged
+    but for that prefix)."""
+    if RunName.is_valid(name):
+        return RunName.parse(name).normalised(False).format()
+    return name.removeprefix(NORM_PREFIX)
+
+
 def run_order(name: str) -> tuple:
     """:meth:`RunName.order_key` of a run name string; names outside the grammar sort after
     the baselines of their family (plain or speaker-normalised), by name."""

@@ -30,6 +30,7 @@ import scipy.signal
 
 from .config import FrontEndConfig
 from .errors import BinserError, ConfigError
+from .validation import check_int_range
 
 __all__ = [
     "log_mel", "log_mel_batch", "deltas", "segment", "n_segments", "segment_images",
@@ -201,8 +202,7 @@ def _delta_operator(length: int, width: int, order: int) -> np.ndarray:
 
 def _check_delta_args(length: int, width: int, order: int) -> None:
     """Refuse parameters librosa.feature.delta would refuse (ConfigError)."""
-    if int(order) != order or order < 1:
-        raise ConfigError(f"delta order must be a positive integer, got {order}")
+    check_int_range(order, "delta order", 1, integral_floats=True)
     if int(width) != width or width < 3 or width % 2 == 0:
         raise ConfigError(f"delta width must be an odd integer >= 3, got {width}")
     if width <= order:
@@ -347,8 +347,7 @@ def resize_images(images, size: int):
     import torch
     import torch.nn.functional as nnf
 
-    if int(size) != size or size < 1:
-        raise ConfigError(f"image size must be a positive integer, got {size}")
+    check_int_range(size, "image size", 1, integral_floats=True)
     tensor = torch.as_tensor(images)
     if tensor.ndim != 4:
         raise BinserError(f"expected images of shape (n, C, H, W), got {tuple(tensor.shape)}")
