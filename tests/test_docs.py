@@ -60,7 +60,8 @@ def _modules(cells: list[str]) -> list[object]:
 
 
 def _all_modules() -> list[object]:
-    return [importlib.import_module(f"binser.{m.name}")
+    """binser and its modules (so `features.name` in any row resolves)."""
+    return [binser] + [importlib.import_module(f"binser.{m.name}")
             for m in pkgutil.iter_modules(binser.__path__) if m.name != "__main__"]
 
 
