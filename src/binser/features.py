@@ -575,8 +575,9 @@ def encode_windows(backbone, signals: Sequence[np.ndarray], layers: Sequence[int
                    ) -> list[dict[int, np.ndarray]]:
     """:func:`encode_signals` for short windows, optionally batched: on the CPU the distinct
     signals (:func:`unique_signals`) of at most 30 s whose Mel chunks have one length are
-    encoded ``batch`` at a time (default: the :func:`window_batch` in force in this thread,
-    else :data:`CLIP_ENCODE_BATCH`) (no padding, so no mask;
+    encoded up to ``batch`` at a time (default: the :func:`window_batch` in force in this
+    thread, else :data:`CLIP_ENCODE_BATCH`; fewer when that leaves a worker idle) (no
+    padding, so no mask;
     :meth:`~binser.backbones.whisper.WhisperBackbone.encode_chunks`), the batches side by
     side on one intra-op thread each. A window's frames then equal :func:`encode_signals`'s
     to float32 rounding (within 1e-5; a batched matrix product may sum in another order),
@@ -600,8 +601,13 @@ def encode_windows(backbone, signals: Sequence[np.ndarray], layers: Sequence[int
             groups.setdefault(chunks[0].shape[1], []).append(i)
         else:
             longer.append(i)
-    work = [members[s:s + batch] for members in groups.values()
-            for s in range(0, len(members), batch)]
+    from .parallel import check_workers
+
+    workers = check_workers(num_threads)
+    work = []   # at most `batch` per call, spread over the workers (a window's 4 views: 2+2)
+    for members in groups.values():
+        size = min(batch, -(-len(members) // workers))
+        work += [members[s:s + size] for s in range(0, len(members), size)]
     results = single_thread_map(
         lambda group: backbone.encode_chunks([mels[i][0] for i in group], layers), work,
         num_threads)

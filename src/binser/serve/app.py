@@ -328,6 +328,16 @@ def _batched(settings: ServeSettings, fn, *args) -> Any:
         return fn(*args)
 
 
+def _feed_chunks(engine: StreamEngine, chunks: list[tuple[bytes, float]], fmt: str
+                 ) -> list:
+    """Every queued ``(PCM bytes, arrival time)`` chunk through the engine in one compute
+    slot (each window's latency counts from its own chunk's arrival)."""
+    out = []
+    for data, arrived in chunks:
+        out.extend(engine.feed_bytes(data, fmt, arrived))
+    return out
+
+
 def _predict_checked(model, tmp: str, name: str, timeline: bool, per_channel: bool
                      ) -> dict[str, Any]:
     if per_channel:
@@ -440,8 +450,9 @@ async def _reader(ws: WebSocket, settings: ServeSettings, start: dict[str, Any],
                 if received + seconds > settings.max_stream_s:
                     raise _StreamClosed(1008, f"stream longer than the limit of "
                                               f"{settings.max_stream_s:g} s")
-                if state["backlog"] + seconds > settings.max_backlog_s:
-                    raise _StreamClosed(1008, f"the sender is {state['backlog'] + seconds:.1f} s of "
+                ahead = state["backlog"] + seconds
+                if ahead > settings.max_backlog_s:
+                    raise _StreamClosed(1008, f"the sender is {ahead:.1f} s of "
                                               "audio ahead of the computation (limit "
                                               f"{settings.max_backlog_s:g} s): send in real "
                                               "time")
@@ -495,24 +506,24 @@ async def _run_stream(app: FastAPI, ws: WebSocket, settings: ServeSettings,
             if state["gone"]:
                 raise WebSocketDisconnect(1001)   # the client left: drop its queued audio
             if isinstance(item, tuple):      # PCM: this chunk and every one queued behind
-                chunks, arrived = [item[0]], item[1]
+                chunks = [item]
                 while not queue.empty() and isinstance(queue._queue[0], tuple):  # noqa: SLF001
-                    chunks.append(queue.get_nowait()[0])
-                if any(len(c) % frame for c in chunks):
-                    bad = next(c for c in chunks if len(c) % frame)
+                    chunks.append(queue.get_nowait())
+                bad = next((c for c, _ in chunks if len(c) % frame), None)
+                if bad is not None:
                     await _close(ws, 1007, f"{len(bad)} bytes is not a whole number of {fmt} "
                                            f"frames of {start['channels']} channel(s) "
                                            f"({frame} bytes each)")
                     return
-                data = b"".join(chunks)
                 try:
                     results = await anyio.to_thread.run_sync(
-                        _batched, settings, engine.feed_bytes, data, fmt, arrived,
+                        _batched, settings, _feed_chunks, engine, chunks, fmt,
                         limiter=limiter)
                 except BinserError as exc:
                     await _close(ws, 1007, str(exc))
                     return
-                state["backlog"] = max(0.0, state["backlog"] - len(data) / frame / start["sample_rate"])
+                seconds = sum(len(c) for c, _ in chunks) / frame / start["sample_rate"]
+                state["backlog"] = max(0.0, state["backlog"] - seconds)
                 for r in results:
                     await ws.send_json({"type": "window", **r.to_dict()})
             elif item == "stop":
