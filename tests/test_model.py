@@ -443,6 +443,7 @@ def test_fuzzed_model_json_fields(trained, fuzz_copy, key, value):
     assert p.label in model.labels and abs(sum(p.scores.values()) - 1.0) < 1e-6
 
 
+@pytest.mark.slow
 def test_train_in_finetune_mode_finetunes_one_network_per_view(trained, wavs, tmp_path):
     """mode finetune without given networks: each view's network is fine-tuned on all
     utterances, saved, and reloads to identical predictions."""
