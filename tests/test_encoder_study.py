@@ -155,6 +155,7 @@ def test_end_to_end_with_a_tiny_whisper(tmp_path, tiny_dir, tiny_corpus):
     assert results["backbone"] == "whisper-tiny" and len(results["backbone_weights_sha256"]) == 64
     assert results["ci_method"] == "speaker-bootstrap" and results["fusion_search"] == "staged"
     _check_claims_against_the_predictions(results, tmp_path / "out" / "predictions.csv")
+    assert results["ci_note"].startswith("4 speakers (< 10): approximate")
     # speaker normalisation as deployed: the transductive variant is the run's own figure
     deployment = results["speaker_norm_deployment"]
     assert deployment["fusion"] == "speaker-norm:score-fusion/left+right+mid+side"

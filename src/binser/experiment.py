@@ -28,7 +28,8 @@ from .classifier import ViewClassifier, concat_features
 from .config import FrontEndConfig
 from .corpora import Corpus, corpus as load_corpus
 from .errors import ConfigError
-from .evaluation import folds as make_folds, metrics, speaker_independence, ua_ci_with_method
+from .evaluation import (folds as make_folds, interval_note, metrics, speaker_independence,
+                         ua_ci_with_method)
 from .fusion import FUSIONS, fuse, select_weights
 from .pooling import POOLINGS, make_pooling
 from .normalisation import coverage_warning, speaker_normalise
@@ -998,6 +999,7 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
         "fusion_pooling": settings.resolved_fusion_pooling(),
         "fusion_search": settings.fusion_search,
         "ci_method": settings.ci_method,
+        "ci_note": interval_note(len(corpus.speakers)),   # None from 10 speakers on
         "speaker_norm": ("transductive, label-free: each speaker's features standardised over "
                          "that speaker's own utterances, test speakers included"
                          if settings.speaker_norm else False),
