@@ -52,3 +52,18 @@ def test_oracle_and_plain_name_helpers():
     assert plain_name("speaker-norm:score-fusion/mid+side@oracle") == "score-fusion/mid+side@oracle"
     assert plain_name("left/stats") == "left/stats"
     assert plain_name("speaker-norm:custom") == "custom"      # outside the grammar: prefix only
+
+
+def test_model_card_picks_its_configuration_runs_by_run_name():
+    from binser.model import _cv_summary
+
+    names = ["left/stats", "left/block-max", "best-view", "score-fusion/mid+side",
+             "score-fusion/mid+side@oracle", "feature-fusion/mid+side", "feature-fusion/left+right",
+             "opensmile/is10", "speaker-norm:left/stats", "speaker-norm:score-fusion/mid+side"]
+    results = {"protocol": "loso", "n_folds": 2,
+               "runs": [{"name": n, "ua": 0.5, "wa": 0.5, "macro_f1": 0.5} for n in names]}
+    plain = [r["name"] for r in _cv_summary(results, "stats", "mid+side")["runs"]]
+    assert plain == ["left/stats", "score-fusion/mid+side", "score-fusion/mid+side@oracle",
+                     "feature-fusion/mid+side"]
+    normalised = [r["name"] for r in _cv_summary(results, "stats", None, speaker_norm=True)["runs"]]
+    assert normalised == ["speaker-norm:left/stats", "speaker-norm:score-fusion/mid+side"]

@@ -1768,14 +1768,15 @@ def _cv_summary(results: Mapping[str, Any] | None, pooling: str, fusion: str | N
     speaker-normalised model, its ``speaker-norm:`` runs)."""
     if not results:
         return None
-    prefix = "speaker-norm:" if speaker_norm else ""
+    from .runnames import RunName
 
     def wanted(name: str) -> bool:
-        if not name.startswith(prefix) or (not prefix and name.startswith("speaker-norm:")):
+        if not RunName.is_valid(name):
             return False
-        base = name[len(prefix):]
-        return (base.endswith("/" + pooling) or base.startswith("score-fusion/")
-                or bool(fusion and base == f"feature-fusion/{fusion}"))
+        run = RunName.parse(name)
+        return run.speaker_norm == speaker_norm and (
+            (run.kind == "view" and run.pooling == pooling) or run.kind == "score-fusion"
+            or (run.kind == "feature-fusion" and run.fusion == fusion))
 
     runs = [{k: r[k] for k in ("name", "ua", "wa", "macro_f1", "ua_ci95") if k in r}
             for r in results.get("runs", []) if wanted(r["name"])]
@@ -1934,6 +1935,8 @@ _CARD_LIMITS = [
 
 
 def _card_scores(cv: Mapping[str, Any] | None) -> list[str]:
+    from .runnames import is_oracle
+
     if not cv:
         return ["## Cross-validated scores", "",
                 "Not computed for this model (train with cross-validation to add them).", ""]
@@ -1943,7 +1946,7 @@ def _card_scores(cv: Mapping[str, Any] | None) -> list[str]:
              "| run | UA % | WA % | macro-F1 % | UA 95% CI |", "|---|---|---|---|---|"]
     for r in cv.get("runs", []):
         lo, hi = r.get("ua_ci95", [float("nan")] * 2)
-        ci = ("n/a (chosen on the test data)" if r["name"].endswith("@oracle")
+        ci = ("n/a (chosen on the test data)" if is_oracle(r["name"])
               else f"{100 * lo:.1f}-{100 * hi:.1f}")
         lines.append(f"| {r['name']} | {100 * r['ua']:.1f} | {100 * r['wa']:.1f} | "
                      f"{100 * r['macro_f1']:.1f} | {ci} |")
