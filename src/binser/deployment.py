@@ -51,8 +51,8 @@ from .evaluation import metrics
 from .fusion import FUSIONS, fuse
 from .normalisation import (TRANSDUCTIVE_CAVEAT, SpeakerNormaliser, apply_statistics,
                             speaker_statistics)
+from .runnames import RunName
 
-NORM_PREFIX = "speaker-norm:"
 DEFAULT_KS = (5, 10, 20)
 DEFAULT_DRAWS = 5
 MIN_UTTERANCES = 5   # as a trained model's predict (binser.model.MIN_UTTERANCES)
@@ -134,7 +134,7 @@ def deployment_variants(pooled, y: np.ndarray, speakers: np.ndarray,
     from .classifier import ViewClassifier
     from .experiment import as_pooled, full_columns
 
-    name = f"{NORM_PREFIX}score-fusion/{fusion}"
+    name = str(RunName.score_fusion(fusion).normalised())
     if name not in runs:
         raise ConfigError(f"deployment variants need the run {name} (experiment --speaker-norm)")
     bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1]
@@ -155,8 +155,8 @@ def deployment_variants(pooled, y: np.ndarray, speakers: np.ndarray,
         scores = [{v: uniform for v in FUSIONS[fusion]} for _ in variants]
         for view in present:
             only = next(iter(fold_pooled.by_layer))
-            layer = _fold_choice(runs, f"{NORM_PREFIX}{view}/{fusion_pooling}", "fold_layer",
-                                 f, only)
+            layer = _fold_choice(runs, str(RunName.single(view, fusion_pooling).normalised()),
+                                 "fold_layer", f, only)
             X = fold_pooled.by_layer[layer if layer in fold_pooled.by_layer else only][
                 (view, fusion_pooling)]
             mask = ~fold_pooled.silent.get(view, np.zeros(n, dtype=bool))
