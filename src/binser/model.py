@@ -1883,10 +1883,14 @@ def _card_backbone(model: Model) -> str:
 
 
 def _card_system(model: Model) -> list[str]:
+    from .fusion import describe_weights
+
+    weights = describe_weights(model.weights or {})
     lines = ["## System", "", _card_backbone(model),
              f"- views: {', '.join(model.views)}; pooling: {_card_pooling(model.pooling)}",
              "- per view: standardisation + linear SVM (class-balanced) + calibrated scores",
-             f"- fusion: {model.fusion or 'none (single view)'} with weights {model.weights}",
+             f"- fusion: {model.fusion or 'none (single view)'} with weights {weights} "
+             "(docs/METHOD.md eqs. M14-M16)",
              "- a view without signal in a file (e.g. the side of a mono file) scores 1/K "
              "per label there, so the other views decide; predictions list it"]
     if model.speaker_norm:
