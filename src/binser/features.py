@@ -653,8 +653,3 @@ def clip_frames(backbone, clips: Sequence[np.ndarray], views: Sequence[str], lay
                                                      num_threads)):
         out[i][v] = np.ascontiguousarray(frames[layer], dtype=np.float32)
     return out
-
-
-def is_frame_backbone(backbone) -> bool:
-    """True for speech encoders (frame features from the waveform), False for image CNNs."""
-    return hasattr(backbone, "encode")
