@@ -1,7 +1,7 @@
 """Throughput of the Whisper windows (issue 19 item 5): views that are the same signal
-encoded once (bit-identical), windows batched under ``window_batch`` (equal to the
-one-at-a-time timeline within 1e-5, the relaxed equality the server states), and the
-server's uploads with a timeline against ``predict --timeline``."""
+encoded once (bit-identical), windows batched under ``window_batch`` (frames equal to the
+one-at-a-time ones within 1e-5 relative; scores within 1e-4, the relaxed equality the
+server states), and the server's uploads with a timeline against ``predict --timeline``."""
 from __future__ import annotations
 
 import threading
@@ -76,7 +76,7 @@ def test_identical_signals_are_encoded_once(tiny, monkeypatch):
     assert frames["side"].shape[0] == 0
 
 
-def test_batched_windows_equal_one_at_a_time_within_1e_5(tiny, monkeypatch):
+def test_batched_windows_equal_one_at_a_time_within_1e_5_relative(tiny, monkeypatch):
     from binser.features import encode_windows, window_batch
 
     signals = _signals(7) + _signals(2, seconds=0.8)     # two lengths: two groups
@@ -105,7 +105,7 @@ def test_batched_windows_equal_one_at_a_time_within_1e_5(tiny, monkeypatch):
             pass
 
 
-def test_server_timeline_equals_predict_within_1e_5(whisper, tmp_path):
+def test_server_timeline_equals_predict_within_1e_4(whisper, tmp_path):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
@@ -117,7 +117,7 @@ def test_server_timeline_equals_predict_within_1e_5(whisper, tmp_path):
     sf.write(path, np.concatenate(parts), 16000, subtype="FLOAT")
     (want,) = model.predict([path], timeline=True, progress=False)
     assert len(want.timeline) >= 5
-    for batch, tolerance in ((16, 1e-5), (1, 0.0)):
+    for batch, tolerance in ((16, 1e-4), (1, 0.0)):   # the stated bound; 1: bit-exact
         app = create_app(model, ServeSettings(window_batch=batch))
         with TestClient(app, base_url="http://127.0.0.1") as client:
             r = client.post("/predict", files={"file": ("t.wav", path.read_bytes(),
@@ -165,3 +165,35 @@ def test_quantize_int8_replaces_the_encoder_linear_layers(whisper, tmp_path):
         quantize_model(types.SimpleNamespace(family="imagenet", backbones={}, info={}))
     with pytest.raises(ConfigError, match="int8"):
         quantize_model(q, "int4")
+
+
+def test_a_client_leaving_stops_the_encoder(whisper, tmp_path, monkeypatch):
+    """The server's computation of an upload whose client left stops at the next encoder
+    call: here the client leaves while the file's own views are encoded, and none of its
+    timeline windows is encoded (before, the whole timeline ran for nobody)."""
+    import threading
+
+    from binser.features import Cancelled, encode_windows, window_batch
+    from binser.serve.app import ServeSettings, _predict_file
+
+    model, root = whisper
+    parts = [sf.read(p, dtype="float32")[0] for p in sorted(Path(root).glob("*/*.wav"))[:4]]
+    path = tmp_path / "four.wav"
+    sf.write(path, np.concatenate(parts), 16000, subtype="FLOAT")
+    backbone = model.backbones[model.views[0]]
+    left = threading.Event()
+    shapes: list[int] = []
+    real = backbone.encode_chunks
+
+    def encode_chunks(mels, layers):
+        shapes.extend(m.shape[1] for m in mels)
+        left.set()                       # the client disconnects during this call
+        return real(mels, layers)
+
+    monkeypatch.setattr(backbone, "encode_chunks", encode_chunks)
+    out = _predict_file(model, str(path), "four.wav", True, False, ServeSettings(), left)
+    assert out is None
+    assert shapes and min(shapes) > 100   # only the whole file's views (> 1 s of Mel)
+    with pytest.raises(Cancelled):        # and directly: a set event stops the next call
+        with window_batch(4, left):
+            encode_windows(backbone, _signals(2), (1,))

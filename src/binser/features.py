@@ -503,7 +503,12 @@ def encode_signals(backbone, signals: Sequence[np.ndarray], layers: Sequence[int
     encoded, shown when a signal is longer than :data:`PROGRESS_MIN_S` seconds (so a long
     file shows its progress within the file). On a GPU: length-sorted masked batches.
     Identical signals (:func:`unique_signals`: the L and R views of a mono file) are
-    encoded once."""
+    encoded once. Inside :func:`window_batch` (``binser serve``) the signals go through
+    :func:`encode_windows`, batched."""
+    check_cancelled()
+    batch = getattr(_WINDOWS, "batch", None)
+    if batch is not None and batch > 1:   # inside window_batch (the server): batched
+        return encode_windows(backbone, signals, layers, batch, num_threads)
     unique, where = unique_signals(signals)
     done = _encode_unique(backbone, unique, layers, num_threads, progress)
     return [done[k] for k in where]
@@ -553,21 +558,37 @@ def _encode_unique(backbone, signals: list[np.ndarray], layers: Sequence[int],
             for p in parts]
 
 
+class Cancelled(Exception):
+    """The work was cancelled (:func:`window_batch`'s ``cancel`` was set): not an error of
+    the input, so never caught as one."""
+
+
+def check_cancelled() -> None:
+    """Raise :class:`Cancelled` if this thread's :func:`window_batch` block was cancelled."""
+    cancel = getattr(_WINDOWS, "cancel", None)
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("cancelled")
+
+
 @contextlib.contextmanager
-def window_batch(batch: int):
-    """Within the block, in this thread only, :func:`encode_windows` (so
-    ``Model.predict(timeline=True)``, ``Model.score_clips`` and the stream engine's Whisper
-    windows) encodes ``batch`` windows per call: faster, and equal to the unbatched
-    (bit-exact) timeline within 1e-5 instead of bit for bit. ``binser serve`` uses it."""
+def window_batch(batch: int, cancel: threading.Event | None = None):
+    """Within the block, in this thread only, :func:`encode_windows` and
+    :func:`encode_signals` (so ``Model.predict`` with its timeline, ``Model.score_clips`` and
+    the stream engine's Whisper windows) encode up to ``batch`` equal-length signals per
+    call: faster, and equal to the unbatched (bit-exact) results to float32 rounding
+    instead of bit for bit: frames within 1e-5 relative, scores within 1e-4 (1.4e-5 the
+    largest difference measured, whisper-base on EMOVO). ``binser serve`` uses it.
+    ``cancel``: once set (by another thread), the next encoder call in the block raises
+    :class:`Cancelled` (a server stops the work of a client that left, within one batch)."""
     batch = int(batch)
     if batch < 1:
         raise ConfigError(f"window batch must be a positive integer, got {batch}")
-    before = getattr(_WINDOWS, "batch", None)
-    _WINDOWS.batch = batch
+    before = getattr(_WINDOWS, "batch", None), getattr(_WINDOWS, "cancel", None)
+    _WINDOWS.batch, _WINDOWS.cancel = batch, cancel
     try:
         yield
     finally:
-        _WINDOWS.batch = before
+        _WINDOWS.batch, _WINDOWS.cancel = before
 
 
 def encode_windows(backbone, signals: Sequence[np.ndarray], layers: Sequence[int],
@@ -579,10 +600,11 @@ def encode_windows(backbone, signals: Sequence[np.ndarray], layers: Sequence[int
     thread, else :data:`CLIP_ENCODE_BATCH`; fewer when that leaves a worker idle) (no
     padding, so no mask;
     :meth:`~binser.backbones.whisper.WhisperBackbone.encode_chunks`), the batches side by
-    side on one intra-op thread each. A window's frames then equal :func:`encode_signals`'s
-    to float32 rounding (within 1e-5; a batched matrix product may sum in another order),
-    not bit for bit, and may differ that little with the batch's company. ``batch=1``:
-    exactly :func:`encode_signals`."""
+    side on one intra-op thread each. A window's frames then equal the unbatched ones to
+    float32 rounding (within 1e-5 relative; a batched matrix product may sum in another
+    order), not bit for bit, and may differ that little with the batch's company.
+    ``batch=1``: exactly the unbatched frames."""
+    check_cancelled()
     if batch is None:
         batch = getattr(_WINDOWS, "batch", None) or CLIP_ENCODE_BATCH
     batch = int(batch)
@@ -634,7 +656,7 @@ def clip_frames(backbone, clips: Sequence[np.ndarray], views: Sequence[str], lay
     windows of a Whisper model's timeline and of a stream (:mod:`binser.serve.stream`),
     encoded by :func:`encode_windows` (views that are the same signal encoded once; one
     window at a time, bit-exact, unless ``batch`` or a :func:`window_batch` asks for more:
-    then equal to that within 1e-5)."""
+    then equal to that to float32 rounding, see :func:`window_batch`)."""
     views = _check_views(views)
     owners, signals = [], []
     out: list[dict[str, np.ndarray]] = []

@@ -21,8 +21,9 @@ Endpoints (a token, when set, is required everywhere except ``/``, ``/static/*``
   channels: a small compressed file cannot make the server decode gigabytes), 503 with
   ``Retry-After`` when ``compute_threads + max_queue`` uploads are already in the server.
   A client that disconnects while its upload waits for a compute slot is dropped from the
-  queue; one that disconnects while its file is computed stops it before the model runs
-  when the header check was the last step, else its result is discarded.
+  queue; one that disconnects while its file is computed stops it at the next encoder call
+  (Whisper models: between batches of windows; CNN models finish the file), and its result
+  is discarded.
 * ``WS /stream``: the protocol below. ``/openapi.json``: the OpenAPI schema (token-protected
   when a token is set); there is no ``/docs`` page (it would load Swagger UI from a CDN).
 
@@ -101,8 +102,9 @@ class ServeSettings:
     ``96000 * max_duration_s``, i.e. stereo 48 kHz for the longest allowed duration).
     ``allowed_hosts``: Host header names served (``"*"``: any); ``allowed_origins``:
     Origins accepted besides the server's own. ``window_batch``: Whisper timeline and
-    stream windows encoded per call (:func:`binser.features.window_batch`; 1: bit-identical
-    to ``predict --timeline``, more: faster, equal within 1e-5)."""
+    stream windows (and a file's views) encoded per call
+    (:func:`binser.features.window_batch`; 1: bit-identical to ``predict``, more: faster,
+    scores equal to ``predict``'s within 1e-4)."""
 
     max_upload_bytes: int = 50 << 20
     max_stream_s: float = 3600.0
@@ -253,8 +255,9 @@ def create_app(model, settings: ServeSettings | None = None) -> FastAPI:
 async def _compute(app: FastAPI, request: Request, fn, *args) -> Any:
     """``fn(*args, cancel=event)`` in a compute thread once a slot is free; None if the
     client disconnected first (its place in the queue is given up at once; a computation
-    already running is told through ``event`` and its result is discarded). Times the
-    wait and the computation into the request's log line."""
+    already running is told through ``event``: Whisper models stop at the next encoder
+    call (:func:`binser.features.window_batch`), any result is discarded). Times the wait
+    and the computation into the request's log line."""
     timing = request.scope.setdefault("binser.timing", {})
     cancel = threading.Event()
     result: list[Any] = []
@@ -314,10 +317,13 @@ def _predict_file(model, tmp: str, name: str, timeline: bool, per_channel: bool,
         return {"too_large": reason}
     if cancel is not None and cancel.is_set():
         return None
-    from ..features import window_batch
+    from ..features import Cancelled, window_batch
 
-    with window_batch(settings.window_batch):
-        return _predict_checked(model, tmp, name, timeline, per_channel)
+    try:
+        with window_batch(settings.window_batch, cancel):
+            return _predict_checked(model, tmp, name, timeline, per_channel)
+    except Cancelled:
+        return None   # the client left: the encoder stopped at its next call
 
 
 def _batched(settings: ServeSettings, fn, *args) -> Any:

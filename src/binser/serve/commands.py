@@ -104,8 +104,8 @@ def add_parsers(sub) -> None:
                    help="Whisper models: int8 dynamically quantised encoder Linear layers "
                         "(faster on the CPU; the scores change: see binser.serve.quantize)")
     p.add_argument("--window-batch", type=positive_int, default=16,
-                   help="Whisper timeline/stream windows encoded per call: faster; the "
-                        "numbers equal predict --timeline within 1e-5 (1: bit for bit) "
+                   help="Whisper timeline/stream windows (and a file's views) encoded per "
+                        "call: faster; scores equal predict's within 1e-4 (1: bit for bit) "
                         "(default %(default)s)")
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="a Host name to serve besides the loopback names (repeatable; '*': "
