@@ -37,25 +37,33 @@ def _problem(n_per=5, speakers=6, d=200, signal=0.6, seed=0):
     return X, LABELS[codes], spk
 
 
-def _sklearn_reference(X, y, splits, Cs):
-    # same liblinear solver as ViewClassifier: dual when D exceeds the training rows
+def _sklearn_reference(X, y, splits, Cs, tol=1e-4, max_iter=1000):
+    # liblinear: dual when D exceeds the training rows, as ViewClassifier(solver="liblinear")
     dual = True if X.shape[1] > len(X) else "auto"
     pipe = make_pipeline(StandardScaler(), LinearSVC(class_weight="balanced", dual=dual,
-                                                     max_iter=1000, random_state=0))
+                                                     tol=tol, max_iter=max_iter,
+                                                     random_state=0))
     gs = GridSearchCV(pipe, {"linearsvc__C": list(Cs)}, scoring="balanced_accuracy", cv=splits)
     gs.fit(X, y)
     cal = CalibratedClassifierCV(gs.best_estimator_, method="sigmoid", cv=splits, ensemble=False)
     return gs, cal.fit(X, y)
 
 
-@pytest.mark.parametrize("d", [12, 200])  # D < n (no reduction) and D > n (row-space reduction)
-def test_matches_gridsearch_and_calibrated_sklearn(d):
+# liblinear as ViewClassifier runs it (tol 1e-4), and the exact solver against liblinear run to
+# a tolerance of 1e-10 (an independent reference for the optimum of the same problem)
+SOLVER_REFERENCES = {"liblinear": dict(tol=1e-4, max_iter=1000),
+                     "exact": dict(tol=1e-10, max_iter=200_000)}
+
+
+@pytest.mark.parametrize("solver", ["exact", "liblinear"])
+@pytest.mark.parametrize("d", [12, 200])  # D < n and D > n (row-space reduction for liblinear)
+def test_matches_gridsearch_and_calibrated_sklearn(d, solver):
     X, y, spk = _problem(d=d, signal=0.25)
     Cs = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-    model = ViewClassifier(Cs=Cs, calibration="sigmoid").fit(X, y, spk)
+    model = ViewClassifier(Cs=Cs, calibration="sigmoid", solver=solver).fit(X, y, spk)
     splits, kind = inner_splits(np.unique(y, return_inverse=True)[1], spk, 3)
     assert kind == "group" and model.n_splits_ == 3
-    gs, cal = _sklearn_reference(X, y, splits, Cs)
+    gs, cal = _sklearn_reference(X, y, splits, Cs, **SOLVER_REFERENCES[solver])
     assert model.C_ == gs.best_params_["linearsvc__C"]
     assert model.best_score_ == pytest.approx(gs.best_score_, abs=1e-12)
     np.testing.assert_allclose(model.cv_scores_, gs.cv_results_["mean_test_score"], atol=1e-12)

@@ -24,16 +24,17 @@ def _study(seed: int = 0):
     return pooled, y, groups, train, test
 
 
-def _settings(cache_dir, seed: int = 0) -> ExperimentSettings:
+def _settings(cache_dir, seed: int = 0, solver: str = "exact") -> ExperimentSettings:
     return ExperimentSettings(dataset="folder", root=".", views=("left", "right"),
                               poolings=("global-max", "block-max"), cache_dir=cache_dir,
-                              seed=seed)
+                              seed=seed, solver=solver)
 
 
 def _forbid_fitting(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a classifier was fitted although its result was cached")
-    monkeypatch.setattr(classifier_module.ViewClassifier, "fit", refuse)
+    # every fit starts with the inner-CV search (fit = search + refit)
+    monkeypatch.setattr(classifier_module.ViewClassifier, "search", refuse)
 
 
 def test_rerun_reads_cached_results_bit_for_bit(tmp_path, monkeypatch):
@@ -53,11 +54,12 @@ def test_rerun_reads_cached_results_bit_for_bit(tmp_path, monkeypatch):
         np.testing.assert_array_equal(again_proba[view], first_proba[view])
 
 
-@pytest.mark.parametrize("change", ["labels", "features", "seed", "fold"])
+@pytest.mark.parametrize("change", ["labels", "features", "seed", "fold", "solver",
+                                    "solver code"])
 def test_any_changed_input_recomputes(tmp_path, monkeypatch, change):
     pooled, y, groups, train, test = _study()
     evaluate_fold(pooled, y, groups, train, test, _settings(str(tmp_path)), 3)
-    seed = 0
+    seed, solver = 0, "exact"
     if change == "labels":
         y = y.copy()
         y[train[:3]] = (y[train[:3]] + 1) % 3
@@ -68,11 +70,19 @@ def test_any_changed_input_recomputes(tmp_path, monkeypatch, change):
         pooled[("left", "global-max")] = X
     elif change == "seed":
         seed = 1
+    elif change == "solver":           # the previous solver never reads the new one's entries
+        solver = "liblinear"
+    elif change == "solver code":      # an edited solver (binser/svm.py) recomputes too
+        from binser import experiment, svm
+
+        real = experiment.file_sha256
+        monkeypatch.setattr(experiment, "file_sha256",
+                            lambda path: "edited" if path == svm.__file__ else real(path))
     else:
         train, test = np.flatnonzero(groups != "s1"), np.flatnonzero(groups == "s1")
     _forbid_fitting(monkeypatch)
     with pytest.raises(AssertionError, match="was fitted"):
-        evaluate_fold(pooled, y, groups, train, test, _settings(str(tmp_path), seed), 3)
+        evaluate_fold(pooled, y, groups, train, test, _settings(str(tmp_path), seed, solver), 3)
 
 
 def test_corrupt_entry_is_recomputed_with_a_warning(tmp_path):

@@ -14,13 +14,20 @@ probabilities (and ``predict``) are those of
 * **One pass over the inner folds.** For every inner fold the fold's scaler is fitted once and
   every C is trained on it; the out-of-fold decision values of the chosen C are exactly what
   ``CalibratedClassifierCV(ensemble=False)`` calibrates on, so they are reused.
-* **Row-space reduction.** With an L2 penalty the SVM weight vector lies in the span of the
-  training rows (plus the intercept column), so when ``D > n`` the standardised training rows
-  are mapped onto an orthonormal basis of their span (``n x r``, ``r <= n``; from an
-  eigen-decomposition of the ``n x n`` Gram matrix, without forming the ``D x r`` basis).
-  This preserves every inner product, so the dual problem and the solution are the same; the
-  weights are mapped back to ``D`` dimensions after fitting. Liblinear's dual coordinate descent is then used
-  (``dual=True``; ``dual="auto"`` when no reduction is done).
+* **One Gram matrix per inner fold, every C and class from it** (``solver="exact"``, the
+  default; :mod:`binser.svm`). With an L2 penalty the SVM weight vector lies in the span of
+  the training rows (plus the intercept column), so each inner fold's standardised training
+  rows give one ``n x n`` Gram matrix, and every one-vs-rest problem at every C is solved
+  exactly from it by an active-set Newton method (C ascending, warm-started; one
+  ``(G + I/(2C))^-1`` per C shared by the classes whose rows weigh alike). The solution is
+  the optimum of liblinear's problem up to rounding, where liblinear stops at ``tol=1e-4``.
+* ``solver="liblinear"``: the previous implementation, kept as the reference (``binser bench
+  --parts classifier`` times both): the standardised rows are mapped onto an orthonormal basis
+  of their span (``n x r``, ``r <= n``, from the Gram matrix's eigen-decomposition; every
+  inner product preserved) and ``LinearSVC`` (liblinear's dual coordinate descent,
+  ``max_iter=1000``, ``tol=1e-4``) is fitted once per C. Its decision values differ from the
+  exact optimum by up to about 1e-4 (EMOVO whisper-base features: at most 8e-5), and by more
+  where it stops at ``max_iter``.
 
 Choices (documented here, visible as parameters):
 
@@ -47,14 +54,16 @@ Choices (documented here, visible as parameters):
   21.8 %, hence not the default.
 * ``predict`` is the arg-max of the calibrated probabilities, so a single view and a fusion
   with weight 1 on that view agree.
-* ``max_iter=1000`` (scikit-learn's default) liblinear iterations; fits that stop there are
-  counted in ``n_not_converged_``. On EMOVO's side view (13 files with identical channels
+* ``max_iter=1000`` (scikit-learn's default) liblinear iterations (``solver="liblinear"``);
+  fits that stop there, or exact solves whose active set has not settled after
+  :data:`binser.svm.MAX_NEWTON_STEPS` Newton steps, are counted in ``n_not_converged_``. On EMOVO's side view (13 files with identical channels
   and a mono file give all-zero Side signals: identical feature rows with different labels)
   liblinear does not converge at C >= 0.1 within 5000 iterations either; 5000 took 3x as long
   (side/global-max, 6 folds: 181 s vs 58 s) for the same chosen C and UA.
 """
 from __future__ import annotations
 
+import hashlib
 import warnings
 from typing import Mapping, Sequence
 
@@ -69,10 +78,12 @@ from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
 
 from .errors import ConfigError
+from .svm import class_weights, linear_gram, ovr_problems, solve_grid
 from .validation import check_choice
 
 _EIG_RTOL = 1e-10   # Gram eigenvalues below this fraction of the largest are treated as 0
 CALIBRATIONS = ("temperature", "sigmoid")
+SOLVERS = ("exact", "liblinear")
 Split = tuple[np.ndarray, np.ndarray]
 
 
@@ -136,22 +147,34 @@ def _svc(C: float, reduced: bool, params: "ViewClassifier") -> LinearSVC:
                      max_iter=params.max_iter, random_state=params.random_state)
 
 
-def _full_decision(svc: LinearSVC, z: np.ndarray, k: int) -> np.ndarray:
-    """Decision values of ``svc`` (trained on class codes) as ``(n, k)`` in global columns."""
-    present = svc.classes_
-    raw = svc.decision_function(z)
-    part = np.stack([-raw, raw], axis=1) if len(present) == 2 else raw
-    out = np.full((z.shape[0], k), part.min() - 1.0)
+def _decision_columns(raw: np.ndarray, present: np.ndarray, k: int) -> np.ndarray:
+    """Decision values of the problems on ``present`` classes ``(n, P)`` as ``(n, k)`` in
+    global columns (binary: ``[-d, d]``); classes absent from training get the lowest value
+    minus 1, so they are never predicted."""
+    part = np.concatenate([-raw, raw], axis=1) if len(present) == 2 else raw
+    out = np.full((raw.shape[0], k), part.min() - 1.0)
     out[:, present] = part
     return out
 
 
-class _FoldData:
-    """One inner fold, standardised (on its training part) and, if ``D > n``, reduced."""
+def _one_class_decisions(n_rows: int, present: np.ndarray, k: int) -> np.ndarray:
+    """A training part with one class: that class wins everywhere."""
+    out = np.full((n_rows, k), -1.0)
+    out[:, present] = 1.0
+    return out
 
-    def __init__(self, X: np.ndarray, train: np.ndarray, test: np.ndarray):
+
+class _FoldData:
+    """One inner fold, standardised on its training part: the Gram matrices (``solver=
+    "exact"``) or the rows mapped onto the span of the training rows (``"liblinear"``)."""
+
+    def __init__(self, X: np.ndarray, train: np.ndarray, test: np.ndarray, solver: str):
         scaler = StandardScaler().fit(X[train])
         xtr, xte = scaler.transform(X[train]), scaler.transform(X[test])
+        self.solver = solver
+        if solver == "exact":
+            self.gram, self.cross = linear_gram(xtr, xte)
+            return
         self.reduced = X.shape[1] > len(train)
         if self.reduced:
             coords, m = row_space_map(xtr)
@@ -159,19 +182,46 @@ class _FoldData:
         self.xtr, self.xte = xtr, xte
 
 
-def _fold_decisions(fold: _FoldData, ytr: np.ndarray, C: float, k: int,
-                    params: "ViewClassifier") -> tuple[np.ndarray, bool]:
-    """Out-of-fold decision values ``(n_test, k)`` for one C; also whether liblinear converged."""
+def _exact_decisions(gram: np.ndarray, cross: np.ndarray, ytr: np.ndarray, Cs: Sequence[float],
+                     k: int, params: "ViewClassifier") -> tuple[np.ndarray, int]:
+    """Decision values ``(nC, n_test, k)`` of the exact solver at every C; unsettled count."""
     present = np.unique(ytr)
-    if len(present) < 2:  # a one-class fold: that class wins everywhere
-        out = np.full((fold.xte.shape[0], k), -1.0)
-        out[:, present] = 1.0
-        return out, True
+    if len(present) < 2:
+        one = _one_class_decisions(cross.shape[0], present, k)
+        return np.repeat(one[None], len(Cs), axis=0), 0
+    weights = class_weights(ytr, k, params.class_weight == "balanced")
+    ys, cs = ovr_problems(ytr, present, weights)
+    betas, unsettled = solve_grid(gram, ys, cs, Cs)
+    out = np.stack([_decision_columns(cross @ b.T, present, k) for b in betas])
+    return out, unsettled
+
+
+def _liblinear_decisions(fold: _FoldData, ytr: np.ndarray, C: float, k: int,
+                         params: "ViewClassifier") -> tuple[np.ndarray, bool]:
+    """Out-of-fold decision values ``(n_test, k)`` of liblinear at one C; whether it converged."""
+    present = np.unique(ytr)
+    if len(present) < 2:
+        return _one_class_decisions(fold.xte.shape[0], present, k), True
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         svc = _svc(C, fold.reduced, params).fit(fold.xtr, ytr)
     converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-    return _full_decision(svc, fold.xte, k), converged
+    raw = svc.decision_function(fold.xte)
+    return _decision_columns(raw.reshape(len(raw), -1), present, k), converged
+
+
+def fold_decisions(fold: _FoldData, ytr: np.ndarray, Cs: Sequence[float], k: int,
+                   params: "ViewClassifier") -> tuple[np.ndarray, int]:
+    """Out-of-fold decision values ``(nC, n_test, k)`` of one inner fold at every C, and the
+    number of fits that did not converge."""
+    if fold.solver == "exact":
+        return _exact_decisions(fold.gram, fold.cross, ytr, Cs, k, params)
+    decs, bad = [], 0
+    for C in Cs:
+        dec, ok = _liblinear_decisions(fold, ytr, C, k, params)
+        decs.append(dec)
+        bad += not ok
+    return np.stack(decs), bad
 
 
 # ----------------------------------------------------------------------- Platt calibration
@@ -268,6 +318,14 @@ def temperature_proba(dec: np.ndarray, t: float) -> np.ndarray:
     return softmax(t * dec, axis=1)
 
 
+def _fingerprint(X: np.ndarray, y: np.ndarray, groups: Sequence | None) -> str:
+    """A digest of features, labels and groups (which data a search ran on)."""
+    digest = hashlib.blake2b(np.ascontiguousarray(X, dtype=np.float64).tobytes(), digest_size=16)
+    digest.update(np.asarray(y).astype(str).tobytes())
+    digest.update(b"no groups" if groups is None else np.asarray(groups).astype(str).tobytes())
+    return digest.hexdigest()
+
+
 def _balanced_accuracy(codes: np.ndarray, pred: np.ndarray) -> float:
     """Mean recall over the classes present in ``codes``."""
     return float(np.mean([np.mean(pred[codes == c] == c) for c in np.unique(codes)]))
@@ -288,17 +346,19 @@ class ViewClassifier(ClassifierMixin, BaseEstimator):
 
     def __init__(self, Cs: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0), inner_splits: int = 3,
                  calibration: str = "temperature", class_weight: str | None = "balanced",
-                 max_iter: int = 1000, random_state: int | None = 0):
+                 max_iter: int = 1000, random_state: int | None = 0, solver: str = "exact"):
         self.Cs = Cs
         self.inner_splits = inner_splits
         self.calibration = calibration
         self.class_weight = class_weight
         self.max_iter = max_iter
         self.random_state = random_state
+        self.solver = solver
 
     # -- checks
     def _check_params(self) -> None:
         check_choice(self.calibration, CALIBRATIONS, "calibration")
+        check_choice(self.solver, SOLVERS, "solver")
         if len(self.Cs) == 0 or any(not np.isfinite(c) or c <= 0 for c in self.Cs):
             raise ConfigError(f"Cs must be positive finite numbers, got {self.Cs!r}")
         if int(self.inner_splits) < 2:
@@ -317,7 +377,14 @@ class ViewClassifier(ClassifierMixin, BaseEstimator):
 
     # -- fitting
     def fit(self, X, y, groups: Sequence | None = None) -> "ViewClassifier":
-        """Choose C by inner CV on ``(X, y, groups)``, calibrate, refit on all of ``X``."""
+        """Choose C by inner CV on ``(X, y, groups)``, calibrate, refit on all of ``X``
+        (:meth:`search` then :meth:`refit`)."""
+        return self.search(X, y, groups).refit(X, y)
+
+    def search(self, X, y, groups: Sequence | None = None) -> "ViewClassifier":
+        """The inner cross-validation alone: ``C_``, ``best_score_``, ``cv_scores_``, the
+        calibration, and the out-of-fold decisions of every C (``oof_decisions_`` ``(nC, N,
+        K)``, on ``inner_splits_``) -- everything :meth:`fit` does except the final model."""
         self._check_params()
         X = self._check_X(X)
         y = np.asarray(y)
@@ -329,17 +396,34 @@ class ViewClassifier(ClassifierMixin, BaseEstimator):
         splits, self.split_kind_ = inner_splits(codes, groups, int(self.inner_splits),
                                                 self.random_state)
         self.n_splits_ = len(splits)
-        oof, seen, scores, self.n_not_converged_ = self._grid_search(X, codes, splits)
+        with threadpool_limits(limits=1, user_api="blas"):  # small matrices: threads contend
+            oof, seen, scores, self.n_not_converged_ = self._grid_search(X, codes, splits)
         best = int(np.argmax(scores))
         self.cv_scores_ = scores
         self.C_, self.best_score_ = float(self.Cs[best]), float(scores[best])
+        self.inner_splits_, self.oof_decisions_, self.oof_seen_ = splits, oof, seen
+        self._search_fingerprint = _fingerprint(X, y, groups)
+        self.calib_a_, self.calib_b_ = self._calibration(oof[best], codes, seen)
+        return self
+
+    def _calibration(self, dec: np.ndarray, codes: np.ndarray, seen: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """Calibration parameters ``(a, b)`` from out-of-fold decisions ``(N, K)``."""
         if self.calibration == "temperature":
             rows = 1 if len(self.classes_) == 2 else len(self.classes_)
-            self.calib_a_ = np.full(rows, fit_temperature(oof[best], codes, seen))
-            self.calib_b_ = np.zeros(rows)
-        else:
-            self.calib_a_, self.calib_b_ = fit_calibration(oof[best], codes, seen)
-        self._refit(X, codes)
+            return np.full(rows, fit_temperature(dec, codes, seen)), np.zeros(rows)
+        return fit_calibration(dec, codes, seen)
+
+    def refit(self, X, y) -> "ViewClassifier":
+        """The final model at ``C_`` on all of ``(X, y)`` (the data :meth:`search` saw)."""
+        if not hasattr(self, "C_"):
+            raise ConfigError("this ViewClassifier has not searched C yet; call search first")
+        X = self._check_X(X)
+        classes, codes = np.unique(np.asarray(y), return_inverse=True)
+        if len(classes) != len(self.classes_) or np.any(classes != self.classes_):
+            raise ConfigError("refit needs the labels the search saw")
+        with threadpool_limits(limits=1, user_api="blas"):
+            self._refit(X, codes)
         self.n_features_in_ = X.shape[1]
         return self
 
@@ -353,14 +437,14 @@ class ViewClassifier(ClassifierMixin, BaseEstimator):
         fold_scores = np.zeros((len(self.Cs), len(splits)))
         not_converged = 0
         for s, (train, test) in enumerate(splits):
-            fold = _FoldData(X, train, test)
+            fold = _FoldData(X, train, test, self.solver)
             present = np.unique(codes[train])
             if len(present) >= 2:
                 seen[np.ix_(test, present)] = True
-            for i, C in enumerate(self.Cs):
-                dec, ok = _fold_decisions(fold, codes[train], C, k, self)
-                not_converged += not ok
-                oof[i, test] = dec
+            decs, bad = fold_decisions(fold, codes[train], self.Cs, k, self)
+            not_converged += bad
+            oof[:, test] = decs
+            for i, dec in enumerate(decs):
                 fold_scores[i, s] = _balanced_accuracy(codes[test], dec.argmax(1))
         return oof, seen, fold_scores.mean(axis=1), not_converged
 
@@ -368,6 +452,15 @@ class ViewClassifier(ClassifierMixin, BaseEstimator):
         """Scaler and SVM at ``C_`` on all of ``X``; weights stored in ``D`` dimensions."""
         self.scaler_ = StandardScaler().fit(X)
         xs = self.scaler_.transform(X)
+        if self.solver == "exact":
+            weights = class_weights(codes, len(self.classes_), self.class_weight == "balanced")
+            ys, cs = ovr_problems(codes, np.unique(codes), weights)
+            gram, _ = linear_gram(xs)
+            betas, unsettled = solve_grid(gram, ys, cs, [self.C_])
+            self.n_not_converged_ += unsettled
+            self.coef_ = betas[0] @ xs            # w = X^T beta per problem
+            self.intercept_ = betas[0].sum(axis=1)
+            return
         reduced = X.shape[1] > X.shape[0]
         coords, m = row_space_map(xs) if reduced else (xs, None)
         with warnings.catch_warnings(record=True) as caught:
@@ -397,10 +490,7 @@ class ViewClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         """Calibrated probabilities ``(N, K)`` in ``classes_`` order; rows sum to 1."""
-        dec = self._decision_matrix(X)
-        if self.calibration == "temperature":
-            return temperature_proba(dec, float(self.calib_a_[0]))
-        return sigmoid_proba(dec, self.calib_a_, self.calib_b_)
+        return self.proba_from_decisions(self._decision_matrix(X))
 
     def predict(self, X) -> np.ndarray:
         """Arg-max of :meth:`predict_proba` (first class on ties)."""
@@ -412,22 +502,38 @@ class ViewClassifier(ClassifierMixin, BaseEstimator):
         """Out-of-fold calibrated probabilities ``(N, K)`` for each training utterance.
 
         The training data are split as in :meth:`fit` (speaker-grouped when there are >= 2
-        speakers); every utterance is predicted by a fresh clone of this estimator fitted
-        (C search and calibration included) on the other inner folds only, i.e. never by a
-        model that saw its speaker. Columns follow ``np.unique(y)``; a class missing from a
-        fold's training part gets probability 0 there. Does not change this estimator.
+        speakers); every utterance is predicted by a model fitted (C search and calibration
+        included) on the other inner folds only, i.e. never by a model that saw its speaker:
+        the model of fold ``s`` is ``clone(self).fit(X[train_s], ...)``. Its C and calibration
+        come from its own inner search on ``X[train_s]``; its final fit at that C is the one
+        the search on ``X`` already made for fold ``s`` (same rows, same standardisation),
+        so its decisions are read from ``oof_decisions_`` instead of being fitted again.
+        Columns follow ``np.unique(y)``; a class missing from a fold's training part gets
+        probability 0 there. Uses this estimator's search when it was made on the same
+        ``(X, y, groups)``, else searches a clone.
         """
-        self._check_params()
         X = self._check_X(X)
         y = np.asarray(y)
+        parent = self if self._searched_on(X, y, groups) else clone(self).search(X, y, groups)
         classes, codes = np.unique(y, return_inverse=True)
-        splits, _ = inner_splits(codes, groups, int(self.inner_splits), self.random_state)
         out = np.zeros((len(y), len(classes)))
-        for train, test in splits:
+        for train, test in parent.inner_splits_:
             sub_groups = None if groups is None else np.asarray(groups)[train]
-            model = clone(self).fit(X[train], y[train], sub_groups)
-            out[np.ix_(test, np.searchsorted(classes, model.classes_))] = model.predict_proba(X[test])
+            model = clone(self).search(X[train], y[train], sub_groups)
+            dec = parent.oof_decisions_[list(self.Cs).index(model.C_), test]
+            present = np.searchsorted(classes, model.classes_)
+            out[np.ix_(test, present)] = model.proba_from_decisions(dec[:, present])
         return out
+
+    def _searched_on(self, X: np.ndarray, y: np.ndarray, groups: Sequence | None) -> bool:
+        """Whether :meth:`search` ran on exactly these rows, labels and groups."""
+        return getattr(self, "_search_fingerprint", None) == _fingerprint(X, y, groups)
+
+    def proba_from_decisions(self, dec: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities ``(N, K)`` from decision values ``(N, K)``."""
+        if self.calibration == "temperature":
+            return temperature_proba(dec, float(self.calib_a_[0]))
+        return sigmoid_proba(dec, self.calib_a_, self.calib_b_)
 
     # -- plain-array state (for saving without pickle)
     def get_state(self) -> dict[str, np.ndarray]:

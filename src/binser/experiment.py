@@ -105,6 +105,7 @@ class ExperimentSettings:
     baseline_views: tuple[str, ...] = ("left",)   # the paper's practice: the left channel
     finetune_preset: str = "paper"            # mode finetune: "paper" (SGD, 300 epochs) or "cpu"
     finetune_epochs: int | None = None        # override the preset's maximum epochs
+    solver: str = "exact"                     # SVM solver: exact (binser.svm) or liblinear (reference)
     executor: str = "local"                   # where features and folds run: local or ray
     ray_address: str | None = None            # --executor ray: cluster address (None: local)
     frontend: FrontEndConfig = field(default_factory=FrontEndConfig)
@@ -140,6 +141,9 @@ class ExperimentSettings:
             raise ConfigError(f"--layer applies to speech encoders (whisper-*), not to "
                               f"{self.backbone}")
         check_choice(self.finetune_preset, FINETUNE_PRESETS, "fine-tuning preset")
+        from .classifier import SOLVERS
+
+        check_choice(self.solver, SOLVERS, "solver")
         check_on_error(self.on_error)
         from .executors import check_executor
 
@@ -460,44 +464,48 @@ def full_columns(proba: np.ndarray, classes_seen: np.ndarray, n_classes: int) ->
     return full
 
 
-def _fit_predict(X: np.ndarray, y: np.ndarray, groups: np.ndarray, train: np.ndarray,
-                 test: np.ndarray, seed: int, n_classes: int) -> tuple[np.ndarray, ViewClassifier]:
-    """Fit a view classifier on the training fold; return test probabilities (n_test, K)."""
-    clf = ViewClassifier(random_state=seed).fit(X[train], y[train], groups[train])
-    return full_columns(clf.predict_proba(X[test]), clf.classes_, n_classes), clf
-
-
 class FoldResultCache:
-    """Classifier outputs of one outer fold, cached on disk (float64, bit-exact reruns).
+    """Classifier outputs of one outer fold: computed once (one inner-CV search per feature
+    matrix, shared by the layer choice, the run, and the nested fusion scores) and cached on
+    disk (float64, bit-exact reruns).
 
     An entry's key hashes everything its value depends on: the feature matrix, the rows
     without signal, the labels, the speakers, the fold's train/test indices, the
-    classifier's parameters and seed and the source of :mod:`binser.classifier`; so a rerun
-    with the same inputs skips the SVMs and any change recomputes. Entries live under
-    ``<cache_dir>/classifier``; ``cache_dir=None`` disables caching.
+    classifier's parameters (solver included) and seed and the source of
+    :mod:`binser.classifier` and :mod:`binser.svm`; so a rerun with the same inputs skips the
+    SVMs and any change (another solver, edited solver code) recomputes. Entries live under
+    ``<cache_dir>/classifier``; ``cache_dir=None`` disables the disk cache. Within the fold,
+    each matrix's search (:meth:`ViewClassifier.search`) is kept in memory: the layer choice
+    needs only its inner-CV score, the run adds the final fit, and the nested fusion scores
+    reuse its per-inner-fold fits (:meth:`ViewClassifier.oof_proba`).
 
     Rows flagged in ``silent`` (a view without signal in that file) are left out of training
     and get uniform probabilities ``1/K`` at test time: in a score fusion they shift every
     class equally, so the other views decide.
     """
 
-    FORMAT = "binser-fold-results-v2"
+    FORMAT = "binser-fold-results-v3"
 
     def __init__(self, cache_dir: str | Path | None, y: np.ndarray, groups: np.ndarray,
-                 train: np.ndarray, test: np.ndarray, seed: int, n_classes: int):
-        from . import classifier
+                 train: np.ndarray, test: np.ndarray, seed: int, n_classes: int,
+                 solver: str = "exact"):
+        from . import classifier, svm
 
         self.y, self.groups, self.train, self.test = y, groups, train, test
-        self.seed, self.n_classes = seed, n_classes
+        self.seed, self.n_classes, self.solver = seed, n_classes, solver
         self.store = (FeatureCache(Path(cache_dir) / "classifier", dtype=np.float64)
                       if cache_dir is not None else None)
+        self._searched: dict[str, ViewClassifier] = {}
         self._context = hashlib.sha256()
-        if self.store is not None:
-            params = ViewClassifier(random_state=seed).get_params()
-            self._context.update(json.dumps([self.FORMAT, file_sha256(classifier.__file__),
-                                             repr(sorted(params.items())), n_classes]).encode())
-            for array in (y, np.asarray(groups).astype(str), train, test):
-                update_with_array(self._context, array)
+        params = self._new_classifier().get_params()
+        self._context.update(json.dumps([self.FORMAT, file_sha256(classifier.__file__),
+                                         file_sha256(svm.__file__),
+                                         repr(sorted(params.items())), n_classes]).encode())
+        for array in (y, np.asarray(groups).astype(str), train, test):
+            update_with_array(self._context, array)
+
+    def _new_classifier(self) -> ViewClassifier:
+        return ViewClassifier(random_state=self.seed, solver=self.solver)
 
     def _key(self, what: str, X: np.ndarray, silent: np.ndarray) -> str:
         digest = self._context.copy()
@@ -506,19 +514,54 @@ class FoldResultCache:
         update_with_array(digest, silent)
         return digest.hexdigest()[:40]
 
+    def _stored(self, what: str, X: np.ndarray, silent: np.ndarray, rows: int
+                ) -> np.ndarray | None:
+        if self.store is None:
+            return None
+        value = self.store.get(self._key(what, X, silent), self.n_classes)
+        return value if value is not None and len(value) == rows else None
+
     def _cached(self, what: str, X: np.ndarray, silent: np.ndarray, rows: int,
                 compute: Callable[[], np.ndarray]) -> np.ndarray:
-        if self.store is None:
-            return compute()
-        key = self._key(what, X, silent)
-        value = self.store.get(key, self.n_classes)
-        if value is None or len(value) != rows:
+        value = self._stored(what, X, silent, rows)
+        if value is None:
             value = compute()
-            self.store.put(key, value)
+            if self.store is not None:
+                self.store.put(self._key(what, X, silent), value)
         return value
 
     def _silent(self, X: np.ndarray, silent: np.ndarray | None) -> np.ndarray:
         return np.zeros(len(X), dtype=bool) if silent is None else np.asarray(silent, bool)
+
+    def _used(self, silent: np.ndarray) -> np.ndarray:
+        """The training rows with signal."""
+        return self.train[~silent[self.train]]
+
+    def searched(self, X: np.ndarray, silent: np.ndarray) -> ViewClassifier:
+        """The inner-CV search on the training rows with signal (kept for this fold)."""
+        key = self._key("search", X, silent)
+        if key not in self._searched:
+            used = self._used(silent)
+            self._searched[key] = self._new_classifier().search(
+                X[used], self.y[used], self.groups[used])
+        return self._searched[key]
+
+    def inner_score(self, X: np.ndarray, silent: np.ndarray | None = None) -> tuple[float, float]:
+        """C and inner-CV score (mean UA over the inner folds at C, training speakers only)
+        of the classifier :meth:`fit_predict` would fit, without its final fit."""
+        silent = self._silent(X, silent)
+        done = self._stored("fit_predict", X, silent, len(self.test) + 1)
+        if done is not None:
+            return float(done[0, 0]), float(done[0, 1])
+
+        def compute() -> np.ndarray:
+            clf = self.searched(X, silent)
+            first = np.zeros((1, self.n_classes))
+            first[0, :2] = clf.C_, clf.best_score_
+            return first
+
+        value = self._cached("inner_score", X, silent, 1, compute)
+        return float(value[0, 0]), float(value[0, 1])
 
     def fit_predict(self, X: np.ndarray, silent: np.ndarray | None = None
                     ) -> tuple[np.ndarray, float, float]:
@@ -528,9 +571,9 @@ class FoldResultCache:
         silent = self._silent(X, silent)
 
         def compute() -> np.ndarray:
-            train = self.train[~silent[self.train]]
-            proba, clf = _fit_predict(X, self.y, self.groups, train, self.test, self.seed,
-                                      self.n_classes)
+            used = self._used(silent)
+            clf = self.searched(X, silent).refit(X[used], self.y[used])
+            proba = full_columns(clf.predict_proba(X[self.test]), clf.classes_, self.n_classes)
             proba[silent[self.test]] = 1.0 / self.n_classes
             first = np.zeros((1, self.n_classes))
             first[0, :2] = clf.C_, clf.best_score_   # row 0: C and inner-CV score
@@ -549,8 +592,7 @@ class FoldResultCache:
             out = np.full((len(train), self.n_classes), 1.0 / self.n_classes)
             rows = ~silent[train]
             used = train[rows]
-            proba = ViewClassifier(random_state=self.seed).oof_proba(
-                X[used], self.y[used], self.groups[used])
+            proba = self.searched(X, silent).oof_proba(X[used], self.y[used], self.groups[used])
             out[rows] = full_columns(proba, np.unique(self.y[used]), self.n_classes)
             return out
 
@@ -613,7 +655,7 @@ def choose_layers(pooled: PooledFeatures, cache: FoldResultCache, views: Sequenc
     score of every layer under ``"scores"``."""
     chosen: dict[str, Any] = {"scores": {}}
     for view in views:
-        scores = {layer: cache.fit_predict(mats[(view, pooling)], pooled.silent.get(view))[2]
+        scores = {layer: cache.inner_score(mats[(view, pooling)], pooled.silent.get(view))[1]
                   for layer, mats in sorted(pooled.by_layer.items())}
         chosen[view] = max(scores, key=lambda layer: (scores[layer], -layer))
         chosen["scores"][view] = {str(k): v for k, v in scores.items()}
@@ -637,7 +679,8 @@ def evaluate_fold(pooled: PooledFeatures, y: np.ndarray, groups: np.ndarray,
     fusion_pooling = settings.resolved_fusion_pooling()
     views = [v for v in settings.views if v not in pooled.absent]
     fusion_views = [v for v in VIEWS if v in views]
-    cache = FoldResultCache(settings.cache_dir, y, groups, train, test, settings.seed, n_classes)
+    cache = FoldResultCache(settings.cache_dir, y, groups, train, test, settings.seed, n_classes,
+                            settings.solver)
     no_rows = np.zeros(len(y), dtype=bool)
     with threadpool_limits(1):    # liblinear is serial; folds run in parallel instead
         layer_of: dict[str, Any] = {}

@@ -1,0 +1,225 @@
+"""Exact linear L2-loss SVMs on a shared Gram matrix: every C and every one-vs-rest class of one
+training set from one ``n x n`` matrix (the classifier stage's solver, docs/METHOD.md section 7).
+
+Problem (liblinear's ``L2R_L2LOSS_SVC``, what ``LinearSVC(loss="squared_hinge", dual=True)``
+solves, intercept as a regularised constant feature of value 1)::
+
+    min_w  1/2 ||w||^2 + sum_i c_i * max(0, 1 - y_i * w.x~_i)^2       x~_i = [x_i, 1]    (S1)
+
+with ``y_i`` in {-1, +1} and ``c_i = C * weight``: one-vs-rest for ``K > 2`` classes (class
+``k`` positive with ``C * w_k``, every other row negative with ``C``, as liblinear weights
+them), one problem for two classes (class 1 positive with ``C * w_1``, class 0 ``C * w_0``).
+The optimum is unique (the objective is strictly convex) and lies in the span of the rows,
+``w = sum_i beta_i x~_i``, so it is found from the Gram matrix ``G = X X^T + 1`` alone:
+
+* **Active-set Newton** (Keerthi and DeCoste's finite Newton method, written in ``beta``):
+  with ``S = {i : y_i o_i < 1}`` at the current outputs ``o = G beta``, the objective restricted
+  to ``S`` is quadratic and its minimiser is ``beta_S = (G_SS + diag(1 / (2 c_S)))^-1 y_S``,
+  ``beta_{not S} = 0``; an exact line search on the convex piecewise-quadratic objective
+  between the current point and that minimiser follows. The method stops when the active set
+  of the new point is the one it was solved on (then the KKT conditions hold exactly:
+  ``y_i beta_i = 2 c_i (1 - y_i o_i) > 0`` on ``S``, ``y_i o_i >= 1`` and ``beta_i = 0`` off it),
+  so the result is the optimum up to floating-point rounding, not a tolerance.
+* One Gram matrix per training set serves every C and every class; the C grid is solved in
+  ascending order, each C starting from the previous C's solution; a Cholesky factor is
+  shared by the classes whose active sets and weights coincide (all rows active at small C).
+
+Outputs of new rows ``Z``: ``(Z X^T + 1) beta``; weights in feature space: ``w = X^T beta``
+(``(n, D)`` rows), intercept ``sum_i beta_i``.
+
+liblinear stops its dual coordinate descent at a tolerance (``tol=1e-4``) or after
+``max_iter`` passes, so its decision values differ from the exact optimum by about that
+tolerance (far more where it stops at ``max_iter``); the tests compare with
+``LinearSVC(tol=1e-10)`` as an independent reference.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy.linalg import cho_factor, cho_solve, lapack
+
+MAX_NEWTON_STEPS = 200      # a safeguard: the method ends in a handful of steps in practice
+
+
+def linear_gram(xtr: np.ndarray, xte: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """``G = xtr xtr^T + 1`` ``(n, n)`` and, if ``xte`` is given, ``xte xtr^T + 1`` ``(m, n)``
+    (the constant 1 is the intercept feature)."""
+    gram = xtr @ xtr.T + 1.0
+    cross = None if xte is None else xte @ xtr.T + 1.0
+    return gram, cross
+
+
+def class_weights(codes: np.ndarray, n_classes: int, balanced: bool) -> np.ndarray:
+    """Per-class weights ``(n_classes,)``: ``n / (K_present * n_k)`` (scikit-learn's
+    ``"balanced"``, over the classes present) or ones; absent classes get 0."""
+    counts = np.bincount(codes, minlength=n_classes).astype(np.float64)
+    if not balanced:
+        return np.ones(n_classes)
+    present = counts > 0
+    out = np.zeros(n_classes)
+    out[present] = len(codes) / (present.sum() * counts[present])
+    return out
+
+
+def ovr_problems(codes: np.ndarray, present: np.ndarray, weights: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Targets ``(P, n)`` in {-1, +1} and per-row weights ``(P, n)`` (to be multiplied by C) of
+    the binary problems for the classes ``present`` (sorted codes): one problem (class
+    ``present[1]`` positive) for two classes, one per class otherwise (see module docstring)."""
+    if len(present) == 2:
+        y = np.where(codes == present[1], 1.0, -1.0)
+        return y[None, :], weights[codes][None, :]
+    ys = np.stack([np.where(codes == k, 1.0, -1.0) for k in present])
+    cs = np.where(ys > 0, weights[present][:, None], 1.0)
+    return ys, cs
+
+
+def line_search(beta: np.ndarray, d: np.ndarray, o: np.ndarray, od: np.ndarray,
+                y: np.ndarray, c: np.ndarray) -> float:
+    """Exact minimiser ``t >= 0`` of the convex piecewise quadratic ``f(beta + t d)`` (``o =
+    G beta``, ``od = G d``).
+
+    ``f'(t) = d.o + t d.od - 2 sum_{i: r_i(t) > 0} c_i s_i r_i(t)`` with ``s_i = y_i od_i`` and
+    ``r_i(t) = 1 - y_i o_i - t s_i`` is continuous, piecewise linear and non-decreasing; its
+    pieces end where some ``r_i`` changes sign (``t = (1 - y_i o_i) / s_i``). The breakpoints
+    are sorted and the piece holding the root is found from running sums of the curvature."""
+    a0, a1 = float(d @ o), float(d @ od)          # d^T G beta, d^T G d
+    r0 = 1.0 - y * o
+    s = y * od
+    # rows active just after t = 0: r0 > 0, or r0 == 0 and r growing (s < 0)
+    active = (r0 > 0) | ((r0 == 0) & (s < 0))
+    slope0 = a0 - 2.0 * np.dot(c[active] * s[active], r0[active])
+    curve0 = a1 + 2.0 * np.dot(c[active] * s[active], s[active])
+    # breakpoints t_i > 0 where row i leaves (active, s > 0) or enters (inactive, s < 0)
+    moving = (active & (s > 0)) | (~active & (s < 0))
+    idx = np.flatnonzero(moving)
+    tb = r0[idx] / s[idx]
+    keep = tb > 0
+    idx, tb = idx[keep], tb[keep]
+    order = np.argsort(tb, kind="stable")
+    idx, times = idx[order], tb[order]
+    # crossing a breakpoint changes the curvature by -2 c s^2 (leaves) or +2 c s^2 (enters)
+    dcurve = np.where(active[idx], -2.0, 2.0) * c[idx] * s[idx] ** 2
+    curves = curve0 + np.concatenate([[0.0], np.cumsum(dcurve)])
+    starts = np.concatenate([[0.0], times])
+    slopes = slope0 + np.concatenate([[0.0], np.cumsum(curves[:-1] * np.diff(starts))])
+    ends = np.concatenate([times, [np.inf]])
+    # first piece whose end slope is >= 0 holds the root
+    end_slopes = slopes + curves * np.where(np.isfinite(ends), ends - starts, 0.0)
+    for k in np.flatnonzero((end_slopes >= 0) | ~np.isfinite(ends)):
+        if slopes[k] >= 0:
+            return float(starts[k])
+        if curves[k] > 0:
+            return float(starts[k] - slopes[k] / curves[k])
+    return float(starts[-1])
+
+
+def _solve_active(gram: np.ndarray, active: np.ndarray, y: np.ndarray, c: np.ndarray,
+                  factors: dict, inverse: "RegularisedInverse | None" = None) -> np.ndarray:
+    """Minimiser ``(n,)`` of the objective restricted to ``active`` (zero elsewhere):
+    ``beta_S = (G_SS + diag(1 / (2 c_S)))^-1 y_S``.
+
+    With ``inverse`` ``H = (G + I / (2 c))^-1`` (all rows weighted alike) and few inactive rows
+    ``N``, from its blocks: ``beta_S = z_S - H_SN H_NN^-1 z_N`` with ``z = H[:, S] y_S`` (the
+    inverse of a principal block), costing ``|N|^3`` instead of ``|S|^3``. Otherwise a Cholesky
+    factor of the block, shared through ``factors`` by problems with the same active set and
+    weights."""
+    out = np.zeros(len(y))
+    inactive = ~active
+    n_inactive = int(inactive.sum())
+    if inverse is not None and n_inactive < active.sum() and (n_inactive or inverse.ready):
+        inverse = inverse.matrix
+        z = inverse @ np.where(active, y, 0.0)          # H[:, S] y_S without copying H
+        out[active] = z[active]
+        if n_inactive:
+            block = cho_factor(inverse[np.ix_(inactive, inactive)], lower=True,
+                               check_finite=False)
+            correction = inverse[:, inactive] @ cho_solve(block, z[inactive], check_finite=False)
+            out[active] -= correction[active]
+        return out
+    key = (active.tobytes(), c[active].tobytes())
+    if key not in factors:
+        block = gram[np.ix_(active, active)].copy()
+        block[np.diag_indices_from(block)] += 0.5 / c[active]
+        factors[key] = cho_factor(block, lower=True, check_finite=False)
+    out[active] = cho_solve(factors[key], y[active], check_finite=False)
+    return out
+
+
+class RegularisedInverse:
+    """``H = (G + I / (2 C))^-1`` ``(n, n)`` for problems whose rows all weigh ``C``, computed on
+    first use (LAPACK ``potrf`` + ``potri``) and then shared by those problems."""
+
+    def __init__(self, gram: np.ndarray, C: float):
+        self.gram, self.C = gram, C
+        self._matrix: np.ndarray | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._matrix is not None
+
+    @property
+    def matrix(self) -> np.ndarray:
+        if self._matrix is None:
+            block = self.gram.copy()
+            block[np.diag_indices_from(block)] += 0.5 / self.C
+            factor, info = lapack.dpotrf(block, lower=True, clean=True, overwrite_a=True)
+            if info == 0:
+                inverse, info = lapack.dpotri(factor, lower=True, overwrite_c=True)
+            if info != 0:
+                raise np.linalg.LinAlgError(f"G + I/(2C) is not positive definite (info {info})")
+            upper = inverse.T.copy()                  # potri fills the lower triangle only
+            upper[np.diag_indices_from(upper)] = 0.0
+            self._matrix = inverse + upper
+        return self._matrix
+
+
+def _settled(margins: np.ndarray, active: np.ndarray) -> bool:
+    """Whether ``active`` is the active set at these margins (rows within rounding of the
+    margin, ``|1 - y o| <= 1e-9``, may sit on either side)."""
+    changed = (margins < 1.0) != active
+    return not changed.any() or bool(np.all(np.abs(1.0 - margins[changed]) <= 1e-9))
+
+
+def solve_squared_hinge(gram: np.ndarray, y: np.ndarray, c: np.ndarray,
+                        beta: np.ndarray | None = None, factors: dict | None = None,
+                        inverse: RegularisedInverse | None = None) -> tuple[np.ndarray, bool]:
+    """Exact solution ``beta`` ``(n,)`` of problem (S1) for one binary problem; also whether
+    the active set settled within :data:`MAX_NEWTON_STEPS`. ``beta``: a warm start;
+    ``inverse``: a :class:`RegularisedInverse` when every ``c_i`` is the same ``C``."""
+    factors = {} if factors is None else factors
+    beta = np.zeros(len(y)) if beta is None else beta.copy()
+    o = gram @ beta
+    for _ in range(MAX_NEWTON_STEPS):
+        active = y * o < 1.0
+        target = (_solve_active(gram, active, y, c, factors, inverse) if active.any()
+                  else np.zeros(len(y)))      # no active row: the minimiser is w = 0
+        o_target = gram @ target                # target is 0 off the active set
+        if _settled(y * o_target, active):   # the target meets its own active set: optimal
+            return target, True
+        d, od = target - beta, o_target - o
+        t = line_search(beta, d, o, od, y, c)
+        beta = beta + t * d
+        o = o + t * od
+    return beta, False
+
+
+def solve_grid(gram: np.ndarray, ys: np.ndarray, cs: np.ndarray, Cs: Sequence[float]
+               ) -> tuple[np.ndarray, int]:
+    """Solutions ``(len(Cs), P, n)`` of every problem (rows of ``ys``/``cs``, see
+    :func:`ovr_problems`) at every C (``c_i = C * cs``), and the number that did not settle.
+    Solved in ascending C, each from the previous C's solution."""
+    betas = np.zeros((len(Cs), len(ys), gram.shape[0]))
+    not_settled = 0
+    previous = [None] * len(ys)
+    for i in np.argsort(np.asarray(Cs, dtype=float), kind="stable"):
+        factors: dict = {}
+        uniform = [bool(np.all(c == 1.0)) for c in cs]
+        inverse = RegularisedInverse(gram, Cs[i])
+        for p, (y, c) in enumerate(zip(ys, cs)):
+            beta, ok = solve_squared_hinge(gram, y, Cs[i] * c, previous[p], factors,
+                                           inverse if uniform[p] else None)
+            betas[i, p] = previous[p] = beta
+            not_settled += not ok
+    return betas, not_settled
