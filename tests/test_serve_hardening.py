@@ -468,3 +468,20 @@ def test_page_shows_a_crafted_label_as_text(model, serve, wav):
             browser.close()
     finally:
         server.stop()
+
+
+def test_stream_command_refuses_the_bomb_from_its_header(trained, tmp_path, capsys,
+                                                         monkeypatch):
+    """binser stream FILE: the same header check before decoding (it decoded 2.3 GB)."""
+    from binser import preflight
+    from binser.cli import main
+
+    bomb = _bomb(tmp_path / "bomb.flac")
+
+    def never(*a, **k):
+        raise AssertionError("the bomb was decoded")
+
+    monkeypatch.setattr(preflight, "load_audio", never)
+    assert main(["stream", str(trained[1]), str(bomb), "--fast", "--duration", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "too large to decode" in err and "192000 Hz" in err and "Traceback" not in err

@@ -83,7 +83,8 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from .. import __version__
 from ..errors import BinserError, ConfigError
 from .guard import LOOPBACK_HOSTS, Guard
-from .stream import FORMATS, StreamEngine, analyse_file, check_stream_params
+from .stream import (FORMATS, SAMPLES_PER_SECOND_CAP, StreamEngine, analyse_file,
+                     check_stream_params, declared_work_error)
 
 ALLOWED_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac",
                     ".aif", ".aiff", ".webm", ".mp4", ".mkv", ".mov", ".avi"}
@@ -131,7 +132,7 @@ class ServeSettings:
     def decoded_samples_limit(self) -> int:
         if self.max_decoded_samples is not None:
             return int(self.max_decoded_samples)
-        return int(96000 * self.max_duration_s)
+        return int(SAMPLES_PER_SECOND_CAP * self.max_duration_s)
 
 
 def create_app(model, settings: ServeSettings | None = None) -> FastAPI:
@@ -287,23 +288,9 @@ async def _compute(app: FastAPI, request: Request, fn, *args) -> Any:
 
 
 def upload_too_large(path: str, settings: ServeSettings) -> str | None:
-    """The reason an upload's header declares too much audio to decode, else None (also
-    None when the header cannot be read: the decoder then reports the real cause)."""
-    from ..audio import audio_info
-
-    try:
-        info = audio_info(path)
-    except BinserError:
-        return None
-    samples = info.frames * info.channels
-    if info.duration_s > settings.max_duration_s:
-        return (f"audio too long: its header declares {info.duration_s:.1f} s, over the "
-                f"limit of {settings.max_duration_s:g} s (--max-duration-s)")
-    if samples > settings.decoded_samples_limit:
-        return (f"audio too large to decode: its header declares {info.sample_rate} Hz x "
-                f"{info.duration_s:.1f} s x {info.channels} channel(s) = {samples} samples, "
-                f"over the limit of {settings.decoded_samples_limit}")
-    return None
+    """The reason an upload's header declares too much audio to decode, else None
+    (:func:`binser.serve.stream.declared_work_error` with the server's limits)."""
+    return declared_work_error(path, settings.max_duration_s, settings.decoded_samples_limit)
 
 
 def _predict_file(model, tmp: str, name: str, timeline: bool, per_channel: bool,

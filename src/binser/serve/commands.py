@@ -13,7 +13,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import AudioError, ConfigError
-from .stream import FORMATS, StreamEngine, analyse_file, decode_pcm, format_window
+from .stream import (FORMATS, StreamEngine, analyse_file, declared_work_error, decode_pcm,
+                     format_window)
 
 
 MIC_TIMEOUT_S = 5.0   # a microphone silent (no callbacks) this long is an error
@@ -215,6 +216,9 @@ def _play_file(model, args, chunk: float) -> StreamEngine:
     from ..preflight import checked_audio
 
     sr = model.frontend.sample_rate
+    too_much = declared_work_error(args.source, model.frontend.max_duration_s)
+    if too_much is not None:   # checked from the header, before decoding
+        raise AudioError(args.source, too_much)
     audio = checked_audio(args.source, model.frontend)    # predict's input checks
     engine = StreamEngine(model, sr, audio.shape[0], per_channel=args.per_channel,
                           silence_db=args.silence_db)

@@ -533,6 +533,36 @@ def analyse_file(model, path, per_channel: bool = False, silence_db: float | Non
             "windows": [w.to_dict() for w in windows]}
 
 
+SAMPLES_PER_SECOND_CAP = 96000   # decoded samples per second of allowed duration (48 kHz x 2)
+
+
+def declared_work_error(path, max_duration_s: float, max_samples: int | None = None
+                        ) -> str | None:
+    """Why the header of ``path`` declares too much audio to decode (longer than
+    ``max_duration_s`` seconds, or more than ``max_samples`` = rate x duration x channels
+    samples, default :data:`SAMPLES_PER_SECOND_CAP` x ``max_duration_s``), else None; also
+    None when the header cannot be read (the decoder then reports the real cause). A small
+    compressed file declaring 192 kHz x 599 s would otherwise decode to gigabytes."""
+    from ..audio import audio_info
+    from ..errors import BinserError
+
+    try:
+        info = audio_info(path)
+    except BinserError:
+        return None
+    limit = int(SAMPLES_PER_SECOND_CAP * max_duration_s) if max_samples is None \
+        else int(max_samples)
+    samples = info.frames * info.channels
+    if info.duration_s > max_duration_s:
+        return (f"audio too long: its header declares {info.duration_s:.1f} s, over the "
+                f"limit of {max_duration_s:g} s (--max-duration-s)")
+    if samples > limit:
+        return (f"audio too large to decode: its header declares {info.sample_rate} Hz x "
+                f"{info.duration_s:.1f} s x {info.channels} channel(s) = {samples} samples, "
+                f"over the limit of {limit}")
+    return None
+
+
 def format_window(result: WindowResult | dict[str, Any], top: int = 3) -> str:
     """One text line per window: times, label and top scores (per channel in
     per-channel mode), ``silent`` where nothing was scored."""
