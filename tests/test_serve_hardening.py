@@ -407,14 +407,14 @@ def test_shutdown_closes_streams_with_1012_in_bounded_time(serve):
     from test_serve import ws_connect
 
     server = serve(shutdown_timeout_s=1.0)
-    ws = ws_connect(server)
-    ws.send(START)
-    json.loads(ws.recv(timeout=20))
-    began = time.monotonic()
-    stopper = threading.Thread(target=server.stop)
-    stopper.start()
-    closed_with(ws, 1012)
-    stopper.join(30)
+    with ws_connect(server) as ws:
+        ws.send(START)
+        json.loads(ws.recv(timeout=20))
+        began = time.monotonic()
+        stopper = threading.Thread(target=server.stop)
+        stopper.start()
+        closed_with(ws, 1012)
+        stopper.join(30)
     assert time.monotonic() - began < 20 and not server.thread.is_alive()
 
 
