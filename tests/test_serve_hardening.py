@@ -225,7 +225,8 @@ def test_a_client_that_leaves_frees_its_place(serve, monkeypatch, wav, caplog):
     assert gate.entered.acquire(timeout=30)
     b = _upload(server, "b.wav", data)
     assert _wait(lambda: server.app.state.uploads == 2)
-    time.sleep(0.3)                      # B's body is in and B waits for the slot
+    limiter = server.app.state.limiter   # B's body is in and B waits for the slot
+    assert _wait(lambda: limiter.statistics().tasks_waiting == 1)
     b.close()
     assert _wait(lambda: server.app.state.uploads == 1), "B still holds its place"
     c = _upload(server, "c.wav", data)
