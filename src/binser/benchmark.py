@@ -877,7 +877,8 @@ def serve_load(model: str | Path, files: Sequence[Path], clients: int = 16, uplo
 
 # ------------------------------------------------------------------------------ the suite
 
-PARTS = ("frontend", "extraction", "encoder", "study", "opensmile", "ray", "serve", "scenes")
+PARTS = ("frontend", "extraction", "encoder", "study", "classifier", "opensmile", "ray", "serve",
+         "scenes")
 
 
 @dataclass
@@ -893,6 +894,7 @@ class BenchOptions:
     work: Path | None = None
     whisper_weights: Path | None = None     # whisper-base folder; None: default_whisper_weights()
     serve_model: Path | None = None         # model folder for the serve part; None: skipped
+    cache_dir: str | None = None            # the classifier part's pooled-feature cache
 
 
 def check_bench_options(options: BenchOptions) -> None:
@@ -1006,6 +1008,8 @@ def run_bench(options: BenchOptions, report: Callable[[str], None] = print) -> d
         report(f"cold and warm results identical: {st['identical']}")
         if options.work is None:
             shutil.rmtree(work, ignore_errors=True)
+    if "classifier" in options.parts:
+        figures["classifier"] = classifier_part(options, whisper, report)
     if "serve" in options.parts:
         why = ("no trained model: pass --serve-model FOLDER (binser train --out FOLDER)"
                if options.serve_model is None else serve_prerequisites())
@@ -1043,6 +1047,35 @@ def run_bench(options: BenchOptions, report: Callable[[str], None] = print) -> d
                f"({sc['with_interferer']} with a competing talker)")
     figures["summary"] = summary(figures)
     return figures
+
+
+def classifier_part(options: BenchOptions, whisper: Path | None,
+                    report: Callable[[str], None]) -> dict[str, Any]:
+    """The classifier stage, exact solver vs liblinear (:mod:`binser.classifier_bench`): the
+    default EMOVO study's stage (two folds with ``--quick``) and the growth table."""
+    from .classifier_bench import GROWTH_SIZES, GROWTH_SIZES_QUICK, growth, study_stage_speed
+
+    out: dict[str, Any] = {}
+    if whisper is None:
+        report("classifier (EMOVO study): not measured (no whisper-base weights)")
+    else:
+        st = study_stage_speed(options.root, str(whisper), cache_dir=options.cache_dir,
+                               folds=2 if options.quick else None)
+        out["study"] = st
+        report(f"classifier stage, EMOVO default study ({st['folds']} folds, {st['runs']} "
+               f"runs): exact {st['exact_s']:.1f} s, liblinear {st['liblinear_s']:.1f} s -> "
+               f"{st['speedup']:.1f}x; runs with identical predictions and choices: "
+               f"{st['identical_runs']} of {st['runs']}")
+    gr = growth(GROWTH_SIZES_QUICK if options.quick else GROWTH_SIZES, progress=report)
+    out["growth"] = gr
+    report("classifier growth (one matrix, one fold: search, final fit, nested scores):")
+    report("  utterances   exact s   liblinear s")
+    for row in gr["rows"]:
+        lib = f"{row['liblinear']:.2f}" if row.get("liblinear") else "-"
+        report(f"  {row['utterances']:>10}   {row['exact']:>7.2f}   {lib:>11}")
+    report("  log-log slope: " + ", ".join(f"{k} {v:.2f}" for k, v in gr["slope"].items()
+                                            if v is not None))
+    return out
 
 
 def scenes_speed(root: Path, files: Sequence[Path]) -> dict[str, Any]:
@@ -1101,6 +1134,10 @@ def summary(figures: dict[str, Any]) -> dict[str, Any]:
         "serve_errors": _serve(figures, "uploads", "errors"),
         "serve_max_streams": figures.get("serve", {}).get("max_streams_kept_up"),
         "scenes_xrt": figures.get("scenes", {}).get("xrt"),
+        "classifier_speedup": figures.get("classifier", {}).get("study", {}).get("speedup"),
+        "classifier_exact_s": figures.get("classifier", {}).get("study", {}).get("exact_s"),
+        "classifier_slope": figures.get("classifier", {}).get("growth", {}).get("slope", {})
+                                   .get("exact"),
         "quick": figures["quick"],
     }
 

@@ -300,7 +300,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                            work=Path(args.work) if args.work else None,
                            whisper_weights=Path(args.whisper_weights) if args.whisper_weights
                            else None,
-                           serve_model=Path(args.serve_model) if args.serve_model else None)
+                           serve_model=Path(args.serve_model) if args.serve_model else None,
+                           cache_dir=str(args.cache_dir or default_cache_dir()))
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     figures = run_bench(options, report=say)
     if args.json:
@@ -490,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serve-model", default=None,
                    help="model folder (binser train --out) for the serve part: load and "
                         "latency of 'binser serve' on loopback (without it: skipped)")
+    p.add_argument("--cache-dir", default=None,
+                   help="classifier part: the pooled-feature cache of the EMOVO study "
+                        "(default: $BINSER_CACHE_DIR or ~/.cache/binser)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("scenes", help="binaural scenes: each utterance in a simulated room "

@@ -140,9 +140,9 @@ def _solve_active(gram: np.ndarray, active: np.ndarray, y: np.ndarray, c: np.nda
         return out
     key = (active.tobytes(), c[active].tobytes())
     if key not in factors:
-        block = gram[np.ix_(active, active)].copy()
+        block = gram[np.ix_(active, active)]          # a new array: safe to overwrite
         block[np.diag_indices_from(block)] += 0.5 / c[active]
-        factors[key] = cho_factor(block, lower=True, check_finite=False)
+        factors[key] = cho_factor(block, lower=True, overwrite_a=True, check_finite=False)
     out[active] = cho_solve(factors[key], y[active], check_finite=False)
     return out
 
