@@ -939,6 +939,11 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
                           "needs at least 2")
     # Every file is checked (decoded once) before any expensive work; see binser.preflight.
     corpus, skipped = screen_corpus(corpus, settings.on_error, settings.frontend, progress=progress)
+    scene_values = None
+    if corpus.name == "scenes":   # issue 24: each file's scene parameters, checked up front
+        from .conditions import scene_conditions
+
+        scene_values = scene_conditions(corpus)
     classes = list(corpus.labels)
     y = np.array([classes.index(u.label) for u in corpus])
     speakers = np.array([u.speaker for u in corpus])
@@ -1058,6 +1063,13 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
     if settings.speaker_norm:   # issue 21: what a deployment without all recordings gets
         results["speaker_norm_deployment"] = _deployment(pooled, y, speakers, fold_list,
                                                          results, settings, progress)
+    if scene_values is not None:   # issue 24: UA per scene condition (binser.conditions)
+        from .conditions import condition_results
+
+        results["conditions"] = condition_results(
+            scene_values, {name: runs[name].predicted for name in run_names}, y,
+            classes, speakers, fold_list, settings.n_boot, settings.seed,
+            settings.resolved_fusion_pooling())
     timing["total_s"] = time.perf_counter() - t0
     results["timing"] = timing
     if target is not None:   # a temporary sibling, swapped in whole: one run's output

@@ -1,5 +1,6 @@
 """Figures people would rather look at than read: the paper's Fig. 1 (Mel spectrograms of the
-four binaural views) and Figs. 4-6 (confusion matrices). Rendered with matplotlib's Agg backend
+four binaural views), Figs. 4-6 (confusion matrices) and, for scene corpora, UA against a
+condition (:func:`plot_condition_curves`). Rendered with matplotlib's Agg backend
 (no display needed)."""
 from __future__ import annotations
 
@@ -74,6 +75,32 @@ def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str],
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.colorbar(image, ax=ax, label="% of true class", shrink=0.8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+def plot_condition_curves(series: dict[str, tuple[Sequence[float], Sequence[float],
+                                                  Sequence[Sequence[float] | None]]],
+                          out_png: str | Path, xlabel: str, title: str = "") -> Path:
+    """UA (%) against a condition value, one line per system with 95% interval bars:
+    ``series[label] = (x values, UAs as fractions, [lo, hi] fractions or None per point)``."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), constrained_layout=True)
+    for offset, (label, (x, ua, ci)) in enumerate(series.items()):
+        x = np.asarray(x, float) + 0.15 * (offset - (len(series) - 1) / 2)  # bars side by side
+        ua = 100 * np.asarray(ua, float)
+        lo = [100 * c[0] if c else u for c, u in zip(ci, ua)]
+        hi = [100 * c[1] if c else u for c, u in zip(ci, ua)]
+        err = np.array([ua - np.asarray(lo), np.asarray(hi) - ua]).clip(min=0)
+        ax.errorbar(x, ua, yerr=err, marker="o", capsize=3, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("UA (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
     out_png = Path(out_png)

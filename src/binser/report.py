@@ -268,6 +268,10 @@ def build_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block
                    ("table", ["Claim (a beats b)", "a", "b", "UA diff", "95% CI",
                               "speakers +/-/=", "p", "p (Holm)", "verdict"],
                     _claim_rows(results["comparisons"]))]
+    if results.get("conditions"):   # a scene corpus: UA per condition (binser.conditions)
+        from .conditions import condition_blocks
+
+        blocks += condition_blocks(results["conditions"], figures.get("conditions"))
     layered = [r for r in results["runs"] if "fold_layer" in r]
     if layered:
         rows = [[r["name"], ", ".join(str(x) for x in r["fold_layer"])] for r in layered
@@ -381,6 +385,11 @@ def make_figures(results: dict[str, Any], out_dir: Path, example_path: str | Pat
 
         inspect_file(example_path, config, figure=fig_dir / "fig1_views.png")
         figures["fig1"] = "figures/fig1_views.png"
+    if results.get("conditions"):
+        from .conditions import condition_figure
+
+        if condition_figure(results["conditions"], fig_dir / "conditions_snr.png"):
+            figures["conditions"] = "figures/conditions_snr.png"
     fusion_pooling = _fusion_pooling(results)
     runs = {r["name"]: r for r in results["runs"]}
     wanted = [str(RunName.single(v, fusion_pooling)) for v in all_views()]
