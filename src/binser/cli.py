@@ -190,7 +190,8 @@ def settings_from_args(args: argparse.Namespace, dataset: str, root: str,
         baseline_views=tuple(args.baseline_views), finetune_preset=args.finetune_preset,
         finetune_epochs=args.epochs, num_threads=getattr(args, "threads", None),
         executor=getattr(args, "executor", "local"),
-        ray_address=getattr(args, "ray_address", None), frontend=frontend_from_args(args))
+        ray_address=getattr(args, "ray_address", None),
+        augment=tuple(getattr(args, "augment", None) or ()), frontend=frontend_from_args(args))
 
 
 def print_summary(results: dict) -> None:
@@ -450,6 +451,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("experiment", help="the paper's experiments on a corpus")
     add_corpus_options(p, out_help="output folder for results.json and the report")
     add_experiment_options(p)
+    p.add_argument("--augment", type=_csv_list, nargs="?", const=("swap",), default=(),
+                   help="experimental: add a left/right-swapped copy of every training "
+                        "utterance to the training rows (never to test folds); bare --augment "
+                        "= swap (gain and delay jitter are not implemented)")
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("train", help="train the final system on a whole corpus; save a model")

@@ -108,6 +108,7 @@ class ExperimentSettings:
     solver: str = "exact"                     # SVM solver: exact (binser.svm) or liblinear (reference)
     executor: str = "local"                   # where features and folds run: local or ray
     ray_address: str | None = None            # --executor ray: cluster address (None: local)
+    augment: tuple[str, ...] = ()             # training-row augmentation (binser.augment): swap
     frontend: FrontEndConfig = field(default_factory=FrontEndConfig)
 
     def validate(self) -> None:
@@ -148,6 +149,9 @@ class ExperimentSettings:
         from .executors import check_executor
 
         check_executor(self.executor, self.ray_address)
+        from .augment import check_augment
+
+        check_augment(self.augment, self.views, self.mode, self.baselines)
         self._validate_numbers_and_paths()
 
     def _validate_numbers_and_paths(self) -> None:
@@ -211,7 +215,7 @@ class ExperimentSettings:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "frontend"}
         out["views"] = list(self.views)
         out["poolings"] = list(self.poolings)
-        for key in ("baselines", "baseline_sets", "baseline_views"):
+        for key in ("baselines", "baseline_sets", "baseline_views", "augment"):
             out[key] = list(getattr(self, key))
         out["frontend"] = self.frontend.to_dict()
         return out
@@ -992,7 +996,10 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
         timing["baselines_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    runs, test_proba = run_folds(pooled, y, speakers, fold_list, settings, len(classes), progress)
+    from .augment import run_folds_augmented   # run_folds itself without --augment
+
+    runs, test_proba = run_folds_augmented(pooled, y, speakers, fold_list, settings,
+                                           len(classes), progress)
     tested = np.zeros(len(y), dtype=bool)
     fold_of = np.full(len(y), -1)
     for k, (_, test) in enumerate(fold_list):
@@ -1004,9 +1011,9 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
     if settings.speaker_norm:
         normalised = [speaker_normalised(p, speakers) for p in
                       (pooled if isinstance(pooled, list) else [pooled])]
-        norm_runs, norm_proba = run_folds(normalised if isinstance(pooled, list)
-                                          else normalised[0], y, speakers, fold_list, settings,
-                                          len(classes), progress)
+        norm_runs, norm_proba = run_folds_augmented(
+            normalised if isinstance(pooled, list) else normalised[0], y, speakers, fold_list,
+            settings, len(classes), progress)
         norm_runs.update(oracle_fusions(norm_proba, y, len(classes), tested, fusions,
                                         settings.fusion_search))
         for name, run in norm_runs.items():
