@@ -486,3 +486,33 @@ def test_stream_command_refuses_the_bomb_from_its_header(trained, tmp_path, caps
     assert main(["stream", str(trained[1]), str(bomb), "--fast", "--duration", "3"]) == 2
     err = capsys.readouterr().err
     assert "too large to decode" in err and "192000 Hz" in err and "Traceback" not in err
+
+
+def test_pings_answered_while_the_model_is_behind(serve, monkeypatch):
+    """A hundred messages queued behind a slow computation: the client's ping is still
+    answered at once (the server drains the socket), and every chunk is then computed."""
+    from test_serve import ws_connect
+
+    real = serve_app._feed_chunks
+    calls = []
+
+    def slow(engine, chunks, fmt):
+        calls.append(len(chunks))
+        time.sleep(1.0)                  # the model far behind
+        return real(engine, chunks, fmt)
+
+    monkeypatch.setattr(serve_app, "_feed_chunks", slow)
+    server = serve(max_message_bytes=64_000)
+    chunk = np.zeros((800, 2), np.float32).tobytes()     # 0.05 s each
+    with ws_connect(server) as ws:
+        ws.send(START)
+        json.loads(ws.recv(timeout=20))
+        for _ in range(100):
+            ws.send(chunk)
+        began = time.monotonic()
+        assert ws.ping().wait(timeout=10)
+        assert time.monotonic() - began < 5
+        ws.send('{"type": "stop"}')
+        messages = closed_with(ws, 1000)
+    assert messages[-1]["type"] == "end" and messages[-1]["summary"]["duration_s"] == 5.0
+    assert sum(calls) == 100 and len(calls) < 100          # queued chunks computed together
