@@ -313,4 +313,5 @@ def test_weights_are_shown_as_lambda_but_keyed_gamma():
     assert list(weights) == ["alpha", "beta", "gamma"]             # results.json keys kept
     assert describe_weights({"alpha": 0.3, "beta": 0.5, "gamma": 0.4}) == \
         "alpha=0.3, beta=0.5, lambda=0.4"
-    assert weight_symbols() == {"alpha": "α", "beta": "β", "gamma": "λ"}
+    assert weight_symbols() == {"alpha": "α", "beta": "β", "gamma": "λ",
+                                "eta": "η"}   # eta: the added views' stage (M20)

@@ -20,6 +20,14 @@ built-in rules:
 * ``left+right+mid+side``:  eqs. 8 and 9, then ``s = g*s1 + (1-g)*s2`` (eq. 10, weight
   ``gamma``; the paper's and the report's lambda, kept as ``gamma`` in ``results.json`` and
   model files so that existing readers keep working)
+* ``left+right+mid+side+<a1>+...+<am>`` (:func:`extended_rule`; built in for ``spatial``,
+  ``steered`` and ``spatial+steered``): eqs. 8-10, then the mean of the added views' scores
+  ``s_A = (s_a1 + ... + s_am) / m`` (M19; fixed-weight stages, nothing searched) and
+  ``s_+ = e*s + (1-e)*s_A`` (M20, weight ``eta``): how the fusion grows beyond the four views,
+  one definition for any added views (docs/METHOD.md section 8).
+
+A stage with a ``fixed`` weight (the mean of M19) is never searched and has no entry in the
+weights; every rule's last stage has a searched weight.
 
 Weights take values on :data:`GRID` (0.0, 0.1, ..., 1.0). The criterion is UA (unweighted
 average recall of the arg-max class over the classes present in ``y``). Ties (UA within 1e-12
@@ -75,6 +83,8 @@ class Stage:
     ``first``/``second``: a view name or the ``output`` of an earlier stage. ``weight``: the
     weight's key in ``weights`` dicts, ``results.json`` and model files; ``symbol``: how the
     report shows it; ``label``: its name in plain-text output (default: ``weight``).
+    ``fixed``: a weight in [0, 1] that is not searched (the stage's ``weight`` name is then
+    only a label and never appears in weights dicts).
     """
     output: str
     weight: str
@@ -82,6 +92,7 @@ class Stage:
     second: str
     symbol: str = ""
     label: str = ""
+    fixed: float | None = None
 
 
 @dataclass(frozen=True)
@@ -105,17 +116,27 @@ class FusionRule:
 
     @property
     def weights(self) -> tuple[str, ...]:
-        """The weight names, in stage order (the tie-break order)."""
-        return tuple(st.weight for st in self.stages)
+        """The searched weight names, in stage order (the tie-break order); fixed-weight
+        stages have none."""
+        return tuple(st.weight for st in self.stages if st.fixed is None)
 
     def check(self) -> None:
-        """ConfigError unless every operand is a view or an earlier output, output and weight
-        names are unique and every stage but the last feeds exactly one later stage."""
+        """ConfigError unless every operand is a view or an earlier output, output and
+        searched weight names are unique, fixed weights lie in [0, 1], the last stage's weight
+        is searched and every stage but the last feeds exactly one later stage."""
         outputs: list[str] = []
+        searched: list[str] = []
         for st in self.stages:
-            if st.output in outputs or st.weight in self.weights[:len(outputs)]:
+            if st.output in outputs or (st.fixed is None and st.weight in searched):
                 raise ConfigError(f"fusion rule {self.name}: stage {st.output} reuses a name")
+            if st.fixed is not None and not 0.0 <= st.fixed <= 1.0:
+                raise ConfigError(f"fusion rule {self.name}: fixed weight {st.fixed} of "
+                                  f"{st.output} is not in [0, 1]")
             outputs.append(st.output)
+            if st.fixed is None:
+                searched.append(st.weight)
+        if self.stages and self.stages[-1].fixed is not None:
+            raise ConfigError(f"fusion rule {self.name}: the last stage needs a searched weight")
         used = [op for st in self.stages for op in (st.first, st.second)]
         if not self.stages or any(used.count(o) != 1 for o in outputs[:-1]):
             raise ConfigError(f"fusion rule {self.name}: every stage but the last must feed "
@@ -156,23 +177,48 @@ def fusion_titles() -> dict[str, str]:
 def weight_symbols() -> dict[str, str]:
     """Weight name -> the symbol the report shows (``gamma`` -> ``λ``)."""
     return {st.weight: st.symbol or st.weight for rule in FUSION_RULES.values()
-            for st in rule.stages}
+            for st in rule.stages if st.fixed is None}
 
 
 def describe_weights(weights: Mapping[str, float]) -> str:
     """Plain-text weights with the docs' names: ``alpha=0.3, beta=0.5, lambda=0.4``."""
     labels = {st.weight: st.label or st.weight for rule in FUSION_RULES.values()
-              for st in rule.stages}
+              for st in rule.stages if st.fixed is None}
     return ", ".join(f"{labels.get(k, k)}={v:g}" for k, v in weights.items()) or "none"
 
 
 _ALPHA = Stage("s1", "alpha", "left", "right", "α")    # eq. 8
 _BETA = Stage("s2", "beta", "mid", "side", "β")        # eq. 9
+_GAMMA = Stage("s", "gamma", "s1", "s2", "λ", "lambda")   # eq. 10
+FOUR_VIEWS = "left+right+mid+side"
 register_fusion(FusionRule("left+right", "Left, Right", (_ALPHA,)))
 register_fusion(FusionRule("mid+side", "Mid, Side", (_BETA,)))
-register_fusion(FusionRule("left+right+mid+side", "Left, Right, Mid, Side",
-                           (_ALPHA, _BETA,
-                            Stage("s", "gamma", "s1", "s2", "λ", "lambda"))))   # eq. 10
+register_fusion(FusionRule(FOUR_VIEWS, "Left, Right, Mid, Side", (_ALPHA, _BETA, _GAMMA)))
+
+
+def extended_rule(added: Sequence[str]) -> FusionRule:
+    """The four-view fusion grown by the views ``added`` (docs/METHOD.md eqs. M19-M20): the
+    paper's stages (M14-M16, output ``s``), the running mean of the added views' scores in
+    fixed-weight stages (``a_1 = s_{v1}``, ``a_j = ((j-1)/j) a_{j-1} + (1/j) s_{vj}``, so
+    ``a_m`` is their mean), then ``s_+ = eta*s + (1-eta)*a_m`` (weight ``eta``, searched like
+    the others). Name ``left+right+mid+side+<v1>+...+<vm>``; not registered (pass it to
+    :func:`register_fusion`)."""
+    added = tuple(added)
+    if not added or len(set(added)) != len(added) or set(added) & set(FOUR_VIEWS.split("+")):
+        raise ConfigError(f"extended fusion: the added views must be distinct and not among "
+                          f"the four, got {list(added)}")
+    stages = [_ALPHA, _BETA, _GAMMA]
+    mean = added[0]
+    for j, view in enumerate(added[1:], start=2):
+        stages.append(Stage(f"a{j}", f"mean{j}", mean, view, fixed=(j - 1) / j))
+        mean = f"a{j}"
+    stages.append(Stage("s+", "eta", "s", mean, "η", "eta"))
+    title = ", ".join(["Left, Right, Mid, Side"] + [v.capitalize() for v in added])
+    return FusionRule("+".join((FOUR_VIEWS,) + added), title, tuple(stages))
+
+
+for _added in (("spatial",), ("steered",), ("spatial", "steered")):
+    register_fusion(extended_rule(_added))
 _UA_TIE_TOL = 1e-12
 _CHUNK_VALUES = 4_000_000  # fused score values held at once during the grid search
 
@@ -218,7 +264,8 @@ def fuse(scores: Mapping[str, np.ndarray], fusion_name: str,
         raise ConfigError(f"fusion {fusion_name} needs weight(s) {', '.join(missing)}")
     s = _as_float64(scores, views)
     for st in rule.stages:
-        s[st.output] = rule.combine(weights[st.weight], s[st.first], s[st.second])
+        w = st.fixed if st.fixed is not None else weights[st.weight]
+        s[st.output] = rule.combine(w, s[st.first], s[st.second])
     return s[rule.stages[-1].output]
 
 
@@ -252,6 +299,8 @@ def _operand_grid(rule: FusionRule, s: Mapping[str, np.ndarray], name: str
                                 _operand_grid(rule, s, st.second))
             x = x.reshape(x.shape[:-2] + (1,) * len(dy) + x.shape[-2:])
             y = y.reshape((1,) * len(dx) + y.shape)
+            if st.fixed is not None:            # not searched: no grid axis of its own
+                return rule.combine(st.fixed, x, y), dx + dy
             out = np.stack([rule.combine(w, x, y) for w in GRID], axis=len(dx) + len(dy))
             return out, dx + dy + (st.weight,)
     return s[name], ()
@@ -299,6 +348,9 @@ def _staged_search(scores: Mapping[str, np.ndarray], fusion_name: str, codes: np
     chosen: dict[str, int] = {}
     ua = np.empty(0)
     for st in rule.stages:
+        if st.fixed is not None:
+            s[st.output] = rule.combine(st.fixed, s[st.first], s[st.second])
+            continue
         ua = _ua_of_predictions(_pair_candidates(rule, s[st.first], s[st.second]).argmax(-1),
                                 codes)
         (chosen[st.weight],) = _tie_break(ua)
