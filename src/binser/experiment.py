@@ -36,7 +36,7 @@ from .normalisation import coverage_warning, speaker_normalise
 from .preflight import check_on_error, screen_corpus
 from .runnames import NORM_PREFIX, RunName, run_order
 from .validation import check_choice, check_choices, check_int_range
-from .views import VIEWS, all_views
+from .views import VIEWS, all_views, feature_views, signal_views
 
 MODES = ("frozen", "finetune")
 FINETUNE_NESTED_CAVEAT = (
@@ -117,6 +117,9 @@ class ExperimentSettings:
         check_choice(self.backbone, ALL_BACKBONES, "backbone")
         check_choice(self.mode, MODES, "mode")
         check_choices(self.views, all_views(), "view", allow_empty=True)
+        if self.mode == "finetune" and feature_views(self.views):
+            raise ConfigError(f"--mode finetune fine-tunes a network per view; feature view(s) "
+                              f"{', '.join(feature_views(self.views))} have none")
         check_choices(self.poolings, POOLINGS, "pooling", allow_empty=True)
         check_choices(self.baselines, BASELINES, "baseline", allow_empty=True)
         check_choices(self.poolings, POOLINGS, "pooling", option="--poolings")
@@ -283,28 +286,55 @@ def iter_layer_features(corpus: Corpus, settings: ExperimentSettings, backbone,
 
     executor = executor or executor_for(settings)
     paths = [u.path for u in corpus]
+    signals = signal_views(settings.views)   # the backbone's; feature views: their own frames
+    own = _feature_view_frames(paths, settings, progress)
+
+    def joined(features: dict) -> dict:
+        return {v: (features[v] if v in features else own[v]) for v in settings.views}
+
     if not is_encoder(settings.backbone):
         from .features import SegmentFeatureExtractor
 
-        extractor = SegmentFeatureExtractor(backbone, config=settings.frontend,
-                                            views=settings.views, cache_dir=settings.cache_dir,
-                                            batch_size=settings.batch_size,
-                                            num_threads=settings.num_threads, progress=progress)
-        executor.prepare_features(extractor, paths, progress)
-        yield None, extractor.extract(paths)
+        features = {}
+        if signals:
+            extractor = SegmentFeatureExtractor(backbone, config=settings.frontend,
+                                                views=signals, cache_dir=settings.cache_dir,
+                                                batch_size=settings.batch_size,
+                                                num_threads=settings.num_threads,
+                                                progress=progress)
+            executor.prepare_features(extractor, paths, progress)
+            features = extractor.extract(paths)
+        yield None, joined(features)
         return
     from .features import FrameFeatureExtractor
 
     layers = encoder_layers(settings, backbone)
-    extractor = FrameFeatureExtractor(backbone, config=settings.frontend, views=settings.views,
+    if not signals:                          # feature views only: the same frames per layer
+        for layer in layers:
+            yield layer, joined({})
+        return
+    extractor = FrameFeatureExtractor(backbone, config=settings.frontend, views=signals,
                                       layers=layers, cache_dir=settings.cache_dir,
                                       num_threads=settings.num_threads, progress=progress)
     executor.prepare_features(extractor, paths, progress)
     if settings.cache_dir is None:          # nothing to reload from: hold every layer
-        yield from extractor.extract(paths).items()
+        for layer, features in extractor.extract(paths).items():
+            yield layer, joined(features)
         return
     for layer in layers:                     # the first call encodes and caches every layer
-        yield layer, extractor.extract(paths, keep=[layer])[layer]
+        yield layer, joined(extractor.extract(paths, keep=[layer])[layer])
+
+
+def _feature_view_frames(paths: Sequence[str | Path], settings: ExperimentSettings,
+                         progress: bool) -> dict[str, list[np.ndarray]]:
+    """Frames of the feature views among ``settings.views`` (``spatial``: computed from
+    each file's two channels, no backbone; :class:`~binser.features.FeatureViewExtractor`)."""
+    if not feature_views(settings.views):
+        return {}
+    from .features import FeatureViewExtractor
+
+    return FeatureViewExtractor(settings.frontend, feature_views(settings.views),
+                                settings.cache_dir, progress).extract(paths)
 
 
 def finetune_settings(settings: ExperimentSettings):
@@ -374,6 +404,10 @@ def _pooled_keys(corpus: Corpus, settings: ExperimentSettings, backbone) -> Call
             getattr(backbone, "input_size", None), settings.frontend.digest(),
             list(settings.views), str(settings.resolved_layer()), list(settings.poolings),
             settings.blocks, settings.levels, settings.pool_abs]
+    if feature_views(settings.views):     # only then, so other studies keep their keys
+        from .features import FEATURE_VIEW_FORMAT
+
+        spec.append(FEATURE_VIEW_FORMAT)
     digest.update(json.dumps(spec, default=str).encode())
     for u in corpus:
         digest.update(file_sha256(u.path).encode())
@@ -682,7 +716,7 @@ def evaluate_fold(pooled: PooledFeatures, y: np.ndarray, groups: np.ndarray,
     test_proba: dict[str, np.ndarray] = {}
     fusion_pooling = settings.resolved_fusion_pooling()
     views = [v for v in settings.views if v not in pooled.absent]
-    fusion_views = [v for v in VIEWS if v in views]
+    fusion_views = [v for v in views if any(v in members for members in FUSIONS.values())]
     cache = FoldResultCache(settings.cache_dir, y, groups, train, test, settings.seed, n_classes,
                             settings.solver)
     no_rows = np.zeros(len(y), dtype=bool)

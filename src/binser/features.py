@@ -37,8 +37,8 @@ from .cache import HASH_CHUNK, CacheWarning, FeatureCache, file_sha256  # noqa: 
 from .config import FrontEndConfig
 from .errors import ConfigError
 from .spectrogram import views_images
-from .views import (VIEWS, MonoInputWarning, all_views, binaural_views, file_silent_views,
-                    unknown_views)
+from .views import (VIEW_DEFINITIONS, VIEWS, MonoInputWarning, all_views, binaural_views,
+                    feature_views, file_silent_views, unknown_views, view_frames)
 
 CACHE_FORMAT = "binser-segment-features-v4"  # bump when the feature computation changes
 FRAME_CACHE_FORMAT = "binser-frame-features-v3"   # v3: chunks of > 30 s files encoded alone
@@ -131,14 +131,16 @@ class _Batcher:
 # the extractor
 # --------------------------------------------------------------------------------------
 
-def file_views(path: str | Path, config: FrontEndConfig = FrontEndConfig()
-               ) -> tuple[dict[str, np.ndarray], set[str]]:
+def file_views(path: str | Path, config: FrontEndConfig = FrontEndConfig(),
+               views: Sequence[str] | None = None) -> tuple[dict[str, np.ndarray], set[str]]:
     """Decode one file once -> ``({view: (N,) float32}, silent views)`` (docs/METHOD.md
     sections 1-2;
-    silent: :func:`binser.views.silent_views`)."""
+    silent: :func:`binser.views.silent_views`). ``views``: the signal views needed (None:
+    all; :func:`binser.views.binaural_views`)."""
     audio = load_audio(path, sr=config.sample_rate, channels=config.channels,
                        max_duration_s=config.max_duration_s)
-    signals = binaural_views(audio, config.side_scale, path)
+    signals = binaural_views(audio, config.side_scale, path, views=views,
+                             sample_rate=config.sample_rate)
     return signals, file_silent_views(signals)
 
 
@@ -148,7 +150,7 @@ def file_images(path: str | Path, views: Sequence[str],
     ``{view: (n, 3, F, L) float32}`` for ``views`` (docs/METHOD.md sections 1-4). A silent
     view (no
     signal of its own, e.g. the Side of identical channels) gets ``n = 0`` images."""
-    signals, silent = file_views(path, config)
+    signals, silent = file_views(path, config, views)
     images = views_images({v: signals[v] for v in views if v not in silent}, config)
     empty = np.zeros((0, 3, config.n_mels, config.segment_frames), np.float32)
     return {v: images.get(v, empty) for v in views}
@@ -324,14 +326,76 @@ class _RunState:
             self.results[view][index] = job.out
 
 
-def _check_views(views: Sequence[str]) -> tuple[str, ...]:
-    """Validate a non-empty, duplicate-free subset of the views (:mod:`binser.views`)."""
+def _check_views(views: Sequence[str], signals_only: bool = True) -> tuple[str, ...]:
+    """Validate a non-empty, duplicate-free subset of the views (:mod:`binser.views`); with
+    ``signals_only``, of the signal views (a feature view has no backbone features)."""
     views = tuple(views)
     unknown = unknown_views(views)
     if not views or unknown or len(set(views)) != len(views):
         raise ConfigError(f"views must be distinct names from {', '.join(all_views())}; "
                           f"got {', '.join(views) or 'none'}")
+    frames_only = feature_views(views)
+    if signals_only and frames_only:
+        raise ConfigError(f"view(s) {', '.join(frames_only)} are feature views: their frames "
+                          "come from FeatureViewExtractor, not from a backbone")
     return views
+
+
+FEATURE_VIEW_FORMAT = "binser-feature-view-v1"   # bump when a feature view's definition changes
+
+
+def feature_view_key(file_digest: str, view: str, config: FrontEndConfig) -> str:
+    """40-hex-digit cache key of one file's frames of a feature view."""
+    text = "|".join([FEATURE_VIEW_FORMAT, file_digest, view, config.digest()])
+    return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+class FeatureViewExtractor:
+    """Frames ``(n_i, d)`` of the feature views (``spatial``; :func:`binser.views.view_frames`)
+    of audio files, cached like backbone features (one ``.npy`` per file and view, written
+    atomically). No backbone: each file is decoded at ``config.sample_rate`` and its frames
+    computed from its two channels; a file with identical channels gets ``n_i = 0``."""
+
+    def __init__(self, config: FrontEndConfig = FrontEndConfig(),
+                 views: Sequence[str] = ("spatial",), cache_dir: str | Path | None = None,
+                 progress: bool = True):
+        self.config = config
+        self.views = _check_views(views, signals_only=False)
+        signals = [v for v in self.views if v not in feature_views(self.views)]
+        if signals:
+            raise ConfigError(f"view(s) {', '.join(signals)} are signal views, not feature views")
+        self.cache = FeatureCache(cache_dir) if cache_dir is not None else None
+        self.progress = progress
+        self.n_computed = 0   # files whose frames were computed by the last extract()
+
+    def extract(self, paths: Sequence[str | Path]) -> dict[str, list[np.ndarray]]:
+        """``{view: [frames of paths[i] (n_i, d) float32, ...]}`` in the order of ``paths``."""
+        out: dict[str, list[np.ndarray]] = {v: [] for v in self.views}
+        self.n_computed = 0
+        with progress_bar(len(paths), self.progress, desc="feature views") as bar:
+            for path in paths:
+                for view, frames in self._file(Path(path)).items():
+                    out[view].append(frames)
+                bar.update(1)
+        return out
+
+    def _file(self, path: Path) -> dict[str, np.ndarray]:
+        dims = {v: VIEW_DEFINITIONS[v].frame_dim for v in self.views}
+        keys = {}
+        if self.cache is not None:
+            digest = file_sha256(path)
+            keys = {v: feature_view_key(digest, v, self.config) for v in self.views}
+            found = {v: self.cache.get(keys[v], dims[v]) for v in self.views}
+            if all(f is not None for f in found.values()):
+                return found   # type: ignore[return-value]
+        audio = load_audio(path, sr=self.config.sample_rate, channels=self.config.channels,
+                           max_duration_s=self.config.max_duration_s)
+        frames = view_frames(audio, self.views, self.config.sample_rate, path)
+        self.n_computed += 1
+        for view, value in frames.items():
+            if self.cache is not None:
+                self.cache.put(keys[view], value)
+        return frames
 
 
 def progress_bar(total: float, enabled: bool, unit: str = "file", desc: str = "features"):
@@ -466,7 +530,7 @@ class FrameFeatureExtractor:
 
     def _file_views(self, index: int, path: Path, keys: dict):
         """``(views, silent views)`` of one queued file (a hook: None leaves the file out)."""
-        return file_views(path, self.config)
+        return file_views(path, self.config, self.views)
 
     def _encoded(self, owners: list, signals: list):
         """``(owner, frames)`` for every signal (a hook for per-file error handling)."""
@@ -664,7 +728,8 @@ def clip_frames(backbone, clips: Sequence[np.ndarray], views: Sequence[str], lay
     for i, clip in enumerate(clips):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", MonoInputWarning)
-            signals_i = binaural_views(np.asarray(clip, np.float32), config.side_scale)
+            signals_i = binaural_views(np.asarray(clip, np.float32), config.side_scale,
+                                       views=views, sample_rate=config.sample_rate)
         silent = file_silent_views(signals_i)
         out.append({v: empty for v in views})
         for v in views:

@@ -8,7 +8,7 @@ validator) derives from that table, so a new view is one entry (:func:`register_
 
 Definitions (``L``, ``R``: the left and right channels, rows 0 and 1 of ``audio`` (C, N);
 ``s``: ``side_scale``, the paper's ``s = 1``; ``s = 0.5`` gives the normalised sum/difference;
-docs/METHOD.md section 2, eqs. M1-M4):
+docs/METHOD.md section 2, eqs. M1-M4, and section 2b for the binaural views):
 
 * ``left  = L``
 * ``right = R``
@@ -16,9 +16,20 @@ docs/METHOD.md section 2, eqs. M1-M4):
 * ``side  = s * (L - R)``
 * ``mono  = (L + R) / 2``  (the usual mono down-mix, independent of ``s``; not a default
   study view and not checked for silence)
+* ``steered = s * (L + R~)``, ``R~`` the right channel time-aligned on the per-block
+  GCC-PHAT interaural delay (:func:`binser.spatial.steered`; equals ``mid`` where every
+  block's delay is 0)
+* ``better-ear``: per 0.5 s block the ear with the higher estimated speech-to-noise ratio,
+  crossfaded at block edges (:func:`binser.spatial.better_ear`)
+* ``spatial``: a *feature view*, not a signal: interaural cues per frame and band
+  (:func:`binser.spatial.spatial_frames`, ``(T, 129)``), pooled and classified like the
+  backbone's frames but never encoded by the backbone.
 
-All views are float32 arrays of shape ``(N,)``, computed in float32, so with ``s = 1`` (or any
-power of two) ``mid == left + right`` and ``side == left - right`` hold exactly.
+Signal views (``compute`` set) are float32 arrays of shape ``(N,)``, computed in float32, so
+with ``s = 1`` (or any power of two) ``mid == left + right`` and ``side == left - right`` hold
+exactly. A feature view (``frames`` set) gives ``(n, d)`` float32 frames of the stereo pair
+(:func:`view_frames`); where the two channels are identical (a mono file) it has no
+interaural information and gets ``n = 0`` frames, like a silent view.
 
 Mono input (``C == 1`` or a 1-D array ``x``): a :class:`MonoInputWarning` is issued, then
 ``L = R = x``, so ``mid = 2 s x``, ``side`` is all zeros and ``mono = x``.
@@ -35,11 +46,15 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from . import spatial
 from .audio import channels_identical
 from .errors import AudioError, ConfigError
 
 # (left (N,) float32, right (N,) float32, side_scale float32) -> view signal (N,) float32
-ViewFunction = Callable[[np.ndarray, np.ndarray, np.float32], np.ndarray]
+# (with ViewSpec.rate: a 4th argument, the sample rate in Hz)
+ViewFunction = Callable[..., np.ndarray]
+# (left (N,) float32, right (N,) float32, sample rate Hz) -> frames (n, d) float32
+FrameFunction = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -51,13 +66,26 @@ class ViewSpec:
     inputs). ``can_be_silent``: the view is checked for silence (:func:`silent_views`; a
     silent view gets no features). ``silence_reference``: its level counts towards the
     reference of that check (the loudest of these). ``default``: one of :data:`VIEWS`, the
-    study's default ``--views``.
+    study's default ``--views``. ``rate``: ``compute`` takes the sample rate (Hz) as a 4th
+    argument.
+
+    A *feature view* has ``compute=None`` and ``frames(left, right, sample_rate) -> (n,
+    frame_dim)`` float32 instead: its frames take the place of the backbone's (pooled, own
+    classifier), the backbone never sees it (:func:`view_frames`).
     """
     name: str
-    compute: ViewFunction
+    compute: ViewFunction | None
     can_be_silent: bool = True
     silence_reference: bool = False
     default: bool = False
+    rate: bool = False
+    frames: FrameFunction | None = None
+    frame_dim: int = 0
+
+    @property
+    def is_signal(self) -> bool:
+        """True for a signal view (a waveform for the backbone), False for a feature view."""
+        return self.frames is None
 
 
 VIEW_DEFINITIONS: dict[str, ViewSpec] = {spec.name: spec for spec in (
@@ -67,6 +95,11 @@ VIEW_DEFINITIONS: dict[str, ViewSpec] = {spec.name: spec for spec in (
     ViewSpec("side", lambda left, right, s: s * (left - right), True, False, True),
     ViewSpec("mono", lambda left, right, s: (left + right) / np.float32(2.0), False, False,
              False),
+    ViewSpec("steered", spatial.steered, True, False, False, rate=True),
+    ViewSpec("better-ear", lambda left, right, s, sr: spatial.better_ear(left, right, sr),
+             True, False, False, rate=True),
+    ViewSpec("spatial", None, False, False, False, frames=spatial.spatial_frames,
+             frame_dim=spatial.SPATIAL_DIM),
 )}
 
 # The built-in views (snapshots of the table at import; code that must see views registered
@@ -83,6 +116,9 @@ def register_view(spec: ViewSpec) -> None:
     """Add ``spec`` to :data:`VIEW_DEFINITIONS` (a new name only; ConfigError otherwise)."""
     if spec.name in VIEW_DEFINITIONS or not spec.name or "/" in spec.name or "+" in spec.name:
         raise ConfigError(f"view name {spec.name!r} is taken or not a plain name")
+    if (spec.compute is None) == (spec.frames is None) or (spec.frames and spec.frame_dim < 1):
+        raise ConfigError(f"view {spec.name!r}: give either compute (a signal view) or frames "
+                          "with frame_dim >= 1 (a feature view)")
     VIEW_DEFINITIONS[spec.name] = spec
 
 
@@ -98,7 +134,21 @@ def default_views() -> tuple[str, ...]:
 
 def silence_checked_views() -> tuple[str, ...]:
     """The views :func:`file_silent_views` checks for silence."""
-    return tuple(name for name, spec in VIEW_DEFINITIONS.items() if spec.can_be_silent)
+    return tuple(name for name, spec in VIEW_DEFINITIONS.items()
+                 if spec.can_be_silent and spec.is_signal)
+
+
+def signal_views(views=None) -> tuple[str, ...]:
+    """The signal views (waveforms for the backbone) among ``views`` (default: the table)."""
+    names = tuple(VIEW_DEFINITIONS) if views is None else tuple(views)
+    return tuple(v for v in names if v in VIEW_DEFINITIONS and VIEW_DEFINITIONS[v].is_signal)
+
+
+def feature_views(views=None) -> tuple[str, ...]:
+    """The feature views (frames of their own, no backbone) among ``views`` (default: the
+    table)."""
+    names = tuple(VIEW_DEFINITIONS) if views is None else tuple(views)
+    return tuple(v for v in names if v in VIEW_DEFINITIONS and not VIEW_DEFINITIONS[v].is_signal)
 
 
 def unknown_views(views) -> list[str]:
@@ -131,19 +181,48 @@ def _warn_mono(path: str | Path | None) -> None:
 
 
 def binaural_views(audio: np.ndarray, side_scale: float = 1.0,
-                   path: str | Path | None = None) -> dict[str, np.ndarray]:
-    """Every view of :data:`VIEW_DEFINITIONS` of ``audio`` (C, N) or (N,), each (N,) float32
-    (built in: ``{left, right, mid, side, mono}``).
+                   path: str | Path | None = None, views=None,
+                   sample_rate: int = 16000) -> dict[str, np.ndarray]:
+    """The signal views of :data:`VIEW_DEFINITIONS` of ``audio`` (C, N) or (N,) at
+    ``sample_rate`` Hz, each (N,) float32 (built in: ``{left, right, mid, side, mono,
+    steered, better-ear}``).
 
-    See the module docstring for the definitions. ``path`` only names the file in the
-    mono warning and in errors.
+    ``views``: compute only these signal views (feature views among them are ignored) plus
+    the silence references (left, right, mid), so :func:`file_silent_views` gives the same
+    answer whatever is asked; None: every signal view. See the module docstring for the
+    definitions. ``path`` only names the file in the mono warning and in errors.
     """
     audio = _as_channels(audio, path)
     if audio.shape[0] == 1:
         _warn_mono(path)
     left, right = audio[0], audio[-1]   # mono: L = R = the one channel
     scale = np.float32(side_scale)
-    return {name: spec.compute(left, right, scale) for name, spec in VIEW_DEFINITIONS.items()}
+    wanted = None if views is None else set(views)
+    out = {}
+    for name, spec in VIEW_DEFINITIONS.items():
+        if not spec.is_signal or (wanted is not None and name not in wanted
+                                  and not spec.silence_reference):
+            continue
+        out[name] = (spec.compute(left, right, scale, int(sample_rate)) if spec.rate
+                     else spec.compute(left, right, scale))
+    return out
+
+
+def view_frames(audio: np.ndarray, views, sample_rate: int = 16000,
+                path: str | Path | None = None) -> dict[str, np.ndarray]:
+    """The frames ``(n, frame_dim)`` float32 of each feature view in ``views`` (signal views
+    are ignored) of ``audio`` (C, N) or (N,) at ``sample_rate`` Hz. A pair of identical
+    channels (a mono file) carries no interaural cue: ``n = 0``."""
+    audio = _as_channels(audio, path)
+    left, right = audio[0], audio[-1]
+    identical = audio.shape[0] == 1 or channels_identical(audio)
+    out = {}
+    for name in feature_views(views):
+        spec = VIEW_DEFINITIONS[name]
+        out[name] = (np.zeros((0, spec.frame_dim), np.float32) if identical else
+                     np.ascontiguousarray(spec.frames(left, right, int(sample_rate)),
+                                          dtype=np.float32))
+    return out
 
 
 def silent_views(signals: Mapping[str, np.ndarray],
