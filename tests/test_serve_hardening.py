@@ -371,11 +371,12 @@ def test_per_client_stream_limit(serve):
         assert "this client" in messages[-1]["message"]
 
 
-def test_fast_sender_gets_its_windows_or_a_clear_error(serve, model, wav):
+def test_fast_sender_gets_its_windows_or_a_clear_error(serve, model, wav, caplog):
     """All at once: within the backlog limit every window and the summary come back; far
     ahead of the computation (limit 0.5 s here) a clear 1008 error, not a ping timeout."""
     from test_serve import ws_connect
 
+    caplog.set_level("INFO", logger="binser.serve")
     x, sr = sf.read(wav, dtype="float32", always_2d=True)
     audio = np.concatenate([x] * 6)                      # ~4.5 s
     server = serve(max_message_bytes=64_000)
@@ -389,6 +390,8 @@ def test_fast_sender_gets_its_windows_or_a_clear_error(serve, model, wav):
     windows = [m for m in messages if m["type"] == "window"]
     assert messages[-1]["type"] == "end" and len(windows) == messages[-1]["summary"]["windows"]
     assert len(windows) >= 10
+    assert _wait(lambda: any(f"{len(windows)} windows in" in r.getMessage()
+                             for r in caplog.records))              # the stream's log line
     strict = serve(max_message_bytes=64_000, max_backlog_s=0.5)
     long = np.concatenate([audio] * 4)                   # ~18 s, sent in a burst
     with ws_connect(strict) as ws:

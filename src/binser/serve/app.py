@@ -82,7 +82,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from .. import __version__
 from ..errors import BinserError, ConfigError
-from .guard import LOOPBACK_HOSTS, Guard
+from .guard import LOG, LOOPBACK_HOSTS, Guard
 from .stream import (FORMATS, SAMPLES_PER_SECOND_CAP, StreamEngine, analyse_file,
                      check_stream_params, declared_work_error)
 
@@ -493,6 +493,7 @@ async def _run_stream(app: FastAPI, ws: WebSocket, settings: ServeSettings,
     queue: asyncio.Queue = asyncio.Queue()
     state = {"backlog": 0.0, "gone": False}
     reader = asyncio.create_task(_reader(ws, settings, start, queue, state))
+    began = time.perf_counter()
     try:
         while True:
             item = await queue.get()
@@ -534,6 +535,10 @@ async def _run_stream(app: FastAPI, ws: WebSocket, settings: ServeSettings,
                 raise item               # WebSocketDisconnect: the client left
     finally:
         reader.cancel()
+        LOG.info("stream from %s: %.1f s of audio, %d windows in %.1f s%s",
+                 ws.client.host if ws.client else "?", engine.duration_s,
+                 engine.summary()["windows"], time.perf_counter() - began,
+                 " (client left)" if state["gone"] else "")
 
 
 async def _start_message(ws: WebSocket, message: dict[str, Any], settings: ServeSettings

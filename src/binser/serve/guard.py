@@ -20,7 +20,8 @@ WebSocket handshake, in this order, before any body byte is read:
 Every HTTP response gets the security headers :data:`SECURITY_HEADERS` (a Content Security
 Policy allowing only this origin, ``nosniff``, no framing, no referrer). Each ``/predict``
 is logged on the ``binser.serve`` logger (INFO): status, bytes, and milliseconds spent
-reading the body, waiting for a compute slot, and computing.
+reading the body, waiting for a compute slot, and computing (the app logs each stream
+there too when it ends).
 
 :class:`TimedH11Protocol` is uvicorn's h11 protocol with a header read timeout: a
 connection that has not completed a request's headers within ``header_timeout_s`` seconds
