@@ -197,3 +197,30 @@ def test_a_client_leaving_stops_the_encoder(whisper, tmp_path, monkeypatch):
     with pytest.raises(Cancelled):        # and directly: a set event stops the next call
         with window_batch(4, left):
             encode_windows(backbone, _signals(2), (1,))
+
+
+def test_identical_cnn_images_are_computed_once(monkeypatch):
+    import warnings
+
+    from binser.backbones import get_backbone
+    from binser.features import cnn_features
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        backbone = get_backbone("efficientnet_lite0", weights="random", input_size=64,
+                                allow_random=True)
+    backbone.model.eval()
+    rng = np.random.default_rng(1)
+    a, b = rng.random((2, 3, 64, 64), dtype=np.float32)
+    alone = cnn_features(backbone, np.stack([a, b]))
+    rows = []
+    real = backbone.model.forward
+
+    def forward(x):
+        rows.append(len(x))
+        return real(x)
+
+    monkeypatch.setattr(backbone.model, "forward", forward)
+    got = cnn_features(backbone, np.stack([a.copy() for _ in range(17)] + [b]))
+    assert sum(rows) == 16          # one padded sub-batch holding a and b once (not two)
+    assert np.array_equal(got, alone[[0] * 17 + [1]])   # bit for bit (company-independent)

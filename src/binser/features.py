@@ -272,7 +272,9 @@ def cnn_features(backbone: Backbone, images: np.ndarray, num_threads: int | None
     blank images: kernels are chosen by batch size) run single-threaded side by side
     (:func:`binser.parallel.single_thread_map`): a segment's features then never depend on
     the thread count, the batch size or the other segments of the batch. The network must
-    be in eval mode (and in channels-last format when ``channels_last``, for speed)."""
+    be in eval mode (and in channels-last format when ``channels_last``, for speed).
+    Identical images (:func:`unique_signals`; the L and R views of a mono file) are computed
+    once, which changes no number."""
     cpu = backbone.device.type == "cpu"
 
     def run(part: np.ndarray) -> np.ndarray:
@@ -286,8 +288,11 @@ def cnn_features(backbone: Backbone, images: np.ndarray, num_threads: int | None
 
     if not cpu:
         return run(images)
+    unique, where = unique_signals(list(images))   # L and R of a mono file: computed once
+    images = np.stack(unique) if len(unique) < len(images) else images
     parts = [images[i:i + SUB_BATCH] for i in range(0, len(images), SUB_BATCH)]
-    return np.concatenate(single_thread_map(run, parts, num_threads))
+    out = np.concatenate(single_thread_map(run, parts, num_threads))
+    return out[where] if len(unique) < len(where) else out
 
 
 class _RunState:
