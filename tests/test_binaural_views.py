@@ -362,3 +362,14 @@ def test_a_six_view_study_runs_end_to_end(tmp_path):
     grown = runs["score-fusion/left+right+mid+side+spatial+steered"]
     assert all(set(w) == {"alpha", "beta", "gamma", "eta"} for w in grown["weights"])
     assert "η=" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_saved_model_refuses_the_feature_view_but_takes_steered():
+    from binser.model import model_views
+
+    with pytest.raises(ConfigError, match="feature view.*spatial.*cannot be saved"):
+        model_views("left+right+mid+side+spatial", ("left", "right", "mid", "side", "spatial"))
+    with pytest.raises(ConfigError, match="spatial cannot be saved"):
+        model_views(None, ("spatial",))
+    assert model_views("left+right+mid+side+steered",
+                       ("left", "right", "mid", "side", "steered"))[-1] == "steered"

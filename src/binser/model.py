@@ -1446,18 +1446,24 @@ def _say(message: str, enabled: bool) -> None:
 def model_views(fusion: str | None, views: Sequence[str]) -> tuple[str, ...]:
     """Views a model needs: the fusion's, or the single view when ``fusion`` is None."""
     from .fusion import FUSIONS
+    from .views import feature_views
 
     if fusion is None:
         if len(views) != 1:
             raise ConfigError(f"without a fusion, train exactly one view (got {list(views)})")
-        return tuple(views)
-    check_choice(fusion, FUSIONS, "fusion")
-    missing = [v for v in FUSIONS[fusion] if v not in views]
-    if missing:
-        raise ConfigError(f"--fusion {fusion} trains the views {', '.join(FUSIONS[fusion])}, "
-                          f"but --views {','.join(views)} leaves out {', '.join(missing)}; "
-                          "drop --views, or use --fusion none with one view")
-    return tuple(FUSIONS[fusion])
+        needed = tuple(views)
+    else:
+        check_choice(fusion, FUSIONS, "fusion")
+        missing = [v for v in FUSIONS[fusion] if v not in views]
+        if missing:
+            raise ConfigError(f"--fusion {fusion} trains the views {', '.join(FUSIONS[fusion])}, "
+                              f"but --views {','.join(views)} leaves out {', '.join(missing)}; "
+                              "drop --views, or use --fusion none with one view")
+        needed = tuple(FUSIONS[fusion])
+    if feature_views(needed):   # a saved model encodes every view with its backbone
+        raise ConfigError(f"feature view(s) {', '.join(feature_views(needed))} cannot be saved "
+                          "in a model yet (binser experiment only)")
+    return needed
 
 
 def training_layers(corpus, settings, views: tuple[str, ...],
