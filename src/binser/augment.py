@@ -21,10 +21,12 @@ mid and side the copy duplicates the row (twice the weight of every row, which t
 search absorbs up to its grid).
 
 Not implemented: inter-channel gain (+-3 dB) and sub-millisecond delay jitter (+-0.5 ms).
-Both change every view's waveform (``mid' = gL + R/g``), and no front end here is
-level-invariant (Whisper's log-Mel is clamped 8 decades below its maximum and offset), so
-each augmented copy would have to be encoded again: a second feature pass over the corpus
-per copy. ``--augment gain`` and ``--augment delay`` are refused with that reason.
+Both change the mid and side waveforms (``mid' = s(gL + R/g)`` is not a scaled ``mid``), and
+a gain changes Whisper's features even of left and right (its log-Mel is offset by the
+gain in dB before a non-linear encoder; only the CNN images, min-max scaled per image, are
+nearly level-invariant), so each augmented copy would have to be encoded again: a second
+feature pass over the corpus per copy. ``--augment gain`` and ``--augment delay`` are
+refused with that reason.
 """
 from __future__ import annotations
 
@@ -36,8 +38,9 @@ from .errors import ConfigError
 
 AUGMENTATIONS = ("swap",)
 NOT_IMPLEMENTED = {
-    "gain": "inter-channel gain changes every view's waveform and no front end is "
-            "level-invariant, so each copy needs a second encoding pass; not implemented",
+    "gain": "an inter-channel gain changes the mid and side waveforms (and Whisper's "
+            "features of every view), so each copy needs a second encoding pass; not "
+            "implemented",
     "delay": "delay jitter changes the mid and side waveforms, so each copy needs a second "
              "encoding pass; not implemented",
 }
