@@ -134,6 +134,7 @@ def test_planted_snr_effect_shows_in_the_per_bin_ua(planted):
     assert section["runs"]["score-fusion/left+right+mid+side@oracle"]["snr_db"]["0"]["ci95"] \
         is None
     assert set(section["factors"]) == {"snr_db", "rt60_s", "interferer", "azimuth_abs_deg"}
+    assert section["ci_note"].startswith("4 speakers (< 10): approximate")
     assert [s["run"] for s in section["systems"]] == ["left/stats", "mid/stats", "best-view",
                                                       "score-fusion/left+right+mid+side"]
     claims = section["comparisons"]                       # only the 0 dB bin is <= 5 dB

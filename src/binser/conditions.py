@@ -19,8 +19,9 @@ present in the bin), ``ci95`` (the speaker bootstrap within the bin:
 :func:`~binser.evaluation.ua_ci_with_method` on the bin's utterances and speakers, the run's
 ``n_boot`` and ``seed``; the utterance bootstrap for a bin of one speaker; ``ci95_method``
 says which) and, below :data:`~binser.evaluation.APPROXIMATE_BELOW` speakers in the bin,
-``ci95_note`` (the interval is approximate). ``@oracle`` runs (weights chosen on the pooled
-test data) get ``ci95 = None``.
+``ci95_note`` (the interval is approximate; the section's ``ci_note`` says so for the
+corpus's speaker count, as ``results.json``'s own ``ci_note`` does). ``@oracle`` runs
+(weights chosen on the pooled test data) get ``ci95 = None``.
 
 Comparisons (``conditions["comparisons"]``): in every SNR bin with SNR <= :data:`LOW_SNR_DB`,
 the four-view nested score fusion (and a larger nested fusion holding the four views, when
@@ -264,7 +265,7 @@ def condition_results(values: Mapping[str, np.ndarray], runs: Mapping[str, np.nd
     """``results.json``'s ``conditions`` section (module docstring). ``values``:
     :func:`scene_conditions`; ``runs``: run name -> predicted class indices (N,), -1 where
     not tested, in the order the section should list them."""
-    from .evaluation import APPROXIMATE_BELOW
+    from .evaluation import APPROXIMATE_BELOW, interval_note
     from .runnames import is_oracle
 
     bins = condition_bins(values)
@@ -275,6 +276,7 @@ def condition_results(values: Mapping[str, np.ndarray], runs: Mapping[str, np.nd
                        "bootstrap interval within the bin (utterance bootstrap for a bin of "
                        "one speaker); intervals approximate below "
                        f"{APPROXIMATE_BELOW} speakers in the bin; none on @oracle runs"),
+        "ci_note": interval_note(len(set(np.asarray(speakers).tolist()))),   # None from 10 on
         "systems": [{"label": label, "run": name}
                     for label, name in condition_systems(list(runs), fusion_pooling)],
         "runs": {name: run_conditions(pred, y, classes, speakers, bins, n_boot, seed,
