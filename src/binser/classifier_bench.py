@@ -97,7 +97,8 @@ def study_stage_speed(root: str, weights: str, cache_dir: str | None = None,
                                   weights=str(weights), cache_dir=cache_dir)
     settings.validate()
     corpus = load_corpus("emovo", str(root))
-    pooled = cached_study_features(corpus, settings, load_backbone(settings), progress)
+    # no console lines here (stdout carries --json); extraction bars go to stderr
+    pooled = cached_study_features(corpus, settings, load_backbone(settings), progress=False)
     classes = list(corpus.labels)
     y = np.array([classes.index(u.label) for u in corpus])
     speakers = np.array([u.speaker for u in corpus])
