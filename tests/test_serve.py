@@ -4,6 +4,7 @@ headless Chromium, and the stream/serve/predict --per-channel commands."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import socket
 import tempfile
@@ -531,12 +532,15 @@ def test_page_uploads_emovo_file(server, browser, emovo_root, tmp_path):
     path = sorted((emovo_root / "f1").glob("*.flac"))[0]
     page = browser.new_page(viewport={"width": 1000, "height": 900})
     try:
+        from playwright.sync_api import expect
+
+        # locator waits, not wait_for_function: the page's CSP (script-src 'self') forbids the
+        # string evaluation wait_for_function needs
         page.goto(server.url + "/", timeout=20_000)
-        page.wait_for_function("document.getElementById('model').textContent.includes('views')",
-                               timeout=20_000)
+        expect(page.locator("#model")).to_contain_text("views", timeout=20_000)
         page.set_input_files("#file", str(path))
-        page.wait_for_function("Number(document.getElementById('timeline').dataset.windows) > 0",
-                               timeout=60_000)
+        expect(page.locator("#timeline")).to_have_attribute(
+            "data-windows", re.compile(r"^[1-9][0-9]*$"), timeout=60_000)
         label = page.text_content("#label")
         assert label in ("anger", "joy", "neutral", "sadness")
         assert int(page.get_attribute("#timeline", "data-windows")) >= 5
