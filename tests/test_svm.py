@@ -182,3 +182,26 @@ def test_new_stage_agrees_with_liblinear_on_all_emovo_folds(emovo_root):
     lambda 1.0 vs 0.9, same fold UA)."""
     tied = _compare_stage(_emovo_log_mel_features(emovo_root), ["f1", "f2", "f3", "m1", "m2", "m3"])
     assert len(tied) <= 1, tied
+
+
+def test_shared_inverse_path_equals_direct_factorisation(monkeypatch):
+    """Class weights != 1 and inactive rows go through Woodbury / block-inverse corrections of
+    the one (G + I/2C)^-1 per C; the same problems solved by a Cholesky factor per active set
+    give the same solutions."""
+    import binser.svm as svm
+
+    X, codes = _data(n=120, d=200, k=4, seed=5)          # imbalanced: weights != 1
+    gram, _ = linear_gram(X)
+    ys, cs = ovr_problems(codes, np.arange(4), class_weights(codes, 4, balanced=True))
+    assert not np.all(cs == 1.0)
+    used = []
+    real = svm._woodbury_solve
+    monkeypatch.setattr(svm, "_woodbury_solve",
+                        lambda *a: used.append(len(a[4])) or real(*a))
+    betas, unsettled = solve_grid(gram, ys, cs, CS)
+    assert unsettled == 0 and used and max(used) > 0      # weighted rows were corrected
+    for i, C in enumerate(CS):
+        for p in range(len(ys)):
+            direct, settled = solve_squared_hinge(gram, ys[p], C * cs[p])   # no inverse
+            assert settled
+            np.testing.assert_allclose(betas[i, p], direct, atol=1e-9, rtol=1e-7)

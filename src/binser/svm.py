@@ -21,8 +21,10 @@ The optimum is unique (the objective is strictly convex) and lies in the span of
   ``y_i beta_i = 2 c_i (1 - y_i o_i) > 0`` on ``S``, ``y_i o_i >= 1`` and ``beta_i = 0`` off it),
   so the result is the optimum up to floating-point rounding, not a tolerance.
 * One Gram matrix per training set serves every C and every class; the C grid is solved in
-  ascending order, each C starting from the previous C's solution; a Cholesky factor is
-  shared by the classes whose active sets and weights coincide (all rows active at small C).
+  ascending order, each C starting from the previous C's solution; one ``(G + I/(2C))^-1`` per
+  C serves every class (rows weighted other than C, and rows off the active set, through
+  small Woodbury / block-inverse corrections); where those corrections would be larger than
+  the active set, a Cholesky factor of the active block is used instead.
 
 Outputs of new rows ``Z``: ``(Z X^T + 1) beta``; weights in feature space: ``w = X^T beta``
 (``(n, D)`` rows), intercept ``sum_i beta_i``.
@@ -37,7 +39,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve, lapack
+from scipy.linalg import cho_factor, cho_solve, lapack, lu_factor, lu_solve
 
 MAX_NEWTON_STEPS = 200      # a safeguard: the method ends in a handful of steps in practice
 
@@ -120,24 +122,23 @@ def _solve_active(gram: np.ndarray, active: np.ndarray, y: np.ndarray, c: np.nda
     """Minimiser ``(n,)`` of the objective restricted to ``active`` (zero elsewhere):
     ``beta_S = (G_SS + diag(1 / (2 c_S)))^-1 y_S``.
 
-    With ``inverse`` ``H = (G + I / (2 c))^-1`` (all rows weighted alike) and few inactive rows
-    ``N``, from its blocks: ``beta_S = z_S - H_SN H_NN^-1 z_N`` with ``z = H[:, S] y_S`` (the
-    inverse of a principal block), costing ``|N|^3`` instead of ``|S|^3``. Otherwise a Cholesky
-    factor of the block, shared through ``factors`` by problems with the same active set and
-    weights."""
+    With ``inverse`` ``H = (G + I / (2 C))^-1`` and few inactive rows ``N`` plus active rows
+    ``V`` weighted other than ``C`` (a class weight != 1), from blocks of ``H``: ``B = G +
+    I/(2C) + E_V`` (``E`` the extra diagonal ``1/(2 c_i) - 1/(2C)`` on ``V``) has the inverse
+    ``K = H - H_:V (E_V^-1 + H_VV)^-1 H_V:`` (Woodbury), and ``beta_S = z_S - (K_:N K_NN^-1
+    z_N)_S`` with ``z = K [y_S; 0]`` (the inverse of a principal block), costing about
+    ``n |N| |V| + |N|^3 + |V|^3`` instead of ``|S|^3``. Otherwise a Cholesky factor of the
+    block, shared through ``factors`` by problems with the same active set and weights."""
     out = np.zeros(len(y))
-    inactive = ~active
-    n_inactive = int(inactive.sum())
-    if inverse is not None and n_inactive < active.sum() and (n_inactive or inverse.ready):
-        inverse = inverse.matrix
-        z = inverse @ np.where(active, y, 0.0)          # H[:, S] y_S without copying H
-        out[active] = z[active]
-        if n_inactive:
-            block = cho_factor(inverse[np.ix_(inactive, inactive)], lower=True,
-                               check_finite=False)
-            correction = inverse[:, inactive] @ cho_solve(block, z[inactive], check_finite=False)
-            out[active] -= correction[active]
-        return out
+    inactive = np.flatnonzero(~active)
+    if inverse is not None:
+        extra = 0.5 / c - 0.5 / inverse.C
+        weighted = np.flatnonzero(active & (extra != 0.0))
+        small = len(inactive) + len(weighted) < active.sum()
+        if small and (len(inactive) or len(weighted) or inverse.ready):
+            z = _woodbury_solve(inverse.matrix, active, y, extra, weighted, inactive)
+            out[active] = z[active]
+            return out
     key = (active.tobytes(), c[active].tobytes())
     if key not in factors:
         block = gram[np.ix_(active, active)]          # a new array: safe to overwrite
@@ -147,9 +148,39 @@ def _solve_active(gram: np.ndarray, active: np.ndarray, y: np.ndarray, c: np.nda
     return out
 
 
+def _woodbury_solve(h: np.ndarray, active: np.ndarray, y: np.ndarray, extra: np.ndarray,
+                    weighted: np.ndarray, inactive: np.ndarray) -> np.ndarray:
+    """``z`` ``(n,)`` whose active part is ``beta_S`` (see :func:`_solve_active`)."""
+    rhs = np.where(active, y, 0.0)
+    if len(weighted):
+        hv = h[:, weighted]
+        capacitance = lu_factor(np.diag(1.0 / extra[weighted]) + hv[weighted],
+                                check_finite=False)
+
+        def k_times(v: np.ndarray) -> np.ndarray:        # K v
+            hv_v = h @ v
+            return hv_v - hv @ lu_solve(capacitance, hv_v[weighted], check_finite=False)
+
+        def k_columns(idx: np.ndarray) -> np.ndarray:    # K[:, idx]
+            cols = h[:, idx]
+            return cols - hv @ lu_solve(capacitance, cols[weighted], check_finite=False)
+    else:
+        def k_times(v: np.ndarray) -> np.ndarray:
+            return h @ v
+
+        def k_columns(idx: np.ndarray) -> np.ndarray:
+            return h[:, idx]
+    z = k_times(rhs)
+    if len(inactive):
+        kn = k_columns(inactive)
+        block = cho_factor(kn[inactive], lower=True, check_finite=False)
+        z = z - kn @ cho_solve(block, z[inactive], check_finite=False)
+    return z
+
+
 class RegularisedInverse:
-    """``H = (G + I / (2 C))^-1`` ``(n, n)`` for problems whose rows all weigh ``C``, computed on
-    first use (LAPACK ``potrf`` + ``potri``) and then shared by those problems."""
+    """``H = (G + I / (2 C))^-1`` ``(n, n)`` for the problems of one C (every class), computed
+    on first use (LAPACK ``potrf`` + ``potri``) and then shared by them."""
 
     def __init__(self, gram: np.ndarray, C: float):
         self.gram, self.C = gram, C
@@ -187,7 +218,7 @@ def solve_squared_hinge(gram: np.ndarray, y: np.ndarray, c: np.ndarray,
                         inverse: RegularisedInverse | None = None) -> tuple[np.ndarray, bool]:
     """Exact solution ``beta`` ``(n,)`` of problem (S1) for one binary problem; also whether
     the active set settled within :data:`MAX_NEWTON_STEPS`. ``beta``: a warm start;
-    ``inverse``: a :class:`RegularisedInverse` when every ``c_i`` is the same ``C``."""
+    ``inverse``: the :class:`RegularisedInverse` of this C (any weights ``c_i``)."""
     factors = {} if factors is None else factors
     beta = np.zeros(len(y)) if beta is None else beta.copy()
     o = gram @ beta
@@ -215,11 +246,10 @@ def solve_grid(gram: np.ndarray, ys: np.ndarray, cs: np.ndarray, Cs: Sequence[fl
     previous = [None] * len(ys)
     for i in np.argsort(np.asarray(Cs, dtype=float), kind="stable"):
         factors: dict = {}
-        uniform = [bool(np.all(c == 1.0)) for c in cs]
         inverse = RegularisedInverse(gram, Cs[i])
         for p, (y, c) in enumerate(zip(ys, cs)):
             beta, ok = solve_squared_hinge(gram, y, Cs[i] * c, previous[p], factors,
-                                           inverse if uniform[p] else None)
+                                           inverse)
             betas[i, p] = previous[p] = beta
             not_settled += not ok
     return betas, not_settled
