@@ -106,8 +106,10 @@ def test_without_augment_the_folds_are_run_as_before():
 
 
 def test_augment_options_are_checked_up_front():
-    with pytest.raises(ConfigError, match="gain.*not implemented"):
+    with pytest.raises(ConfigError, match="gain.*part of --augment jitter"):
         check_augment(("gain",), ("left", "right"))
+    with pytest.raises(ConfigError, match="one of swap, jitter"):
+        check_augment(("swap", "jitter"), ("left", "right"))
     with pytest.raises(ConfigError, match="unknown augmentation 'flip'"):
         check_augment(("flip",), ("left",))
     with pytest.raises(ConfigError, match="no known left/right mirror"):
@@ -118,3 +120,65 @@ def test_augment_options_are_checked_up_front():
         ExperimentSettings(dataset="x", root="x", augment=("swap",),
                            baselines=("opensmile",)).validate()
     assert check_augment((), ("spatial",)) == ()
+
+
+# ------------------------------------------------------------------ jitter (re-encoded copies)
+def test_jitter_params_are_deterministic_per_file_and_in_range():
+    from binser.augment import DELAY_MS, GAIN_DB, jitter_params
+
+    a, b = jitter_params(0, "f1/a.flac"), jitter_params(0, "f1/a.flac")
+    assert a == b and jitter_params(1, "f1/a.flac") != a and jitter_params(0, "f1/b.flac") != a
+    draws = [jitter_params(0, f"x{i}.flac") for i in range(400)]
+    assert all(abs(d["gain_db"]) <= GAIN_DB and abs(d["delay_ms"]) <= DELAY_MS for d in draws)
+    assert 0.4 < np.mean([d["swap"] for d in draws]) < 0.6
+
+
+def test_jitter_audio_gain_delay_and_swap_as_defined():
+    from binser.augment import fractional_delay, jitter_audio
+
+    sr, n = 16000, 4000
+    rng = np.random.default_rng(0)
+    left, right = rng.standard_normal(n), rng.standard_normal(n)
+    out = jitter_audio(np.stack([left, right]), {"swap": 0.0, "gain_db": 2.0, "delay_ms": 0.0})
+    level = 20 * np.log10(np.sqrt(np.mean(out[0] ** 2) / np.mean(out[1] ** 2))
+                          / np.sqrt(np.mean(left ** 2) / np.mean(right ** 2)))
+    assert level == pytest.approx(2.0, abs=1e-4)               # level difference moved by g
+    swapped = jitter_audio(np.stack([left, right]), {"swap": 1.0, "gain_db": 0.0,
+                                                     "delay_ms": 0.0})
+    np.testing.assert_allclose(swapped[0], right, atol=1e-6)
+    np.testing.assert_allclose(swapped[1], left, atol=1e-6)
+    # an integer delay of 8 samples (0.5 ms) is an exact shift; a fractional one sits between
+    shifted = fractional_delay(left, 8 / sr, sr)
+    np.testing.assert_allclose(shifted[8:], left[:-8], atol=1e-9)
+    np.testing.assert_allclose(shifted[:8], 0.0, atol=1e-9)
+    half = fractional_delay(np.sin(2 * np.pi * 200 * np.arange(n) / sr), 0.25e-3, sr)
+    ref = np.sin(2 * np.pi * 200 * (np.arange(n) / sr - 0.25e-3))
+    np.testing.assert_allclose(half[200:-200], ref[200:-200], atol=1e-3)
+
+
+def test_jittered_corpus_written_once_and_rows_stacked(tmp_path):
+    import soundfile as sf
+
+    from binser.augment import jittered_corpus, stacked_rows
+    from binser.corpora import Corpus, Utterance
+    from binser.experiment import PooledFeatures
+
+    rng = np.random.default_rng(1)
+    files = []
+    for i in range(3):
+        path = tmp_path / "src" / f"s{i}.wav"
+        path.parent.mkdir(exist_ok=True)
+        sf.write(path, 0.1 * rng.standard_normal((8000, 2)), 16000)
+        files.append(Utterance(path, "anger" if i else "joy", f"spk{i}", None))
+    corpus = Corpus("tiny", tmp_path / "src", files)
+    copies = jittered_corpus(corpus, tmp_path / "aug", seed=0, progress=False)
+    assert [u.label for u in copies] == [u.label for u in corpus]
+    assert [u.speaker for u in copies] == [u.speaker for u in corpus]
+    stamps = [u.path.stat().st_mtime_ns for u in copies]
+    again = jittered_corpus(corpus, tmp_path / "aug", seed=0, progress=False)
+    assert [u.path.stat().st_mtime_ns for u in again] == stamps        # reused, not rewritten
+    assert sf.info(copies[0].path).channels == 2
+    a = PooledFeatures({None: {("left", "stats"): np.zeros((3, 2))}}, {})
+    b = PooledFeatures({None: {("left", "stats"): np.ones((3, 2))}}, {})
+    rows = stacked_rows(a, b).by_layer[None][("left", "stats")]
+    np.testing.assert_array_equal(rows, np.vstack([np.zeros((3, 2)), np.ones((3, 2))]))

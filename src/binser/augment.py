@@ -20,13 +20,19 @@ fusion weights (chosen on out-of-fold scores of original and swapped training ro
 mid and side the copy duplicates the row (twice the weight of every row, which the C
 search absorbs up to its grid).
 
-Not implemented: inter-channel gain (+-3 dB) and sub-millisecond delay jitter (+-0.5 ms).
-Both change the mid and side waveforms (``mid' = s(gL + R/g)`` is not a scaled ``mid``), and
-a gain changes Whisper's features even of left and right (its log-Mel is offset by the
-gain in dB before a non-linear encoder; only the CNN images, min-max scaled per image, are
-nearly level-invariant), so each augmented copy would have to be encoded again: a second
-feature pass over the corpus per copy. ``--augment gain`` and ``--augment delay`` are
-refused with that reason.
+``jitter``: every utterance gets one copy rendered in the signal domain and encoded again (a
+second feature pass over the corpus, cached like any file): with probability 1/2 left and
+right swapped, then an inter-channel gain ``g`` drawn uniformly from -3..+3 dB (``L' = L *
+10^(g/40)``, ``R' = R * 10^(-g/40)``, so the level difference moves by ``g`` and the mean
+level stays) and a delay ``d`` drawn uniformly from -0.5..+0.5 ms applied to the right
+channel as a fractional delay (a linear phase ``exp(-2 pi i f d)`` on its zero-padded FFT, cut
+back to the original length). Both change the mid and side waveforms, and the gain changes
+Whisper's features of every view, hence the new encoding. The draws come from
+``SeedSequence([seed, sha256(relative path)])`` (:func:`jitter_params`), so a copy depends only
+on its file and the seed; copies are written once as 16 kHz FLAC under
+``<cache>/augmented/jitter-<seed>/`` (atomically) and the pooled features of the copy corpus
+become rows ``N..2N-1`` exactly as the swapped rows do. ``--augment swap`` and ``jitter``
+are alternatives (one copy per utterance).
 """
 from __future__ import annotations
 
@@ -36,14 +42,15 @@ import numpy as np
 
 from .errors import ConfigError
 
-AUGMENTATIONS = ("swap",)
+AUGMENTATIONS = ("swap", "jitter")
 NOT_IMPLEMENTED = {
-    "gain": "an inter-channel gain changes the mid and side waveforms (and Whisper's "
-            "features of every view), so each copy needs a second encoding pass; not "
-            "implemented",
-    "delay": "delay jitter changes the mid and side waveforms, so each copy needs a second "
-             "encoding pass; not implemented",
+    "gain": "an inter-channel gain is part of --augment jitter (with the delay and a random "
+            "swap, each copy encoded again)",
+    "delay": "delay jitter is part of --augment jitter (with the gain and a random swap, each "
+             "copy encoded again)",
 }
+GAIN_DB = 3.0          # inter-channel gain drawn from -GAIN_DB..+GAIN_DB
+DELAY_MS = 0.5         # right-channel delay drawn from -DELAY_MS..+DELAY_MS
 MIRROR = {"left": "right", "right": "left", "mid": "mid", "side": "side", "mono": "mono"}
 
 
@@ -61,9 +68,12 @@ def check_augment(augment: Sequence[str], views: Sequence[str], mode: str = "fro
                               f"{', '.join(AUGMENTATIONS)}")
     if not augment:
         return augment
+    if len(augment) > 1:
+        raise ConfigError(f"--augment takes one of {', '.join(AUGMENTATIONS)} (one copy per "
+                          f"utterance), got {','.join(augment)}")
     unknown = [v for v in views if v not in MIRROR]
     if unknown:
-        raise ConfigError(f"--augment swap: view(s) {', '.join(unknown)} have no known "
+        raise ConfigError(f"--augment {augment[0]}: view(s) {', '.join(unknown)} have no known "
                           "left/right mirror among the cached features; drop them from --views "
                           "or leave out --augment")
     if mode != "frozen":
@@ -97,6 +107,24 @@ def swapped_rows(pooled):
     return PooledFeatures(by_layer, silent, pooled.absent, n_rows)
 
 
+def stacked_rows(pooled, copies):
+    """:class:`~binser.experiment.PooledFeatures` with ``2N`` rows: the originals, then the
+    copies' rows (same views, poolings and layers)."""
+    from .experiment import PooledFeatures, as_pooled
+
+    pooled, copies = as_pooled(pooled), as_pooled(copies)
+    by_layer = {layer: {key: np.concatenate([X, copies.by_layer[layer][key]])
+                        for key, X in mats.items()}
+                for layer, mats in pooled.by_layer.items()}
+    n = len(next(iter(next(iter(pooled.by_layer.values())).values())))
+    silent = {v: np.concatenate([pooled.silent.get(v, np.zeros(n, bool)),
+                                 copies.silent.get(v, np.zeros(n, bool))])
+              for v in set(pooled.silent) | set(copies.silent)}
+    absent = tuple(v for v in pooled.absent if v in copies.absent)
+    n_rows = {v: list(r) + list(copies.n_rows.get(v, r)) for v, r in pooled.n_rows.items()}
+    return PooledFeatures(by_layer, silent, absent, n_rows)
+
+
 def augmented_folds(fold_list: Sequence[tuple[np.ndarray, np.ndarray]], n: int
                     ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each fold's training indices plus their copies' (``N + train``); test unchanged."""
@@ -104,11 +132,77 @@ def augmented_folds(fold_list: Sequence[tuple[np.ndarray, np.ndarray]], n: int
             for train, test in fold_list]
 
 
+def jitter_params(seed: int, relative_path: str) -> dict[str, float]:
+    """The draws of one file's jittered copy: ``swap`` (0/1), ``gain_db``, ``delay_ms``."""
+    import hashlib
+
+    digest = int(hashlib.sha256(relative_path.encode()).hexdigest()[:16], 16)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), digest]))
+    return {"swap": float(rng.random() < 0.5),
+            "gain_db": float(rng.uniform(-GAIN_DB, GAIN_DB)),
+            "delay_ms": float(rng.uniform(-DELAY_MS, DELAY_MS))}
+
+
+def fractional_delay(signal: np.ndarray, delay_s: float, sr: int) -> np.ndarray:
+    """``signal`` ``(N,)`` delayed by ``delay_s`` seconds (any real value) via a linear phase
+    on its FFT, zero-padded by more than the delay so nothing wraps around; length kept."""
+    n = len(signal)
+    pad = n + 2 * int(np.ceil(abs(delay_s) * sr)) + 2
+    spectrum = np.fft.rfft(signal, pad)
+    freqs = np.fft.rfftfreq(pad, 1.0 / sr)
+    return np.fft.irfft(spectrum * np.exp(-2j * np.pi * freqs * delay_s), pad)[:n]
+
+
+def jitter_audio(audio: np.ndarray, params: dict[str, float], sr: int = 16000) -> np.ndarray:
+    """The jittered copy ``(2, N)`` of ``audio`` ``(C, N)`` (mono: L = R) (module docstring)."""
+    left, right = (audio[0], audio[-1]) if audio.shape[0] <= 2 else (audio[0], audio[1])
+    if params["swap"]:
+        left, right = right, left
+    g = 10.0 ** (params["gain_db"] / 40.0)
+    right = fractional_delay(right * (1.0 / g), params["delay_ms"] / 1000.0, sr)
+    return np.stack([left * g, right]).astype(np.float32)
+
+
+def jittered_corpus(corpus, folder, seed: int, progress: bool = True, channels=None):
+    """A copy of ``corpus`` whose files are the jittered copies, written once into ``folder``
+    (``<sha256 of the source path>.flac``, temp file + rename) and reused afterwards."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    import soundfile as sf
+
+    from .audio import load_audio
+    from .corpora import Corpus, Utterance
+    from .features import progress_bar
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = []
+    bar = progress_bar(len(corpus), progress, "file", "augment")
+    for u in corpus:
+        rel = os.path.relpath(u.path, corpus.root)
+        target = folder / f"{hashlib.sha256(rel.encode()).hexdigest()[:32]}.flac"
+        if not target.exists():
+            audio = jitter_audio(load_audio(u.path, channels=channels), jitter_params(seed, rel))
+            peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+            if peak > 1.0:
+                audio = audio / peak
+            temp = target.with_suffix(".tmp.flac")
+            sf.write(temp, audio.T, 16000, subtype="PCM_16")
+            os.replace(temp, target)
+        copies.append(Utterance(target, u.label, u.speaker, u.split))
+        bar.update()
+    bar.close()
+    return Corpus(f"{corpus.name}+jitter", folder, copies)
+
+
 def run_folds_augmented(pooled, y: np.ndarray, groups: np.ndarray,
                         fold_list: Sequence[tuple[np.ndarray, np.ndarray]], settings,
-                        n_classes: int, progress: bool = True, run=None):
-    """:func:`binser.experiment.run_folds` with the swapped training rows (``settings.augment``
-    non-empty), predictions trimmed back to the ``N`` original utterances; without
+                        n_classes: int, progress: bool = True, run=None, copies=None):
+    """:func:`binser.experiment.run_folds` with augmented training rows (``settings.augment``
+    non-empty: the swapped rows, or ``copies``, the pooled features of the jittered copy
+    corpus), predictions trimmed back to the ``N`` original utterances; without
     augmentation, ``run_folds`` itself. ``run``: the fold runner (default ``run_folds``)."""
     from .experiment import run_folds
 
@@ -120,7 +214,8 @@ def run_folds_augmented(pooled, y: np.ndarray, groups: np.ndarray,
     for _, test in folds:
         if np.any(test >= n):
             raise AssertionError("an augmented row reached a test fold")
-    runs, test_proba = run(swapped_rows(pooled), np.concatenate([y, y]),
+    rows = swapped_rows(pooled) if copies is None else stacked_rows(pooled, copies)
+    runs, test_proba = run(rows, np.concatenate([y, y]),
                            np.concatenate([groups, groups]), folds, settings, n_classes,
                            progress)
     for r in runs.values():

@@ -452,9 +452,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_corpus_options(p, out_help="output folder for results.json and the report")
     add_experiment_options(p)
     p.add_argument("--augment", type=_csv_list, nargs="?", const=("swap",), default=(),
-                   help="experimental: add a left/right-swapped copy of every training "
-                        "utterance to the training rows (never to test folds); bare --augment "
-                        "= swap (gain and delay jitter are not implemented)")
+                   help="experimental: add one copy of every training utterance to the "
+                        "training rows (never to test folds): swap (left/right exchanged, no "
+                        "new encoding) or jitter (random swap, +-3 dB inter-channel gain, "
+                        "+-0.5 ms delay; each copy encoded again); bare --augment = swap")
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("train", help="train the final system on a whole corpus; save a model")

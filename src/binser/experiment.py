@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1032,8 +1033,17 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
     t = time.perf_counter()
     from .augment import run_folds_augmented   # run_folds itself without --augment
 
+    copies = None
+    if "jitter" in settings.augment:   # jittered copies of every file, encoded like the files
+        from .augment import jittered_corpus
+
+        copy_corpus = jittered_corpus(
+            corpus, Path(settings.cache_dir or tempfile.mkdtemp(prefix="binser-augment-"))
+            / "augmented" / f"jitter-{settings.seed}", settings.seed, progress,
+            settings.frontend.channels)
+        copies = cached_study_features(copy_corpus, settings, backbone, progress, executor)
     runs, test_proba = run_folds_augmented(pooled, y, speakers, fold_list, settings,
-                                           len(classes), progress)
+                                           len(classes), progress, copies=copies)
     tested = np.zeros(len(y), dtype=bool)
     fold_of = np.full(len(y), -1)
     for k, (_, test) in enumerate(fold_list):
@@ -1047,7 +1057,8 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
                       (pooled if isinstance(pooled, list) else [pooled])]
         norm_runs, norm_proba = run_folds_augmented(
             normalised if isinstance(pooled, list) else normalised[0], y, speakers, fold_list,
-            settings, len(classes), progress)
+            settings, len(classes), progress,
+            copies=None if copies is None else speaker_normalised(copies, speakers))
         norm_runs.update(oracle_fusions(norm_proba, y, len(classes), tested, fusions,
                                         settings.fusion_search))
         for name, run in norm_runs.items():
