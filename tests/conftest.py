@@ -47,6 +47,40 @@ def train_tiny_model(base: Path):
     return model, base / "model", root, settings
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained on the synthetic corpus (a few seconds), loaded from disk:
+    ``(model, model folder, corpus root)``; one per test module."""
+    from binser.model import Model
+
+    _, folder, root, _ = train_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+    return Model.load(folder), folder, root
+
+
+@pytest.fixture(scope="module")
+def model(trained):
+    """The loaded tiny model of :func:`trained`."""
+    return trained[0]
+
+
+@pytest.fixture(scope="module")
+def wav(trained):
+    """One stereo WAV file of the tiny model's corpus."""
+    return sorted(Path(trained[2]).glob("*/*.wav"))[0]
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch):
+    """Python's temporary folder pointed here (uploads land in it), so a test sees every
+    temporary file the server left behind."""
+    import tempfile
+
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
 TINY_WHISPER = dict(d_model=64, encoder_layers=2, encoder_attention_heads=1, encoder_ffn_dim=128,
                     num_mel_bins=80, max_source_positions=1500)
 

@@ -7,7 +7,6 @@ import json
 import re
 import os
 import socket
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 import soundfile as sf
 
 from binser.cli import main
-from conftest import train_tiny_model, train_tiny_whisper_model
+from conftest import train_tiny_whisper_model
 from binser.errors import ConfigError
 from binser.model import Model
 from binser.serve.stream import StreamEngine, analyse_file
@@ -30,21 +29,7 @@ LOCAL = "http://127.0.0.1"   # the test client's Host: a loopback name the guard
 
 # ------------------------------------------------------------------------------ fixtures
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny model trained on the synthetic corpus (a few seconds), loaded from disk."""
-    _, folder, root, _ = train_tiny_model(tmp_path_factory.mktemp("serve"))
-    return Model.load(folder), folder, root
-
-
-@pytest.fixture(scope="module")
-def model(trained):
-    return trained[0]
-
-
-@pytest.fixture(scope="module")
-def wav(trained):
-    return sorted(Path(trained[2]).glob("*/*.wav"))[0]
+# trained, model, wav: the tiny model's fixtures in conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -274,15 +259,6 @@ def client(model):
     app = create_app(model, ServeSettings(max_upload_bytes=400_000))
     with TestClient(app, base_url=LOCAL) as c:
         yield c
-
-
-@pytest.fixture
-def private_tmp(tmp_path, monkeypatch):
-    """Uploads land here, so the test sees that every temporary file was removed."""
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
 
 
 def test_health_model_page_docs(client, model):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import socket
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -15,8 +14,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import train_tiny_model
-from binser.model import Model
 
 pytest.importorskip("fastapi", reason="the 'serve' extra is not installed")
 pytest.importorskip("uvicorn")
@@ -28,20 +25,7 @@ from test_serve import LOCAL, Server, closed_with  # noqa: E402
 START = '{"type": "start", "sample_rate": 16000, "channels": 2}'
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    _, folder, root, _ = train_tiny_model(tmp_path_factory.mktemp("hard"))
-    return Model.load(folder), folder, root
-
-
-@pytest.fixture(scope="module")
-def model(trained):
-    return trained[0]
-
-
-@pytest.fixture(scope="module")
-def wav(trained):
-    return sorted(Path(trained[2]).glob("*/*.wav"))[0]
+# trained, model, wav: the tiny model's fixtures in conftest.py
 
 
 @pytest.fixture
@@ -59,14 +43,6 @@ def serve(model):
     yield make
     for server in started:
         server.stop()
-
-
-@pytest.fixture
-def private_tmp(tmp_path, monkeypatch):
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
 
 
 def _connect(server) -> socket.socket:

@@ -75,6 +75,11 @@ def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str],
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.colorbar(image, ax=ax, label="% of true class", shrink=0.8)
+    return _save(fig, ax, out_png, title)
+
+
+def _save(fig, ax, out_png: str | Path, title: str = "") -> Path:
+    """Title (if any), save as PNG at 110 dpi (parent folders made), close; the path."""
     if title:
         ax.set_title(title, fontsize=10)
     out_png = Path(out_png)
@@ -101,10 +106,4 @@ def plot_condition_curves(series: dict[str, tuple[Sequence[float], Sequence[floa
     ax.set_ylabel("UA (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=10)
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return _save(fig, ax, out_png, title)
