@@ -243,6 +243,18 @@ def _start_and_wait_for_workers(argv: list, settle_s: float = 1.0, count: int = 
     pytest.fail("the classifier stage never started worker processes")
 
 
+def _loky_workers(pid: int) -> set[int]:
+    """The loky worker processes among ``pid``'s descendants (the resource tracker excluded)."""
+    workers = set()
+    for child in _children(pid):
+        try:
+            if b"popen_loky_posix" in Path(f"/proc/{child}/cmdline").read_bytes():
+                workers.add(child)
+        except OSError:
+            pass
+    return workers
+
+
 def _reap(process: subprocess.Popen) -> None:
     """Wait for the killed command (a survivor holding its stdout keeps the pipe open, so
     do not wait for end-of-file)."""
@@ -311,10 +323,10 @@ def test_a_worker_that_never_ran_a_task_dies_with_its_parent(tmp_path):
     process = subprocess.Popen([sys.executable, "-c", IDLE_WORKER], env=ENV,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(_children(process.pid)) < 2:
+    # both loky workers exist (not just one worker and the resource tracker, also a child)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(_loky_workers(process.pid)) < 2:
         time.sleep(0.05)
-    time.sleep(2.0)                         # both workers started, one holds the task
     seen = _children(process.pid)
     assert len(seen) >= 2, process.communicate(timeout=30)
     process.kill()

@@ -20,7 +20,7 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("websockets")
 from binser.serve import app as serve_app  # noqa: E402
 from binser.serve.app import ServeSettings, create_app  # noqa: E402
-from test_serve import LOCAL, Server, closed_with  # noqa: E402
+from test_serve import LOCAL, Server, _wait, closed_with  # noqa: E402
 
 START = '{"type": "start", "sample_rate": 16000, "channels": 2}'
 
@@ -182,13 +182,6 @@ def _upload(server, name: str, data: bytes) -> socket.socket:
     return sock
 
 
-def _wait(condition, timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return condition()
-
-
 def test_a_client_that_leaves_frees_its_place(serve, monkeypatch, wav, caplog):
     """One compute slot: A computes, B waits, B's client leaves, C arrives. B is never
     computed (C runs right after A), and each upload is logged with its timings."""
@@ -330,6 +323,8 @@ def test_idle_stream_times_out_and_unstarted_ones_hold_no_slot(serve):
             messages = closed_with(ws, 1008)   # then nothing: closed after ~1 s
             assert "no message" in messages[-1]["message"]
             assert time.monotonic() - began < 20
+        # the slot is given back in the server's handler after the close handshake
+        assert _wait(lambda: server.app.state.streams == 0)
         idle_before_start.send(START)
         assert json.loads(idle_before_start.recv(timeout=20))["type"] == "ready"
     assert _wait(lambda: server.app.state.streams == 0)

@@ -30,7 +30,7 @@ back to the original length). Both change the mid and side waveforms, and the ga
 Whisper's features of every view, hence the new encoding. The draws come from
 ``SeedSequence([seed, sha256(relative path)])`` (:func:`jitter_params`), so a copy depends only
 on its file and the seed; copies are written once as 16 kHz FLAC under
-``<cache>/augmented/jitter-<seed>/`` (atomically) and the pooled features of the copy corpus
+``<cache>/augmented/jitter-<seed>/`` (atomically; named by the source's content, path, seed and channels) and the pooled features of the copy corpus
 become rows ``N..2N-1`` exactly as the swapped rows do. ``--augment swap`` and ``jitter``
 are alternatives (one copy per utterance).
 """
@@ -155,7 +155,7 @@ def fractional_delay(signal: np.ndarray, delay_s: float, sr: int) -> np.ndarray:
 
 def jitter_audio(audio: np.ndarray, params: dict[str, float], sr: int = 16000) -> np.ndarray:
     """The jittered copy ``(2, N)`` of ``audio`` ``(C, N)`` (mono: L = R) (module docstring)."""
-    left, right = (audio[0], audio[-1]) if audio.shape[0] <= 2 else (audio[0], audio[1])
+    left, right = audio[0], audio[-1]
     if params["swap"]:
         left, right = right, left
     g = 10.0 ** (params["gain_db"] / 40.0)
@@ -165,16 +165,18 @@ def jitter_audio(audio: np.ndarray, params: dict[str, float], sr: int = 16000) -
 
 def jittered_corpus(corpus, folder, seed: int, progress: bool = True, channels=None):
     """A copy of ``corpus`` whose files are the jittered copies, written once into ``folder``
-    (``<sha256 of the source path>.flac``, temp file + rename) and reused afterwards."""
+    and reused afterwards. A copy's name hashes what it depends on: the source file's content,
+    its path within the corpus (the draws), the seed and the channels picked; written
+    atomically (:func:`binser.scenes.run.write_flac`)."""
     import hashlib
     import os
     from pathlib import Path
 
-    import soundfile as sf
-
     from .audio import load_audio
+    from .cache import file_sha256
     from .corpora import Corpus, Utterance
     from .features import progress_bar
+    from .scenes.run import write_flac
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -182,15 +184,12 @@ def jittered_corpus(corpus, folder, seed: int, progress: bool = True, channels=N
     bar = progress_bar(len(corpus), progress, "file", "augment")
     for u in corpus:
         rel = os.path.relpath(u.path, corpus.root)
-        target = folder / f"{hashlib.sha256(rel.encode()).hexdigest()[:32]}.flac"
+        key = f"{file_sha256(u.path)}|{rel}|{seed}|{channels}"
+        target = folder / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.flac"
         if not target.exists():
             audio = jitter_audio(load_audio(u.path, channels=channels), jitter_params(seed, rel))
             peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-            if peak > 1.0:
-                audio = audio / peak
-            temp = target.with_suffix(".tmp.flac")
-            sf.write(temp, audio.T, 16000, subtype="PCM_16")
-            os.replace(temp, target)
+            write_flac(target, audio / peak if peak > 1.0 else audio)
         copies.append(Utterance(target, u.label, u.speaker, u.split))
         bar.update()
     bar.close()

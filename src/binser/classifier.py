@@ -19,7 +19,7 @@ probabilities (and ``predict``) are those of
   the training rows (plus the intercept column), so each inner fold's standardised training
   rows give one ``n x n`` Gram matrix, and every one-vs-rest problem at every C is solved
   exactly from it by an active-set Newton method (C ascending, warm-started; one
-  ``(G + I/(2C))^-1`` per C shared by the classes whose rows weigh alike). The solution is
+  ``(G + I/(2C))^-1`` per C shared by every class). The solution is
   the optimum of liblinear's problem up to rounding, where liblinear stops at ``tol=1e-4``.
 * ``solver="liblinear"``: the previous implementation, kept as the reference (``binser bench
   --parts classifier`` times both): the standardised rows are mapped onto an orthonormal basis
@@ -189,11 +189,19 @@ def _exact_decisions(gram: np.ndarray, cross: np.ndarray, ytr: np.ndarray, Cs: S
     if len(present) < 2:
         one = _one_class_decisions(cross.shape[0], present, k)
         return np.repeat(one[None], len(Cs), axis=0), 0
-    weights = class_weights(ytr, k, params.class_weight == "balanced")
-    ys, cs = ovr_problems(ytr, present, weights)
-    betas, unsettled = solve_grid(gram, ys, cs, Cs)
+    betas, unsettled = _exact_solutions(gram, ytr, present, Cs, k, params)
     out = np.stack([_decision_columns(cross @ b.T, present, k) for b in betas])
     return out, unsettled
+
+
+def _exact_solutions(gram: np.ndarray, codes: np.ndarray, present: np.ndarray,
+                     Cs: Sequence[float], k: int, params: "ViewClassifier"
+                     ) -> tuple[np.ndarray, int]:
+    """``beta`` ``(nC, P, n)`` of the one-vs-rest problems of ``present`` classes at every C
+    (:func:`binser.svm.solve_grid`), with the estimator's class weighting."""
+    weights = class_weights(codes, k, params.class_weight == "balanced")
+    ys, cs = ovr_problems(codes, present, weights)
+    return solve_grid(gram, ys, cs, Cs)
 
 
 def _liblinear_decisions(fold: _FoldData, ytr: np.ndarray, C: float, k: int,
@@ -401,7 +409,7 @@ class ViewClassifier(ClassifierMixin, BaseEstimator):
         best = int(np.argmax(scores))
         self.cv_scores_ = scores
         self.C_, self.best_score_ = float(self.Cs[best]), float(scores[best])
-        self.inner_splits_, self.oof_decisions_, self.oof_seen_ = splits, oof, seen
+        self.inner_splits_, self.oof_decisions_ = splits, oof
         self._search_fingerprint = _fingerprint(X, y, groups)
         self.calib_a_, self.calib_b_ = self._calibration(oof[best], codes, seen)
         return self
@@ -453,10 +461,9 @@ class ViewClassifier(ClassifierMixin, BaseEstimator):
         self.scaler_ = StandardScaler().fit(X)
         xs = self.scaler_.transform(X)
         if self.solver == "exact":
-            weights = class_weights(codes, len(self.classes_), self.class_weight == "balanced")
-            ys, cs = ovr_problems(codes, np.unique(codes), weights)
             gram, _ = linear_gram(xs)
-            betas, unsettled = solve_grid(gram, ys, cs, [self.C_])
+            betas, unsettled = _exact_solutions(gram, codes, np.unique(codes), [self.C_],
+                                                len(self.classes_), self)
             self.n_not_converged_ += unsettled
             self.coef_ = betas[0] @ xs            # w = X^T beta per problem
             self.intercept_ = betas[0].sum(axis=1)

@@ -50,7 +50,7 @@ from .errors import ConfigError
 from .evaluation import metrics
 from .fusion import FUSIONS, fuse
 from .normalisation import (TRANSDUCTIVE_CAVEAT, SpeakerNormaliser, apply_statistics,
-                            speaker_statistics)
+                            speaker_normalise, speaker_statistics)
 from .runnames import RunName
 
 DEFAULT_KS = (5, 10, 20)
@@ -160,8 +160,7 @@ def deployment_variants(pooled, y: np.ndarray, speakers: np.ndarray,
             X = fold_pooled.by_layer[layer if layer in fold_pooled.by_layer else only][
                 (view, fusion_pooling)]
             mask = ~fold_pooled.silent.get(view, np.zeros(n, dtype=bool))
-            stats = speaker_statistics(X[train], speakers[train], mask[train])
-            Xtrain = apply_statistics(X[train], speakers[train], stats, mask[train])
+            Xtrain = speaker_normalise(X[train], speakers[train], mask[train])
             fit_rows = mask[train]
             clf = ViewClassifier(random_state=seed).fit(Xtrain[fit_rows], y[train][fit_rows],
                                                         speakers[train][fit_rows])

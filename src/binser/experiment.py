@@ -535,6 +535,7 @@ class FoldResultCache:
         self.store = (FeatureCache(Path(cache_dir) / "classifier", dtype=np.float64)
                       if cache_dir is not None else None)
         self._searched: dict[str, ViewClassifier] = {}
+        self._digests: dict[int, tuple[np.ndarray, bytes]] = {}
         self._context = hashlib.sha256()
         params = self._new_classifier().get_params()
         self._context.update(json.dumps([self.FORMAT, file_sha256(classifier.__file__),
@@ -549,9 +550,20 @@ class FoldResultCache:
     def _key(self, what: str, X: np.ndarray, silent: np.ndarray) -> str:
         digest = self._context.copy()
         digest.update(what.encode())
-        update_with_array(digest, X)
+        digest.update(self._array_digest(X))
         update_with_array(digest, silent)
         return digest.hexdigest()[:40]
+
+    def _array_digest(self, X: np.ndarray) -> bytes:
+        """sha256 of a feature matrix, computed once per matrix and fold (each matrix is
+        looked up several times: search, inner score, final fit, nested scores); the matrix
+        is held with its digest, so its ``id`` is not reused while cached."""
+        held = self._digests.get(id(X))
+        if held is None or held[0] is not X:
+            digest = hashlib.sha256()
+            update_with_array(digest, X)
+            held = self._digests[id(X)] = (X, digest.digest())
+        return held[1]
 
     def _stored(self, what: str, X: np.ndarray, silent: np.ndarray, rows: int
                 ) -> np.ndarray | None:
@@ -1035,13 +1047,7 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
 
     copies = None
     if "jitter" in settings.augment:   # jittered copies of every file, encoded like the files
-        from .augment import jittered_corpus
-
-        copy_corpus = jittered_corpus(
-            corpus, Path(settings.cache_dir or tempfile.mkdtemp(prefix="binser-augment-"))
-            / "augmented" / f"jitter-{settings.seed}", settings.seed, progress,
-            settings.frontend.channels)
-        copies = cached_study_features(copy_corpus, settings, backbone, progress, executor)
+        copies = jittered_features(corpus, settings, backbone, progress, executor)
     runs, test_proba = run_folds_augmented(pooled, y, speakers, fold_list, settings,
                                            len(classes), progress, copies=copies)
     tested = np.zeros(len(y), dtype=bool)
@@ -1154,6 +1160,24 @@ def _deployment(pooled, y: np.ndarray, speakers: np.ndarray, fold_list, results:
     return deployment_variants(pooled, y, speakers, fold_list, runs, results["classes"],
                                fusion=fusion, fusion_pooling=settings.resolved_fusion_pooling(),
                                seed=settings.seed)
+
+
+def jittered_features(corpus: Corpus, settings: ExperimentSettings, backbone,
+                      progress: bool = True, executor=None) -> PooledFeatures:
+    """Pooled features of the jittered copy of every file (``--augment jitter``): copies kept
+    under ``<cache>/augmented/jitter-<seed>``, or, without a cache, in a temporary folder
+    removed once they are encoded."""
+    from .augment import jittered_corpus
+
+    def encode(folder: Path) -> PooledFeatures:
+        copy_corpus = jittered_corpus(corpus, folder, settings.seed, progress,
+                                      settings.frontend.channels)
+        return cached_study_features(copy_corpus, settings, backbone, progress, executor)
+
+    if settings.cache_dir is not None:
+        return encode(Path(settings.cache_dir) / "augmented" / f"jitter-{settings.seed}")
+    with tempfile.TemporaryDirectory(prefix="binser-augment-") as folder:
+        return encode(Path(folder))
 
 
 def mono_files(corpus: Corpus) -> list[str]:

@@ -594,7 +594,7 @@ def unique_signals(signals: Sequence[np.ndarray]) -> tuple[list[np.ndarray], lis
     seen: dict[tuple, int] = {}
     for signal in signals:
         x = np.ascontiguousarray(signal)
-        key = (x.shape, x.dtype.str, hashlib.blake2b(x.tobytes(), digest_size=16).digest())
+        key = (x.shape, x.dtype.str, hashlib.blake2b(x, digest_size=16).digest())  # no copy
         if key not in seen:
             seen[key] = len(unique)
             unique.append(signal)

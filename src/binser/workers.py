@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 POLL_S = 0.2
 _watching = False
@@ -60,10 +60,3 @@ def fold_parallel(n_jobs: int, **kwargs: Any):
 
     backend = LokyBackend(initializer=watch_parent, initargs=(os.getpid(),))
     return Parallel(n_jobs=n_jobs, backend=backend, **kwargs)
-
-
-def in_worker(parent: int, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """``func(*args, **kwargs)`` in a worker watching its parent ``parent`` (``os.getpid()``
-    of the process that submits the task); for pools without an initializer."""
-    watch_parent(parent)
-    return func(*args, **kwargs)
