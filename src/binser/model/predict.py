@@ -125,12 +125,12 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from . import __version__
-from .config import FrontEndConfig
-from .errors import AudioError, BinserError, ConfigError, ModelError
-from .validation import check_choice
-from .features import file_sha256  # noqa: F401  (one streaming file hash for caches and models)
-from .preflight import check_on_error
+from .. import __version__
+from ..config import FrontEndConfig
+from ..errors import AudioError, BinserError, ConfigError, ModelError
+from ..validation import check_choice
+from ..features import file_sha256  # noqa: F401  (one streaming file hash for caches and models)
+from ..preflight import check_on_error
 
 FORMAT = "binser-model"
 FORMAT_VERSION = 1
@@ -206,7 +206,7 @@ class PoolingSpec:
 
     def make(self):
         """A fresh pooling transformer (stateless)."""
-        from .pooling import make_pooling
+        from ..pooling import make_pooling
 
         return make_pooling(self.name, blocks=self.blocks, levels=self.levels,
                             absolute=bool(self.absolute))
@@ -230,7 +230,7 @@ def encoder_windows(n_frames: int) -> list[tuple[int, int]]:
 def window_sample_spans(n_samples: int, sample_rate: int = 16000) -> list[tuple[int, int]]:
     """Sample spans ``[a, b)`` of the Whisper timeline windows of a signal of ``n_samples``
     at ``sample_rate`` (see the module docstring; one span per :func:`encoder_windows`)."""
-    from .backbones.whisper import n_output_frames
+    from ..backbones.whisper import n_output_frames
 
     hop, length = window_hop_length(sample_rate)
     count = len(encoder_windows(n_output_frames(n_samples))) if n_samples > 0 else 0
@@ -377,7 +377,7 @@ class Model:
 
     def fuse_scores(self, view_proba: Mapping[str, np.ndarray]) -> np.ndarray:
         """Fused ``(N, K)`` scores from per-view ``(N, K)`` probabilities."""
-        from .fusion import fuse
+        from ..fusion import fuse
 
         if self.fusion is None:
             return np.asarray(view_proba[self.views[0]], dtype=np.float64)
@@ -389,7 +389,7 @@ class Model:
         """Per view ``{speaker: (mean, std, n)}`` from each speaker's pooled rows with signal,
         the fallback statistics where ``n < min_utterances``; and per view the speakers that
         use the fallback."""
-        from .normalisation import speaker_statistics
+        from ..normalisation import speaker_statistics
 
         stats, fallback = {}, {}
         for view, (X, silent) in pooled.items():
@@ -407,7 +407,7 @@ class Model:
         """Classifier inputs per view: pooled rows, speaker-normalised if the model is."""
         if not self.speaker_norm:
             return {v: X for v, (X, _) in pooled.items()}
-        from .normalisation import apply_statistics
+        from ..normalisation import apply_statistics
 
         return {v: apply_statistics(X, speakers, stats[v], ~silent)
                 for v, (X, silent) in pooled.items()}
@@ -443,7 +443,7 @@ class Model:
         uses the average-training-speaker fallback). Returns per clip ``{"silent",
         "silent_views", "label", "scores", "views"}``; a clip whose views are all silent
         has ``silent`` True, label None and empty scores. ``progress``: a bar over clips."""
-        from .features import clip_frames, progress_bar
+        from ..features import clip_frames, progress_bar
 
         if self.family != "whisper":
             raise ConfigError("score_clips is for Whisper models; image-CNN models score "
@@ -530,7 +530,7 @@ class Model:
             if self.speaker_norm and speakers is None and len(good) > 1:
                 import warnings
 
-                from .normalisation import SpeakerAssumptionWarning, one_speaker_assumption
+                from ..normalisation import SpeakerAssumptionWarning, one_speaker_assumption
 
                 warnings.warn(one_speaker_assumption(len(good), self.min_utterances),
                               SpeakerAssumptionWarning, stacklevel=2)
@@ -589,7 +589,7 @@ class Model:
         """:meth:`_extract` of the files that pass the same input checks as ``inspect``,
         ``scan`` and ``experiment`` (:func:`binser.preflight.check_file`: unreadable,
         truncated, silent, too short or too long); the others are failures."""
-        from .preflight import check_file
+        from ..preflight import check_file
 
         failures: dict[int, str] = {}
         for i, path in enumerate(paths):
@@ -668,7 +668,7 @@ class Model:
     def _window_timeline(self, path: Path, speaker: str, stats: Mapping[str, dict] | None,
                          progress: bool) -> list[dict[str, Any]]:
         """Whisper timeline: each window of the file scored alone (:meth:`score_clips`)."""
-        from .audio import load_audio
+        from ..audio import load_audio
 
         sr = self.frontend.sample_rate
         audio = load_audio(path, sr=sr, channels=self.frontend.channels,
@@ -832,7 +832,7 @@ class Model:
 # --------------------------------------------------------------------------------------
 
 def _check_fusion_views(fusion: str | None, views: tuple[str, ...]) -> None:
-    from .fusion import FUSIONS
+    from ..fusion import FUSIONS
 
     if fusion is None:
         if len(views) != 1:
@@ -1068,7 +1068,7 @@ def _check_input_size(input_size: int) -> None:
 
 def _whisper_spec(root: Path, spec: Mapping[str, Any], mode: str) -> tuple[Any, int]:
     """The encoder config and layer of a Whisper model.json, bound-checked (ModelError)."""
-    from .backbones.whisper import WHISPER_BACKBONES, WhisperConfig
+    from ..backbones.whisper import WHISPER_BACKBONES, WhisperConfig
 
     where = root / MODEL_JSON
     if spec["name"] not in WHISPER_BACKBONES:
@@ -1097,7 +1097,7 @@ def _whisper_spec(root: Path, spec: Mapping[str, Any], mode: str) -> tuple[Any, 
 def _load_backbones(root: Path, document: Mapping[str, Any], views: tuple[str, ...]
                     ) -> dict[str, Any]:
     """One ImageNet Backbone per distinct weights file (shared by the views that name it)."""
-    from .backbones import get_backbone
+    from ..backbones import get_backbone
 
     spec = document["backbone"]
     loaded: dict[str, Any] = {}
@@ -1148,8 +1148,8 @@ def _read_encoder(path: Path, name: str, config: Any):
     import torch
     from safetensors.torch import load_file
 
-    from .backbones.imagenet import weights_digest
-    from .backbones.whisper import WhisperBackbone, WhisperEncoder
+    from ..backbones.imagenet import weights_digest
+    from ..backbones.whisper import WhisperBackbone, WhisperEncoder
 
     try:
         state = load_file(str(path))
@@ -1196,7 +1196,7 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
 
 def _load_classifier(path: Path, labels: list[str], d: int, scalars: Mapping[str, Any]):
     """A predict-only ViewClassifier from its safetensors arrays, every shape checked."""
-    from .classifier import CALIBRATIONS, ViewClassifier
+    from ..classifier import CALIBRATIONS, ViewClassifier
 
     arrays = _read_arrays(path)
     _check_classifier_arrays(path, arrays, len(labels), d)
@@ -1257,7 +1257,7 @@ def _load_normalisers(root: Path, document: Mapping[str, Any], views: tuple[str,
 
 def _load_normaliser(path: Path, d: int, min_utterances: int):
     """A SpeakerNormaliser from its fallback arrays, shapes and values checked."""
-    from .normalisation import SpeakerNormaliser
+    from ..normalisation import SpeakerNormaliser
 
     arrays = _read_arrays(path)
     for name in _NORMALISER_ARRAYS:
@@ -1274,7 +1274,7 @@ def _load_normaliser(path: Path, d: int, min_utterances: int):
 
 
 def _duration_or_none(path: Path) -> float | None:
-    from .audio import audio_info
+    from ..audio import audio_info
 
     try:
         return float(audio_info(path).duration_s)
@@ -1304,7 +1304,7 @@ def _file_error(path: Path, exc: Exception) -> BinserError:
 @functools.lru_cache(maxsize=1)
 def _tolerant_extractor_class():
     """The extractor class, built on first use (keeps ``import binser.model`` torch-free)."""
-    from .features import SegmentFeatureExtractor
+    from ..features import SegmentFeatureExtractor
 
     class TolerantExtractor(SegmentFeatureExtractor):
         """SegmentFeatureExtractor that records a file it cannot read (``skip=True``) in
@@ -1342,7 +1342,7 @@ def _TolerantExtractor(*args: Any, **kwargs: Any):
 @functools.lru_cache(maxsize=1)
 def _tolerant_frame_extractor_class():
     """The frame extractor class with per-file failure records, built on first use."""
-    from .features import FrameFeatureExtractor, file_views
+    from ..features import FrameFeatureExtractor, file_views
 
     class TolerantFrameExtractor(FrameFeatureExtractor):
         """FrameFeatureExtractor that records a file it cannot read, decode or encode
@@ -1445,8 +1445,8 @@ def _say(message: str, enabled: bool) -> None:
 
 def model_views(fusion: str | None, views: Sequence[str]) -> tuple[str, ...]:
     """Views a model needs: the fusion's, or the single view when ``fusion`` is None."""
-    from .fusion import FUSIONS
-    from .views import feature_views
+    from ..fusion import FUSIONS
+    from ..views import feature_views
 
     if fusion is None:
         if len(views) != 1:
@@ -1476,8 +1476,8 @@ def training_layers(corpus, settings, views: tuple[str, ...],
     Frozen (``finetuned_backbones`` None): one backbone for all views, each file decoded
     once. Fine-tuned: each view's own network extracts that view.
     """
-    from .experiment import iter_layer_features, load_backbone
-    from .features import SegmentFeatureExtractor
+    from ..experiment import iter_layer_features, load_backbone
+    from ..features import SegmentFeatureExtractor
 
     if finetuned_backbones is None:
         backbone = load_backbone(settings)
@@ -1527,7 +1527,7 @@ def pool_training_view(spec: PoolingSpec, arrays: Sequence[np.ndarray], view: st
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Pooled ``(N, D)`` and silent ``(N,)`` of one view; ConfigError when no training file
     has signal in it."""
-    from .pooling import PoolingInputError, pool_utterances
+    from ..pooling import PoolingInputError, pool_utterances
 
     try:
         return pool_utterances(spec.make(), arrays)
@@ -1542,8 +1542,8 @@ def fit_views(features: Mapping[str, Sequence[np.ndarray]], y: np.ndarray, group
               layer: int | None = None) -> LayerFit:
     """Pool, optionally speaker-normalise, and fit one ViewClassifier per view on the rows
     with signal (see the module docstring)."""
-    from .classifier import ViewClassifier
-    from .normalisation import SpeakerNormaliser, speaker_normalise
+    from ..classifier import ViewClassifier
+    from ..normalisation import SpeakerNormaliser, speaker_normalise
 
     fit = LayerFit(layer)
     for view in views:
@@ -1584,7 +1584,7 @@ def oof_scores(X: np.ndarray, silent: np.ndarray | None, y: np.ndarray, groups: 
                labels: list[str], seed: int) -> np.ndarray:
     """Out-of-fold probabilities ``(N, K)`` over all speakers (speaker-grouped), columns in
     ``labels`` order; rows without signal get ``1/K`` and are left out of every fit."""
-    from .classifier import ViewClassifier
+    from ..classifier import ViewClassifier
 
     rows = np.ones(len(y), bool) if silent is None else ~np.asarray(silent, bool)
     out = np.full((len(y), len(labels)), 1.0 / len(labels))
@@ -1602,7 +1602,7 @@ def nested_fusion_weights(pooled: Mapping[str, np.ndarray], y: np.ndarray, group
     """Fusion weights by grid search (``search``: staged or joint) on out-of-fold
     probabilities over all speakers, and the out-of-fold UA they reach ({} and None
     without fusion). ``silent``: per view the rows without signal (scored 1/K)."""
-    from .fusion import FUSIONS, select_weights
+    from ..fusion import FUSIONS, select_weights
 
     if fusion is None:
         return {}, None
@@ -1632,9 +1632,9 @@ def train_model(settings, out_dir: str | Path | None = None, fusion: str | None 
     ``cv_results``: a ``results.json`` dictionary of the same configuration for the model
     card; with ``cross_validate=True`` and none given, :func:`run_experiment` computes it.
     """
-    from .corpora import corpus as load_corpus
-    from .experiment import is_encoder
-    from .preflight import screen_corpus
+    from ..corpora import corpus as load_corpus
+    from ..experiment import is_encoder
+    from ..preflight import screen_corpus
 
     settings.validate()
     views = model_views(fusion, settings.views)
@@ -1642,7 +1642,7 @@ def train_model(settings, out_dir: str | Path | None = None, fusion: str | None 
                        settings.levels, settings.pool_abs)
     target = None
     if out_dir is not None:   # checked (and locked) before any work; Model.save swaps it in
-        from .outputs import OutputFolder
+        from ..outputs import OutputFolder
 
         _check_target(Path(out_dir), overwrite)
         target = OutputFolder(out_dir, option="--out", overwrite=True)
@@ -1675,7 +1675,7 @@ def train_model(settings, out_dir: str | Path | None = None, fusion: str | None 
     weights, oof_ua = nested_fusion_weights(fit.inputs, y, groups, labels, fusion,
                                             settings.seed, fit.silent, settings.fusion_search)
     if cross_validate and cv_results is None:
-        from .experiment import run_experiment
+        from ..experiment import run_experiment
 
         _say(f"cross-validating the configuration ({settings.protocol}) for the model card",
              progress)
@@ -1695,7 +1695,7 @@ def train_model(settings, out_dir: str | Path | None = None, fusion: str | None 
 
 
 def _warn_label_coverage(y: np.ndarray, groups: np.ndarray) -> None:
-    from .normalisation import coverage_warning
+    from ..normalisation import coverage_warning
 
     warning = coverage_warning(y, groups)
     if warning:
@@ -1706,8 +1706,8 @@ def final_finetuned_backbones(corpus, settings, views: Sequence[str], labels: li
                               progress: bool = True) -> dict[str, Any]:
     """One network per view fine-tuned on every utterance of ``corpus`` with the settings of
     an experiment in mode ``finetune`` (preset, epochs, input size, seed)."""
-    from .experiment import finetune_settings
-    from .finetune import finetune_views
+    from ..experiment import finetune_settings
+    from ..finetune import finetune_views
 
     _say(f"fine-tuning one network per view on all {len(corpus)} utterances", progress)
     backbones, _ = finetune_views(
@@ -1722,7 +1722,7 @@ def training_info(corpus, settings, fit: LayerFit, oof_ua, cv_results, fusion, s
                   layer_scores: Mapping[Any, Mapping[str, Any]] | None = None
                   ) -> dict[str, Any]:
     """Facts about the training data and protocol (model.json ``training``, model card)."""
-    from .experiment import is_encoder
+    from ..experiment import is_encoder
 
     labels = list(corpus.labels)
     counts = {lab: sum(1 for u in corpus if u.label == lab) for lab in labels}
@@ -1774,7 +1774,7 @@ def _cv_summary(results: Mapping[str, Any] | None, pooling: str, fusion: str | N
     speaker-normalised model, its ``speaker-norm:`` runs)."""
     if not results:
         return None
-    from .runnames import RunName
+    from ..runnames import RunName
 
     def wanted(name: str) -> bool:
         if not RunName.is_valid(name):
@@ -1889,7 +1889,7 @@ def _card_backbone(model: Model) -> str:
 
 
 def _card_system(model: Model) -> list[str]:
-    from .fusion import describe_weights
+    from ..fusion import describe_weights
 
     weights = describe_weights(model.weights or {})
     lines = ["## System", "", _card_backbone(model),
@@ -1945,7 +1945,7 @@ _CARD_LIMITS = [
 
 
 def _card_scores(cv: Mapping[str, Any] | None) -> list[str]:
-    from .runnames import is_oracle
+    from ..runnames import is_oracle
 
     if not cv:
         return ["## Cross-validated scores", "",
