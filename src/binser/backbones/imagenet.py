@@ -1,6 +1,6 @@
 """ImageNet CNN backbones that turn segment images into deep features (docs/METHOD.md section 5).
 
-A :class:`Backbone` bundles a network whose ``model(x)`` maps normalised images
+A :class:`ImageNetBackbone` (family ``imagenet`` of :mod:`binser.backbones.registry`) bundles a network whose ``model(x)`` maps normalised images
 ``(B, 3, S, S)`` to segment features ``(B, d)``, the ImageNet classification layer that
 sits on top of those features (``classifier``; kept for sanity checks and replaced for
 fine-tuning), the input size ``S``, the normalisation constants and a ``weights_id`` that
@@ -29,7 +29,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -39,8 +39,10 @@ from torch import nn
 from ..errors import ConfigError, ModelError
 from ..validation import check_choice
 from ..spectrogram import resize_images
+from .registry import family
 
-BACKBONES = ("efficientnet_lite0", "alexnet")
+BACKBONES = family("imagenet").names     # ("efficientnet_lite0", "alexnet")
+MAX_INPUT_SIZE = 1024                    # largest input side a model.json may ask for, pixels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -412,8 +414,10 @@ def _alexnet_default_state() -> tuple[dict[str, torch.Tensor], str]:
 # --------------------------------------------------------------------------------------
 
 @dataclass(eq=False)
-class Backbone:
-    """A feature network with its preprocessing and identity.
+class ImageNetBackbone:
+    """A feature network with its preprocessing and identity (the
+    :class:`~binser.backbones.registry.Backbone` interface, family ``imagenet``: one row
+    per log-Mel segment image, ``frame_rate`` None, the single layer None).
 
     ``model``: nn.Module in eval mode, normalised ``(B, 3, S, S)`` float -> ``(B, d)``.
     ``classifier``: the classification layer on top of the features (``(B, d)`` -> logits),
@@ -433,6 +437,9 @@ class Backbone:
     pretrained: bool
     head_name: str
     source: str = ""
+    family: ClassVar[str] = "imagenet"
+    frame_rate: ClassVar[float | None] = None    # rows: the front end's segments
+    layers: ClassVar[tuple[None]] = (None,)
     _mean_t: torch.Tensor = field(init=False, repr=False)
     _std_t: torch.Tensor = field(init=False, repr=False)
 
@@ -490,6 +497,61 @@ class Backbone:
         self.weights_id = weights_digest(self.model.state_dict())
         return self.weights_id
 
+    @property
+    def extractor_class(self) -> type:
+        """:class:`~binser.features.SegmentFeatureExtractor`: files -> segment features."""
+        from ..features import SegmentFeatureExtractor
+
+        return SegmentFeatureExtractor
+
+    def to(self, device: str | torch.device) -> "ImageNetBackbone":
+        """Move the network to ``device``; returns self."""
+        self.model.to(device)
+        return self
+
+    def encode(self, signals: Sequence[np.ndarray], layers: Sequence[None] = (None,),
+               config: Any = None) -> list[dict[None, np.ndarray]]:
+        """Per float32 signal ``(N_i,)`` at ``config.sample_rate``, ``{None: (n_i, d)}``: the
+        features of its log-Mel segment images (:func:`binser.spectrogram.utterance_images`
+        with the front end ``config``, default :class:`~binser.config.FrontEndConfig`;
+        :func:`binser.features.cnn_features`)."""
+        from ..config import FrontEndConfig
+        from ..features import cnn_features
+        from ..spectrogram import utterance_images
+
+        if tuple(layers) != (None,):
+            raise ConfigError(f"{self.name}: a CNN has the single layer None, got {list(layers)}")
+        config = config or FrontEndConfig()
+        return [{None: cnn_features(self, utterance_images(np.asarray(s, np.float32), config),
+                                    channels_last=False)} for s in signals]
+
+    def save(self, path: str | Path, keep_head: bool = False) -> None:
+        """Network weights as safetensors; without ``keep_head`` the classification layer is
+        a zero 1-class placeholder (frozen features never use it)."""
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().to("cpu").clone().contiguous()
+                 for k, v in self.model.state_dict().items()}
+        if not keep_head:
+            state[self.head_name + ".weight"] = torch.zeros((1, self.feature_dim),
+                                                            dtype=torch.float32)
+            state[self.head_name + ".bias"] = torch.zeros((1,), dtype=torch.float32)
+        save_file(state, str(path), metadata={"format": "pt", "binser": "backbone",
+                                              "name": self.name,
+                                              "head": "trained" if keep_head else "placeholder"})
+
+    def describe(self, mode: str, layer: None = None) -> dict[str, Any]:
+        """model.json ``backbone`` fields of this family: input size, whether the head is
+        stored (fine-tuned models)."""
+        return {"input_size": int(self.input_size), "head_stored": mode != "frozen"}
+
+    def card_line(self, mode: str, layer: None = None) -> str:
+        """The model card's backbone line."""
+        weights = "ImageNet-pretrained" if self.pretrained else "RANDOM weights"
+        how = ("fine-tuned per view" if mode == "finetuned"
+               else "features of the pretrained network")
+        return f"- backbone: {self.name}, input {self.input_size} px, {weights}, {mode} ({how})"
+
 
 _BUILDERS: dict[str, Callable[[], nn.Module]] = {
     "efficientnet_lite0": EfficientNetLite0,
@@ -534,7 +596,7 @@ def _obtain_weights(name: str, weights: str | Path | None,
 
 
 def get_backbone(name: str, weights: str | Path | None = None, input_size: int | None = None,
-                 allow_random: bool = False) -> Backbone:
+                 allow_random: bool = False) -> ImageNetBackbone:
     """Build backbone ``name`` (one of :data:`BACKBONES`) in eval mode on the CPU.
 
     ``weights``: a state-dict file (``.pth``/``.pt`` read with ``weights_only=True``, or
@@ -558,10 +620,12 @@ def get_backbone(name: str, weights: str | Path | None = None, input_size: int |
         _load_into(model, state, source)
     model.eval()
     mean, std = _NORMALISATION[name]
-    return Backbone(name=name, model=model, classifier=model.get_submodule(model.head_name),
-                    input_size=size, feature_dim=model.feature_dim, mean=mean, std=std,
-                    weights_id=weights_digest(model.state_dict()), pretrained=state is not None,
-                    head_name=model.head_name, source=source)
+    return ImageNetBackbone(name=name, model=model,
+                            classifier=model.get_submodule(model.head_name), input_size=size,
+                            feature_dim=model.feature_dim, mean=mean, std=std,
+                            weights_id=weights_digest(model.state_dict()),
+                            pretrained=state is not None, head_name=model.head_name,
+                            source=source)
 
 
 def set_threads(n: int | None = None) -> int:
@@ -575,3 +639,50 @@ def set_threads(n: int | None = None) -> int:
         raise ConfigError(f"number of threads must be >= 1, got {n}")
     torch.set_num_threads(int(n))
     return int(n)
+
+
+# --------------------------------------------------------------------------------------
+# the family's registry functions (binser.backbones.registry)
+# --------------------------------------------------------------------------------------
+
+def load(name: str, weights: str | Path | None = None, cache_dir: str | Path | None = None,
+         input_size: int | None = None, allow_random: bool = False) -> ImageNetBackbone:
+    """:func:`get_backbone` (``cache_dir`` is not used: weights come from the package or
+    torch's hub cache)."""
+    return get_backbone(name, weights=weights, input_size=input_size,
+                        allow_random=allow_random)
+
+
+def model_spec(where: Path, spec: Mapping[str, Any], mode: str) -> None:
+    """Check a model.json ``backbone`` entry of this family (its input size; ValueError,
+    which the loader reports as an invalid model); CNNs have no layer (None)."""
+    if not 1 <= int(spec["input_size"]) <= MAX_INPUT_SIZE:
+        raise ValueError(f"backbone input_size must be in 1..{MAX_INPUT_SIZE}")
+    return None
+
+
+def model_backbones(root: Path, spec: Mapping[str, Any], files: Mapping[str, str],
+                    views: Sequence[str]) -> dict[str, ImageNetBackbone]:
+    """One backbone per distinct weights file of a model folder (shared by the views that
+    name it), each keeping the ``weights_id`` recorded at training."""
+    loaded: dict[str, ImageNetBackbone] = {}
+    out = {}
+    for view in views:
+        name = files[view]
+        if name not in loaded:
+            try:
+                backbone = get_backbone(spec["name"], weights=root / name,
+                                        input_size=int(spec["input_size"]))
+            except ConfigError as exc:
+                raise ModelError(f"{root / name}: {exc}") from exc
+            if backbone.feature_dim != int(spec["feature_dim"]):
+                raise ModelError(f"{root / name}: features of size {backbone.feature_dim}, "
+                                 f"model.json says {spec['feature_dim']}")
+            backbone.pretrained = bool(spec["pretrained"])
+            # Same feature weights as at training (frozen mode stores only a placeholder
+            # head, which features never use): keep the recorded identity so that feature
+            # caches are shared with the experiment and training runs.
+            backbone.weights_id = str(spec["weights_id"][view])
+            loaded[name] = backbone
+        out[view] = loaded[name]
+    return out

@@ -63,7 +63,7 @@ import tempfile
 from dataclasses import dataclass, field
 from numbers import Integral
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -73,10 +73,12 @@ from torch import nn
 from ..cache import default_cache_dir, file_sha256
 from ..errors import AudioError, ConfigError, ModelError
 from ..validation import check_choice
+from .encoder import FrameEncoder
 from .imagenet import state_dict_problems, weights_digest, weights_read_failure
+from .registry import family
 
-WHISPER_SIZES = ("tiny", "base", "small", "medium", "large-v3")
-WHISPER_BACKBONES = tuple(f"whisper-{s}" for s in WHISPER_SIZES)
+WHISPER_BACKBONES = family("whisper").names     # whisper-tiny ... whisper-large-v3
+WHISPER_SIZES = tuple(n[len("whisper-"):] for n in WHISPER_BACKBONES)
 HUB_REPO = "openai/whisper-{size}"
 SAMPLE_RATE = 16000
 HOP = 160
@@ -392,8 +394,10 @@ class WhisperEncoder(nn.Module):
 # --------------------------------------------------------------------------------------
 
 @dataclass(eq=False)
-class WhisperBackbone:
-    """A Whisper encoder with its identity; :meth:`encode` maps signals to layer outputs.
+class WhisperBackbone(FrameEncoder):
+    """A Whisper encoder with its identity; :meth:`encode` maps signals to layer outputs
+    (the :class:`~binser.backbones.registry.Backbone` interface, family ``whisper``: one row
+    per 20 ms, layers ``0..L``; chunks are the 30 s Mel chunks).
 
     ``name``: e.g. ``"whisper-base"``; ``size``: ``"base"``; ``model``: :class:`WhisperEncoder`
     in eval mode (float32 on the CPU until :meth:`to`); ``weights_id``: 16 hex digits of
@@ -409,6 +413,9 @@ class WhisperBackbone:
     weights_sha256: str
     source: str
     pretrained: bool = True
+    family: ClassVar[str] = "whisper"
+    frame_rate: ClassVar[float] = 1.0 / FRAME_S     # 50 rows per second
+    sample_rate: ClassVar[int] = SAMPLE_RATE
 
     @property
     def feature_dim(self) -> int:
@@ -536,6 +543,41 @@ class WhisperBackbone:
     def encode_one(self, signal: np.ndarray, layers: Sequence[int]) -> dict[int, np.ndarray]:
         """:meth:`encode` for a single signal ``(N,)``."""
         return self.encode([signal], layers)[0]
+
+    def chunks(self, signal: np.ndarray) -> list[np.ndarray]:
+        """The encoder's input chunks: :meth:`mel_chunks`."""
+        return self.mel_chunks(signal)
+
+    def chunk_seconds(self, chunk: np.ndarray) -> float:
+        """Seconds of audio a Mel chunk ``(n_mels, T_c)`` covers (``T_c`` hops of 10 ms)."""
+        return chunk.shape[1] * HOP / SAMPLE_RATE
+
+    def n_frames(self, n_samples: int) -> int:
+        """Rows of a signal of ``n_samples`` samples (:func:`n_output_frames`)."""
+        return n_output_frames(n_samples)
+
+    def save(self, path: str | Path, keep_head: bool = False) -> None:
+        """The encoder's state dict as float32 safetensors under Hugging Face's encoder
+        names without prefix (readable by :func:`load_whisper`; no head to keep)."""
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().to(device="cpu", dtype=torch.float32).clone().contiguous()
+                 for k, v in self.model.state_dict().items()}
+        save_file(state, str(path), metadata={"format": "pt", "binser": "whisper-encoder",
+                                              "name": self.name})
+
+    def describe(self, mode: str, layer: int | None) -> dict[str, Any]:
+        """model.json ``backbone`` fields of this family: layer, encoder config, the source
+        weights' sha256."""
+        return {"layer": layer, "config": self.config.to_dict(),
+                "weights_sha256": str(self.weights_sha256), "dtype": "float32",
+                "head_stored": False}
+
+    def card_line(self, mode: str, layer: int | None) -> str:
+        """The model card's backbone line."""
+        return (f"- backbone: speech encoder {self.name}, layer {layer}, weights "
+                f"sha256 {str(self.weights_sha256)[:16]}, frozen (hidden states of that "
+                "layer, one row per 20 ms)")
 
 
 # --------------------------------------------------------------------------------------
@@ -812,3 +854,101 @@ def load_whisper(name: str, weights: str | Path | None = None,
     return WhisperBackbone(name=name, size=size, config=config, model=model,
                            weights_id=weights_digest(model.state_dict()),
                            weights_sha256=_sha256(file), source=str(file))
+
+
+# --------------------------------------------------------------------------------------
+# the family's registry functions (binser.backbones.registry)
+# --------------------------------------------------------------------------------------
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def load(name: str, weights: str | Path | None = None, cache_dir: str | Path | None = None,
+         input_size: int | None = None, allow_random: bool = False) -> WhisperBackbone:
+    """:func:`load_whisper` (encoders have no input size and no random weights)."""
+    return load_whisper(name, weights=weights, cache_dir=cache_dir)
+
+
+def model_spec(where: Path, spec: Mapping[str, Any], mode: str) -> int:
+    """Check a model.json ``backbone`` entry of a Whisper model (name, frozen mode, the
+    config within :class:`WhisperConfig`'s limits, ``layer`` in 0..L, ``feature_dim ==
+    d_model``, a sha256); ModelError naming ``where``. Returns the layer."""
+    if spec["name"] not in WHISPER_BACKBONES:
+        raise ModelError(f"{where}: unknown Whisper backbone {spec['name']!r} (known: "
+                         f"{', '.join(WHISPER_BACKBONES)})")
+    if mode != "frozen":
+        raise ModelError(f"{where}: Whisper models are frozen, model.json says mode {mode!r}")
+    config = _model_config(where, spec)
+    layer = spec["layer"]
+    if isinstance(layer, bool) or not isinstance(layer, int) \
+            or not 0 <= layer <= config.encoder_layers:
+        raise ModelError(f"{where}: backbone layer {layer!r} is not a layer of this encoder "
+                         f"(an integer in 0..{config.encoder_layers})")
+    if spec["feature_dim"] != config.d_model:
+        raise ModelError(f"{where}: backbone feature_dim {spec['feature_dim']!r} differs from "
+                         f"the encoder's d_model {config.d_model}")
+    sha = spec["weights_sha256"]
+    if not isinstance(sha, str) or not _HEX64.fullmatch(sha):
+        raise ModelError(f"{where}: backbone weights_sha256 must be 64 lowercase hex digits")
+    return layer
+
+
+def _model_config(where: Path, spec: Mapping[str, Any]) -> WhisperConfig:
+    try:
+        return WhisperConfig.from_hf(spec["config"])
+    except ConfigError as exc:
+        raise ModelError(f"{where}: backbone config: {exc}") from exc
+
+
+def model_backbones(root: Path, spec: Mapping[str, Any], files: Mapping[str, str],
+                    views: Sequence[str]) -> dict[str, WhisperBackbone]:
+    """The one encoder every view of a model folder shares, its identity checked."""
+    names = {files[v] for v in views}
+    if len(names) != 1:
+        raise ModelError(f"{root / 'model.json'}: a Whisper model has one encoder file for "
+                         f"all views, got {sorted(names)}")
+    path = root / names.pop()
+    backbone = _read_encoder(path, spec["name"], _model_config(root / "model.json", spec))
+    for view in views:
+        if str(spec["weights_id"][view]) != backbone.weights_id:
+            raise ModelError(f"{path}: encoder weights have identity {backbone.weights_id}, "
+                             f"model.json records {spec['weights_id'][view]!r} for {view}")
+    backbone.weights_sha256 = spec["weights_sha256"]   # the source weights' digest
+    backbone.pretrained = bool(spec["pretrained"])
+    return {v: backbone for v in views}
+
+
+def _read_encoder(path: Path, name: str, config: WhisperConfig) -> WhisperBackbone:
+    """A WhisperBackbone from a model folder's encoder file: exactly the float32 tensors of
+    ``config``'s encoder (ModelError otherwise)."""
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except Exception as exc:   # truncated or not safetensors: never a raw exception
+        raise ModelError(f"{path}: unreadable safetensors file ({type(exc).__name__}: "
+                         f"{exc})") from exc
+    with torch.device("meta"):   # no time spent on an initialisation overwritten anyway
+        model = WhisperEncoder(config)
+    problem = _state_problem(state, model.state_dict())
+    if problem:
+        raise ModelError(f"{path}: weights do not fit the Whisper encoder of model.json "
+                         f"({problem})")
+    model.load_state_dict(state, strict=True, assign=True)
+    model.eval()
+    return WhisperBackbone(name=name, size=name[len("whisper-"):], config=config, model=model,
+                           weights_id=weights_digest(model.state_dict()), weights_sha256="",
+                           source=str(path))
+
+
+def _state_problem(state: Mapping[str, Any], expected: Mapping[str, Any]) -> str | None:
+    """What is wrong with a state dict against the expected one (names, shapes, float32)."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} {state[k].dtype}" for k in expected
+             if k in state and (tuple(state[k].shape) != tuple(expected[k].shape)
+                                or state[k].dtype != torch.float32)]
+    parts = [f"{what} {len(keys)}: {', '.join(keys[:6])}" for what, keys in
+             (("missing", missing), ("unexpected", unexpected),
+              ("wrong shape or dtype", wrong)) if keys]
+    return " | ".join(parts) or None
