@@ -9,7 +9,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Collection, Sequence
 
 from . import __version__
 from .cache import default_cache_dir  # noqa: F401  (re-exported: binser.cli.default_cache_dir)
@@ -236,7 +236,6 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspection import LABEL_WIDTH, format_inspection, inspect_file, mono_note
     from .preflight import check_file
 
     figure = args.output
@@ -246,6 +245,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         check_output_file(figure, "-o")
     config = frontend_from_args(args)
     check_file(args.file, config)   # AudioError naming the file and cause (silent, too short ...)
+    from .inspection import LABEL_WIDTH, format_inspection, inspect_file, mono_note
+
     result = inspect_file(args.file, config, figure=figure)
     note = mono_note(result)
     if note:
@@ -330,6 +331,13 @@ def cmd_scenes(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .model import Model, format_prediction, read_speakers_csv
 
+    if args.plot is not None:   # checked before any work
+        from .outputs import check_output_file
+
+        check_output_file(args.plot, "--plot")
+        if args.per_channel:
+            raise ConfigError("--plot draws the binaural timeline; it does not take "
+                              "--per-channel (use --timeline --json for the channels)")
     model = Model.load(args.model)
     if args.channels is not None:   # which channels of the files to read, not the model
         import dataclasses
@@ -351,9 +359,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .executors import make_executor
 
     executor = make_executor(args.executor, args.ray_address)   # one-line error without ray
-    predictions = model.predict(args.files, timeline=args.timeline, batch_size=args.batch_size,
-                                progress=not args.quiet, on_error=args.on_error,
-                                speakers=speakers, executor=executor)
+    predictions = model.predict(args.files, timeline=args.timeline or args.plot is not None,
+                                batch_size=args.batch_size, progress=not args.quiet,
+                                on_error=args.on_error, speakers=speakers, executor=executor)
+    if args.plot is not None:
+        from .plots import plot_predictions
+
+        plot_predictions(predictions, model.labels, args.plot)
+        for p in predictions if not args.timeline else ():
+            p.timeline = None   # drawn, not printed
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
     else:
@@ -409,27 +423,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .benchmark import PARTS, BenchOptions
-    from .fusion import FUSIONS
-    from .pooling import POOLINGS
-    from .preflight import ON_ERROR
-
-    bench_defaults = BenchOptions(root=Path("."))
-    parser = argparse.ArgumentParser(
-        prog="binser", description="Binaural speech emotion recognition (Zhang et al. 2020).")
-    parser.add_argument("--version", action="version", version=f"binser {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("demo", help="run the whole study on a small synthetic stereo corpus")
+def _demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_out", help="output folder (default: %(default)s)")
     add_experiment_options(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("datasets", help="list the corpora binser knows by name")
+
+def _datasets_options(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_datasets)
 
-    p = sub.add_parser("scan", help="count a corpus's utterances, labels, speakers; flag mono files")
+
+def _scan_options(p: argparse.ArgumentParser) -> None:
+    from .preflight import ON_ERROR
+
     p.add_argument("dataset", help="corpus name (see 'binser datasets')")
     p.add_argument("root", help="corpus folder")
     p.add_argument("--manifest", default=None, help="CSV manifest (csv and baum1s corpora)")
@@ -439,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_channels_option(p)
     p.set_defaults(func=cmd_scan)
 
-    p = sub.add_parser("inspect", help="facts about one audio/video file and its four views")
+
+def _inspect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="audio or video file")
     p.add_argument("-o", "--output", default=None,
                    help="save the four-view spectrogram figure here (.png, .pdf or .svg)")
@@ -448,7 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_channels_option(p)
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("experiment", help="the paper's experiments on a corpus")
+
+def _experiment_options(p: argparse.ArgumentParser) -> None:
     add_corpus_options(p, out_help="output folder for results.json and the report")
     add_experiment_options(p)
     p.add_argument("--augment", type=_csv_list, nargs="?", const=("swap",), default=(),
@@ -458,7 +466,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "+-0.5 ms delay; each copy encoded again); bare --augment = swap")
     p.set_defaults(func=cmd_experiment)
 
-    p = sub.add_parser("train", help="train the final system on a whole corpus; save a model")
+
+def _train_options(p: argparse.ArgumentParser) -> None:
+    from .fusion import FUSIONS
+    from .pooling import POOLINGS
+
     add_corpus_options(p, out_help="model folder to write")
     p.add_argument("--fusion", default="left+right+mid+side",
                    choices=(*FUSIONS, "none"),
@@ -474,8 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_experiment_options(p, fusion_pooling=False)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("bench", help="speed and memory: binser vs librosa, bare PyTorch, "
-                                     "openSMILE; the EMOVO study cold and warm")
+
+def _bench_options(p: argparse.ArgumentParser) -> None:
+    from .benchmark import PARTS, BenchOptions
+
+    bench_defaults = BenchOptions(root=Path("."))
     p.add_argument("--root", default=None,
                    help="EMOVO folder (default: $BINSER_EMOVO or ../shared/data/emovo)")
     p.add_argument("--quick", action="store_true",
@@ -502,8 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: $BINSER_CACHE_DIR or ~/.cache/binser)")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("scenes", help="binaural scenes: each utterance in a simulated room "
-                                      "with noise and a competing talker, as stereo FLAC")
+
+def _scenes_options(p: argparse.ArgumentParser) -> None:
     add_corpus_options(p, out_help="scene folder (FLAC files, scenes.csv, scenes.json); "
                                    "rerun with the same settings to resume")
     p.add_argument("--seed", type=_non_negative_int, default=0,
@@ -535,13 +550,19 @@ def build_parser() -> argparse.ArgumentParser:
     p._negative_number_matcher = re.compile(r"^-\.?\d")
     p.set_defaults(func=cmd_scenes)
 
-    p = sub.add_parser("predict", help="predict the emotion of audio/video files with a model")
+
+def _predict_options(p: argparse.ArgumentParser) -> None:
+    from .preflight import ON_ERROR
+
     p.add_argument("model", help="model folder written by 'binser train'")
     p.add_argument("files", nargs="+", help="audio or video files")
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.add_argument("--timeline", action="store_true",
                    help="scores over time: per segment (CNNs) or per 1 s window, 0.5 s hop "
                         "(whisper)")
+    p.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="draw the timeline into a figure: fused scores per label over time, "
+                        "one panel per file")
     p.add_argument("--on-error", choices=ON_ERROR, default="skip",
                    help="skip: report unreadable files and go on (exit code 1); fail: stop")
     p.add_argument("--batch-size", type=_positive_int, default=64,
@@ -562,12 +583,50 @@ def build_parser() -> argparse.ArgumentParser:
     add_executor_options(p)
     p.set_defaults(func=cmd_predict)
 
-    from .serve.commands import add_parsers
 
-    add_parsers(sub)
+# Each sub-command: its one-line help and the function that adds its options. Only the
+# command being run gets its options (they import heavy modules for their choices), so
+# `binser --help`, `binser datasets` and argument errors start fast; build_parser() with no
+# argument builds every command (documentation, tests).
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "demo": ("run the whole study on a small synthetic stereo corpus", _demo_options),
+    "datasets": ("list the corpora binser knows by name", _datasets_options),
+    "scan": ("count a corpus's utterances, labels, speakers; flag mono files", _scan_options),
+    "inspect": ("facts about one audio/video file and its four views", _inspect_options),
+    "experiment": ("the paper's experiments on a corpus", _experiment_options),
+    "train": ("train the final system on a whole corpus; save a model", _train_options),
+    "bench": ("speed and memory: binser vs librosa, bare PyTorch, openSMILE; the EMOVO study "
+              "cold and warm", _bench_options),
+    "scenes": ("binaural scenes: each utterance in a simulated room with noise and a "
+               "competing talker, as stereo FLAC", _scenes_options),
+    "predict": ("predict the emotion of audio/video files with a model", _predict_options),
+}
+
+
+def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The ``binser`` parser. ``commands``: the sub-commands that get their options (None:
+    all); the others are listed with their help only."""
+    from .serve.commands import SERVE_COMMANDS, add_parser
+
+    parser = argparse.ArgumentParser(
+        prog="binser", description="Binaural speech emotion recognition (Zhang et al. 2020).")
+    parser.add_argument("--version", action="version", version=f"binser {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (text, add_options) in COMMANDS.items():
+        p = sub.add_parser(name, help=text)
+        if commands is None or name in commands:
+            add_options(p)
     for name, func in (("stream", cmd_stream), ("serve", cmd_serve)):
-        sub.choices[name].set_defaults(func=func)
+        p = sub.add_parser(name, help=SERVE_COMMANDS[name])
+        if commands is None or name in commands:
+            add_parser(name, p)
+            p.set_defaults(func=func)
     return parser
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The sub-command named by ``argv`` (its first word when that is not an option)."""
+    return argv[0] if argv and not argv[0].startswith("-") else None
 
 
 class Terminated(KeyboardInterrupt):
@@ -596,7 +655,9 @@ def _describe_os_error(error: OSError) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = _command_of(argv)
+    parser = build_parser(() if command is None else (command,))
     args = parser.parse_args(argv)
     import signal
     import threading

@@ -8,13 +8,14 @@ import json
 import os
 import sys
 import time
-from typing import Any, Iterator
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ..errors import AudioError, ConfigError
-from .stream import (FORMATS, StreamEngine, analyse_file, declared_work_error, decode_pcm,
-                     format_window)
+
+if TYPE_CHECKING:   # numpy and the engine are imported where used: `binser --help` starts fast
+    import numpy as np
+
+    from .stream import StreamEngine
 
 
 MIC_TIMEOUT_S = 5.0   # a microphone silent (no callbacks) this long is an error
@@ -34,10 +35,21 @@ def positive_float(text: str) -> float:
     return value
 
 
-def add_parsers(sub) -> None:
-    """The ``stream`` and ``serve`` sub-commands (``sub``: the CLI's subparsers)."""
-    p = sub.add_parser("stream", help="emotion per analysis window of a file played in real "
-                                      "time, raw PCM on standard input, or a microphone")
+SERVE_COMMANDS = {
+    "stream": "emotion per analysis window of a file played in real time, raw PCM on "
+              "standard input, or a microphone",
+    "serve": "HTTP + WebSocket server with a web page (needs the 'serve' extra)",
+}
+
+
+def add_parser(name: str, p: argparse.ArgumentParser) -> None:
+    """The options of the ``stream`` or ``serve`` sub-command (``name``) on ``p``."""
+    (_stream_options if name == "stream" else _serve_options)(p)
+
+
+def _stream_options(p: argparse.ArgumentParser) -> None:
+    from .stream import FORMATS
+
     p.add_argument("model", help="model folder written by 'binser train'")
     p.add_argument("source", nargs="?", default=None,
                    help="audio/video file, or - for raw interleaved PCM on standard input "
@@ -63,10 +75,9 @@ def add_parsers(sub) -> None:
                    help="stop after this many seconds of audio (default: the end of the "
                         "file or input; Ctrl-C for a microphone)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.set_defaults(func=run_stream)
 
-    p = sub.add_parser("serve", help="HTTP + WebSocket server with a web page (needs the "
-                                     "'serve' extra)")
+
+def _serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model folder written by 'binser train'")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default %(default)s; any other needs --token)")
@@ -114,12 +125,13 @@ def add_parsers(sub) -> None:
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="a web page origin (scheme://host:port) allowed to call the API and "
                         "open streams besides the server's own (repeatable)")
-    p.set_defaults(func=run_serve)
 
 
 # ------------------------------------------------------------------------------ stream
 
 def _stdin_chunks(args, chunk: float) -> Iterator[bytes]:
+    from .stream import FORMATS
+
     frame = FORMATS[args.format].itemsize * args.channels
     size = max(1, int(chunk * args.rate)) * frame
     stdin = sys.stdin.buffer
@@ -160,6 +172,8 @@ def _mic_chunks(args, chunk: float) -> Iterator[np.ndarray]:
 
 
 def _show(result, as_json: bool) -> None:
+    from .stream import format_window
+
     if as_json:
         print(json.dumps({"type": "window", **result.to_dict()}), flush=True)
     else:
@@ -168,6 +182,7 @@ def _show(result, as_json: bool) -> None:
 
 def run_stream(args: argparse.Namespace) -> int:
     from ..model import Model
+    from .stream import StreamEngine, decode_pcm
 
     if args.mic == (args.source is not None):
         raise ConfigError("give one source: a file, - for standard input, or --mic")
@@ -214,6 +229,7 @@ def _play_file(model, args, chunk: float) -> StreamEngine:
     """A file (decoded at the model's rate) through a new engine in ``chunk``-second
     pieces, paced at real time unless ``--fast``."""
     from ..preflight import checked_audio
+    from .stream import StreamEngine, declared_work_error
 
     sr = model.frontend.sample_rate
     too_much = declared_work_error(args.source, model.frontend.max_duration_s)
@@ -255,6 +271,7 @@ def _summary_text(summary: dict[str, Any]) -> str:
 def predict_per_channel(model, args: argparse.Namespace) -> int:
     """``predict --per-channel``: each file through the engine, one timeline per channel."""
     from ..errors import BinserError
+    from .stream import analyse_file, format_window
 
     out, failed = [], 0
     for path in args.files:
