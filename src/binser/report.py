@@ -1,9 +1,21 @@
-"""The human report of an experiment: the paper's Tables 1-7 (and a Table 8 of baselines when
-present) for the corpus at hand, confusion-matrix figures (Figs. 4-6) and the four-view
-spectrogram figure (Fig. 1), as Markdown and as a self-contained-looking HTML page."""
+"""The human report of an experiment: a headline box (the default system's UA and interval,
+chance, corpus, protocol, what is transductive), a chart of UA with intervals of the main
+systems, the paper's Tables 1-7 (and a Table 8 of baselines when present) for the corpus at
+hand, per-fold UA as a heatmap (numbers in a table below it), the paired comparisons as a
+forest plot beside their table, confusion-matrix figures (Figs. 4-6) and the four-view
+spectrogram figure (Fig. 1), as Markdown (figures linked under ``figures/``) and as one HTML
+page that stands alone (every figure embedded as a base64 ``data:`` URI, so the page can be
+moved or mailed without its folder).
+
+The *default system* (:func:`default_system`) is the paper's system, the nested four-view
+score fusion ``score-fusion/left+right+mid+side``; without it (fewer views), the nested score
+fusion of the most views, else ``best-view``, else the first run."""
 from __future__ import annotations
 
+import base64
 import html
+import math
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,7 +36,12 @@ CI_TEXT = {"speaker-bootstrap": "95% speaker (cluster) bootstrap interval of UA:
 # Fusion row titles and weight symbols: binser.fusion.fusion_titles() / weight_symbols(), from
 # the table of fusion rules (a rule added there appears in Tables 6-7 without an edit here).
 
-Block = tuple  # ("h1"|"h2"|"p"|"warn", text) | ("table", headers, rows) | ("img", file, caption)
+Block = tuple  # ("h1"|"h2"|"p"|"warn", text) | ("table", headers, rows[, folded summary])
+#                | ("img", file, caption) | ("box", title, [(key, value), ...])
+TIMING_TITLES = {"features_s": "features (decoding, encoders, pooling; cached or computed)",
+                 "baselines_s": "hand-crafted baselines (openSMILE)",
+                 "classifiers_s": "classifiers and fusion (all folds)",
+                 "total_s": "total"}
 
 
 def _md_cell(value: Any) -> str:
@@ -96,6 +113,15 @@ def _approximate_text(n_speakers: Any) -> str:
     return f" Intervals are {note}." if note else ""
 
 
+def _approximate_short(n_speakers: Any) -> str:
+    """'; approximate with 6 speakers (< 10)' below 10 speakers, else ''."""
+    from .evaluation import APPROXIMATE_BELOW
+
+    if isinstance(n_speakers, int) and 1 < n_speakers < APPROXIMATE_BELOW:
+        return f"; approximate with {n_speakers} speakers (< {APPROXIMATE_BELOW})"
+    return ""
+
+
 def _claim_rows(comparisons: Sequence[dict[str, Any]]) -> list[list[str]]:
     """One row per claim: the difference, its interval, the speakers' signs, raw and Holm p,
     the verdict (on the Holm p); claims on speaker-normalised runs carry the caveat."""
@@ -155,6 +181,96 @@ def _silent_text(results: dict[str, Any]) -> str:
     return "; ".join(parts) or "none"
 
 
+def timing_title(key: str) -> str:
+    """A run-time key of results.json in words: ``features_s`` -> 'features (...)'; an
+    unknown ``some_stage_s`` -> 'some stage'."""
+    if key in TIMING_TITLES:
+        return TIMING_TITLES[key]
+    return key[:-2].replace("_", " ") if key.endswith("_s") else key.replace("_", " ")
+
+
+def default_system(runs: dict[str, dict[str, Any]]) -> str | None:
+    """The run the headline reports (module docstring): the nested four-view score fusion,
+    else the nested score fusion of the most views, else ``best-view``, else the first run."""
+    paper = str(RunName.score_fusion("left+right+mid+side"))
+    if paper in runs:
+        return paper
+    fusions = [n for n in runs if n.startswith("score-fusion/") and not is_oracle(n)]
+    if fusions:
+        return max(fusions, key=lambda n: (n.count("+"), -list(runs).index(n)))
+    return "best-view" if "best-view" in runs else next(iter(runs), None)
+
+
+def _transductive_text(results: dict[str, Any]) -> str:
+    normalised = [r["name"] for r in results["runs"] if plain_name(r["name"]) != r["name"]]
+    if not normalised:
+        return ("nothing: every figure is speaker-independent and inductive (test speakers' "
+                "recordings are never used for training or normalisation)")
+    return (f"the {len(normalised)} speaker-normalised ('speaker-norm:') runs only "
+            f"({TRANSDUCTIVE_CAVEAT}); every other figure is inductive")
+
+
+def headline_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """The headline box: default system, its UA with interval, chance, corpus, protocol and
+    what is transductive."""
+    runs = {r["name"]: r for r in results["runs"]}
+    name = default_system(runs)
+    n_spk = results.get("n_speakers")
+    rows = []
+    if name is not None:
+        run = runs[name]
+        rows += [("default system", name),
+                 ("UA (95% interval)", f"{pct(run['ua'])} % ({_ci(run, n_spk)})"
+                                       + _approximate_short(n_spk))]
+    synthetic = " (SYNTHETIC demo data)" if results.get("synthetic") else ""
+    rows += [("chance level (UA)", f"{pct(1.0 / len(results['classes']))} % "
+                                   f"({len(results['classes'])} classes)"),
+             ("corpus", f"{results['dataset']}{synthetic}: {results['n_utterances']} "
+                        f"utterances, {_count(n_spk, 'speaker')}, classes "
+                        f"{', '.join(results['classes'])}"),
+             ("protocol", f"{results['protocol']} ({_count(results.get('n_folds'), 'fold')}, "
+                          + ("speaker-independent" if results.get("speaker_independent", True)
+                             else "SPEAKER-DEPENDENT") + ")"),
+             ("transductive", _transductive_text(results))]
+    return rows
+
+
+def main_systems(results: dict[str, Any]) -> list[str]:
+    """The runs of the UA chart, in reading order: each view at the fusion pooling, the best
+    view, the nested score fusions, the four-view feature fusion, the baselines and the
+    speaker-normalised default system (oracle runs never: they have no interval)."""
+    runs = {r["name"]: r for r in results["runs"]}
+    fusion_pooling = _fusion_pooling(results)
+    names = [str(RunName.single(v, fusion_pooling)) for v in all_views()]
+    names += ["best-view"]
+    names += [str(RunName.score_fusion(f)) for f in fusion_titles()]
+    names += [str(RunName.feature_fusion("left+right+mid+side"))]
+    names += [n for n in runs if n.startswith("opensmile/")]
+    system = default_system(runs)
+    if system is not None:
+        names.append(str(RunName.parse(system).normalised()) if "/" in system
+                     or system == "best-view" else system)
+    seen, out = set(), []
+    for n in names:
+        if n in runs and n not in seen and not is_oracle(n):
+            seen.add(n)
+            out.append(n)
+    return out
+
+
+def fold_matrix(results: dict[str, Any]) -> tuple[list[str], list[str], list[list[float]]]:
+    """(run names, fold names, UA per run and fold) of the per-fold figure (no oracle runs;
+    NaN where a fold has no figure)."""
+    folds = [", ".join(s) for s in results.get("fold_test_speakers", [])]
+    names, matrix = [], []
+    for r in results["runs"]:
+        if is_oracle(r["name"]) or "fold_ua" not in r:
+            continue
+        names.append(r["name"])
+        matrix.append([math.nan if u is None else float(u) for u in r["fold_ua"]])
+    return names, folds, matrix
+
+
 def build_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block]:
     """Lay out the report as neutral blocks that both renderers understand."""
     runs = {r["name"]: r for r in results["runs"]}
@@ -172,6 +288,10 @@ def build_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block
     if not results.get("pretrained", True):
         blocks.append(("warn", "RANDOMLY INITIALISED BACKBONE: no ImageNet weights were used; "
                                "these are not the paper's pretrained features."))
+    blocks.append(("box", "The answer", headline_rows(results)))
+    if "systems" in figures:
+        blocks.append(("img", figures["systems"], "UA (%) of the main systems with their 95% "
+                              "intervals (dots: UA; bars: interval; dashed: chance)."))
     blocks.append(("table", ["", ""], [
         ["dataset", results["dataset"]],
         ["protocol", f"{results['protocol']} ({_count(results.get('n_folds'), 'fold')}, "
@@ -264,8 +384,13 @@ def build_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block
         blocks += _deployment_blocks(deployment)
     if results.get("comparisons"):
         blocks += [("h2", "The paper's claims on this corpus (paired, speaker level)"),
-                   ("p", _claims_text(results)),
-                   ("table", ["Claim (a beats b)", "a", "b", "UA diff", "95% CI",
+                   ("p", _claims_text(results))]
+        if "forest" in figures:
+            blocks.append(("img", figures["forest"], "Forest plot: UA difference a - b of each "
+                                                     "claim (points) with its 95% paired "
+                                                     "interval (bars); the verdict at the "
+                                                     "right."))
+        blocks += [("table", ["Claim (a beats b)", "a", "b", "UA diff", "95% CI",
                               "speakers +/-/=", "p", "p (Holm)", "verdict"],
                     _claim_rows(results["comparisons"]))]
     if results.get("conditions"):   # a scene corpus: UA per condition (binser.conditions)
@@ -286,8 +411,12 @@ def build_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block
                 for r in results["runs"] if not is_oracle(r["name"])]
         blocks += [("h2", "Per-fold UA (test speakers)"),
                    ("p", "@oracle runs are left out: their weights were chosen on the pooled "
-                         "test data of all folds, so they have no per-fold figure."),
-                   ("table", ["Run", *fold_names, *(["mean of folds"] if mean else [])], rows)]
+                         "test data of all folds, so they have no per-fold figure.")]
+        if "folds" in figures:
+            blocks.append(("img", figures["folds"], "Per-fold UA (%): one row per run, one "
+                                                    "column per fold (its test speakers)."))
+        blocks.append(("table", ["Run", *fold_names, *(["mean of folds"] if mean else [])],
+                       rows, "the per-fold numbers"))
     confusion = [key for key in figures if key.startswith("confusion:")]
     if confusion:
         blocks.append(("h2", "Figs. 4-6: confusion matrices (rows true, columns predicted)"))
@@ -299,7 +428,8 @@ def build_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block
     timing = results.get("timing", {})
     if timing:
         blocks += [("h2", "Run time"),
-                   ("table", ["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in timing.items()])]
+                   ("table", ["stage", "seconds"],
+                    [[timing_title(k), f"{v:.1f}"] for k, v in timing.items()])]
     return blocks
 
 
@@ -343,10 +473,24 @@ def render_markdown(blocks: Sequence[Block]) -> str:
             out.append("")
         elif kind == "img":
             out.append(f"![{block[2]}]({block[1]})\n")
+        elif kind == "box":
+            out.append(f"> **{block[1]}**\n>")
+            out += [f"> - **{key}**: {value}" for key, value in block[2]]
+            out.append("")
     return "\n".join(out)
 
 
-def render_html(blocks: Sequence[Block], title: str) -> str:
+def data_uri(path: str | Path) -> str:
+    """A figure file as a ``data:`` URI (base64), so the page needs no other file."""
+    path = Path(path)
+    kind = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg",
+            ".jpeg": "image/jpeg"}.get(path.suffix.lower(), "application/octet-stream")
+    return f"data:{kind};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def render_html(blocks: Sequence[Block], title: str, base: str | Path | None = None) -> str:
+    """The page; with ``base`` (the folder figure paths are relative to) every figure is
+    embedded (:func:`data_uri`), else linked by its relative path."""
     esc = html.escape
     body: list[str] = []
     for block in blocks:
@@ -359,15 +503,27 @@ def render_html(blocks: Sequence[Block], title: str) -> str:
             head = "".join(f"<th>{esc(h)}</th>" for h in block[1])
             rows = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>"
                            for row in block[2])
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            table = f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+            if len(block) > 3:   # folded: the numbers behind a figure
+                table = f"<details><summary>{esc(block[3])}</summary>{table}</details>"
+            body.append(table)
         elif kind == "img":
-            body.append(f'<figure><img src="{esc(block[1])}" alt="{esc(block[2])}">'
+            src = data_uri(Path(base) / block[1]) if base is not None else block[1]
+            body.append(f'<figure><img src="{esc(src)}" alt="{esc(block[2])}">'
                         f"<figcaption>{esc(block[2])}</figcaption></figure>")
+        elif kind == "box":
+            items = "".join(f"<dt>{esc(k)}</dt><dd>{esc(str(v))}</dd>" for k, v in block[2])
+            body.append(f'<section class="headline"><h2>{esc(block[1])}</h2>'
+                        f"<dl>{items}</dl></section>")
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;"
              "padding:.25em .6em;text-align:left}th{background:#f3f3f3}img{max-width:100%}"
              ".warn{background:#fff3cd;border:1px solid #e0b000;padding:.6em;font-weight:bold}"
-             "figure{margin:1em 0}")
+             "figure{margin:1em 0}.headline{border:2px solid #114477;border-radius:6px;"
+             "padding:.4em 1em;margin:1em 0;background:#f4f8fc}.headline h2{margin:.3em 0}"
+             ".headline dl{display:grid;grid-template-columns:max-content 1fr;gap:.2em 1em;"
+             "margin:.4em 0}.headline dt{font-weight:bold}.headline dd{margin:0}"
+             "summary{cursor:pointer;margin:.3em 0}")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
 
@@ -390,6 +546,7 @@ def make_figures(results: dict[str, Any], out_dir: Path, example_path: str | Pat
 
         if condition_figure(results["conditions"], fig_dir / "conditions_snr.png"):
             figures["conditions"] = "figures/conditions_snr.png"
+    figures.update(summary_figures(results, out_dir))
     fusion_pooling = _fusion_pooling(results)
     runs = {r["name"]: r for r in results["runs"]}
     wanted = [str(RunName.single(v, fusion_pooling)) for v in all_views()]
@@ -406,6 +563,36 @@ def make_figures(results: dict[str, Any], out_dir: Path, example_path: str | Pat
     return figures
 
 
+def summary_figures(results: dict[str, Any], out_dir: Path) -> dict[str, str]:
+    """The UA chart of the main systems, the per-fold heatmap and the forest plot of the
+    claims (each where there is something to draw); figure key -> relative file name."""
+    from .plots import plot_fold_heatmap, plot_forest, plot_systems
+
+    runs = {r["name"]: r for r in results["runs"]}
+    figures: dict[str, str] = {}
+    systems = main_systems(results)
+    if systems:
+        rows = [(n, runs[n]["ua"], _interval(runs[n])) for n in systems]
+        plot_systems(rows, out_dir / "figures/systems_ua.png",
+                     chance=1.0 / len(results["classes"]))
+        figures["systems"] = "figures/systems_ua.png"
+    names, folds, matrix = fold_matrix(results)
+    if names and folds:
+        plot_fold_heatmap(matrix, names, folds, out_dir / "figures/fold_ua.png")
+        figures["folds"] = "figures/fold_ua.png"
+    claims = results.get("comparisons") or []
+    if claims:
+        rows = [(f"{c['a']} vs {c['b']}", c["diff"], c["ci95"], c["verdict"]) for c in claims]
+        plot_forest(rows, out_dir / "figures/claims_forest.png")
+        figures["forest"] = "figures/claims_forest.png"
+    return figures
+
+
+def _interval(run: dict[str, Any]) -> tuple[float, float] | None:
+    lo, hi = run.get("ua_ci95", (None, None))
+    return None if lo is None else (lo, hi)
+
+
 def write_report(results: dict[str, Any], out_dir: str | Path,
                  example_path: str | Path | None = None,
                  config: FrontEndConfig = FrontEndConfig()) -> tuple[Path, Path]:
@@ -414,6 +601,15 @@ def write_report(results: dict[str, Any], out_dir: str | Path,
     figures = make_figures(results, out_dir, example_path, config)
     blocks = build_blocks(results, figures)
     md, page = out_dir / "report.md", out_dir / "report.html"
-    md.write_text(render_markdown(blocks))
-    page.write_text(render_html(blocks, f"binser report: {results['dataset']}"))
+    _write_atomic(md, render_markdown(blocks))
+    _write_atomic(page, render_html(blocks, f"binser report: {results['dataset']}", out_dir))
     return md, page
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
