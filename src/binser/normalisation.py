@@ -22,10 +22,22 @@ destroys the signal where each speaker shows one (talk shows, most speakers one 
 keeps the statistics of the training speakers and a fallback (the mean over training
 speakers of ``mu_s`` and ``sd_s``: an "average speaker") for a speaker with fewer than
 ``min_utterances`` utterances at prediction time.
+
+:class:`OnlineSpeakerNormaliser` is the streaming form (a stream, ``predict --speaker``
+across calls, the server): per key (a speaker or a stream; one normaliser per view/channel)
+running statistics of the rows with signal seen so far. Each new row is first added to its
+key's statistics (so the statistics hold the earlier rows and the row itself, never a later
+one), then standardised with them once they hold at least ``warm_up`` rows, else with the
+average-training-speaker fallback (as :class:`SpeakerNormaliser` for a speaker with fewer
+than ``min_utterances``). After all of a speaker's ``n`` rows, the last row is standardised
+exactly as :func:`speaker_normalise` standardises it (up to rounding).
+:func:`window_normalise` is the same rule for a whole evaluation at once (every row with
+``k`` predecessors in a given order); :mod:`binser.online` turns it into the UA curve.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import threading
+from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 
@@ -161,3 +173,128 @@ class SpeakerNormaliser:
         out.fallback_mean_ = np.asarray(state["fallback_mean"], dtype=np.float64)
         out.fallback_std_ = np.asarray(state["fallback_std"], dtype=np.float64)
         return out
+
+
+class OnlineSpeakerNormaliser:
+    """Running per-key standardisation of rows as they arrive (module docstring).
+
+    ``fit(X, speakers, mask)`` keeps only the average-training-speaker fallback (exactly as
+    :class:`SpeakerNormaliser`; :meth:`from_offline` takes it from a fitted one).
+    ``update_transform(X, key, mask)`` takes rows of one key in arrival order and returns
+    them standardised ``(n, D)`` float64: row ``j`` (with signal) is first added to ``key``'s
+    running mean and variance (Welford's update, float64, population variance; a standard
+    deviation below 1e-8 counts as 1), then standardised with them when ``key`` has at least
+    ``warm_up`` rows with signal, else with the fallback. Rows without signal (``mask``
+    False) are not added and become 0. Safe to call from several threads.
+    """
+
+    def __init__(self, warm_up: int = 5):
+        self.warm_up = warm_up
+
+    def _check(self) -> None:
+        if (isinstance(self.warm_up, bool) or not isinstance(self.warm_up, (int, np.integer))
+                or self.warm_up < 1):
+            raise ConfigError(f"online normalisation: warm_up must be an integer >= 1, got "
+                              f"{self.warm_up!r}")
+
+    def fit(self, X: np.ndarray, speakers: Sequence, mask: np.ndarray | None = None
+            ) -> "OnlineSpeakerNormaliser":
+        self._check()
+        offline = SpeakerNormaliser().fit(X, speakers, mask)
+        return self._start(offline.fallback_mean_, offline.fallback_std_)
+
+    @classmethod
+    def from_offline(cls, normaliser: SpeakerNormaliser, warm_up: int | None = None
+                     ) -> "OnlineSpeakerNormaliser":
+        """The online form of a fitted :class:`SpeakerNormaliser` (same fallback; ``warm_up``
+        defaults to its ``min_utterances``)."""
+        if not hasattr(normaliser, "fallback_mean_"):
+            raise ConfigError("this SpeakerNormaliser is not fitted yet; call fit first")
+        out = cls(normaliser.min_utterances if warm_up is None else warm_up)
+        out._check()
+        return out._start(normaliser.fallback_mean_, normaliser.fallback_std_)
+
+    def _start(self, mean: np.ndarray, std: np.ndarray) -> "OnlineSpeakerNormaliser":
+        self.fallback_mean_ = np.asarray(mean, dtype=np.float64)
+        self.fallback_std_ = np.asarray(std, dtype=np.float64)
+        self._running: dict[Hashable, list] = {}   # key -> [n, mean (D,), M2 (D,)]
+        self._lock = threading.Lock()
+        return self
+
+    def update_transform(self, X: np.ndarray, key: Hashable, mask: np.ndarray | None = None
+                         ) -> np.ndarray:
+        if not hasattr(self, "fallback_mean_"):
+            raise ConfigError("this OnlineSpeakerNormaliser is not fitted yet; call fit first")
+        X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+        d = len(self.fallback_mean_)
+        if X.ndim != 2 or X.shape[1] != d:
+            raise ConfigError(f"online normalisation: expected rows of {d} features, got "
+                              f"shape {X.shape}")
+        mask = np.ones(len(X), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        out = np.zeros_like(X)
+        with self._lock:
+            state = self._running.setdefault(key, [0, np.zeros(d), np.zeros(d)])
+            for j in np.flatnonzero(mask):
+                state[0] += 1
+                delta = X[j] - state[1]
+                state[1] = state[1] + delta / state[0]
+                state[2] = state[2] + delta * (X[j] - state[1])
+                if state[0] >= self.warm_up:
+                    sd = np.sqrt(state[2] / state[0])
+                    out[j] = (X[j] - state[1]) / np.where(sd < STD_FLOOR, 1.0, sd)
+                else:
+                    out[j] = (X[j] - self.fallback_mean_) / self.fallback_std_
+        return out
+
+    def count(self, key: Hashable) -> int:
+        """Rows with signal seen so far for ``key``."""
+        with self._lock:
+            return int(self._running.get(key, [0])[0])
+
+    def reset(self, key: Hashable | None = None) -> None:
+        """Forget ``key``'s statistics (every key's when None)."""
+        with self._lock:
+            if key is None:
+                self._running.clear()
+            else:
+                self._running.pop(key, None)
+
+
+def window_normalise(X: np.ndarray, speakers: Sequence, orders: Mapping[str, np.ndarray],
+                     k: int, fallback: tuple[np.ndarray, np.ndarray], warm_up: int,
+                     mask: np.ndarray | None = None) -> np.ndarray:
+    """Every row standardised as :class:`OnlineSpeakerNormaliser` would at position ``k`` of
+    a stream -> ``(N, D)`` float64.
+
+    ``orders``: per speaker a permutation ``p`` of that speaker's row indices. The row at
+    position ``i`` of ``p`` is preceded by the ``k`` rows ``p[i-k], ..., p[i-1]``, indices
+    taken cyclically (the stream ``p[i-k:] + p[:i-k]``, a rotation of ``p``, meets it at
+    position ``k``); ``k >= n_s - 1`` means all of the speaker's other rows. Its statistics:
+    the rows with signal among those and itself; fewer than ``warm_up`` -> ``fallback``
+    ``(mean, std)``. Rows without signal become 0. Rows of speakers not in ``orders`` too.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    speakers = np.asarray(speakers).astype(str)
+    mask = np.ones(len(X), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    if k < 0:
+        raise ConfigError(f"online normalisation: k must be >= 0, got {k}")
+    out = np.zeros_like(X)
+    for s, order in orders.items():
+        order = np.asarray(order)
+        if sorted(order.tolist()) != np.flatnonzero(speakers == s).tolist():
+            raise ConfigError(f"online normalisation: the order of speaker {s} must be a "
+                              "permutation of that speaker's rows")
+        n = len(order)
+        width = min(k + 1, n)
+        for i, row in enumerate(order):
+            if not mask[row]:
+                continue
+            window = order[(i - width + 1 + np.arange(width)) % n]
+            used = X[window[mask[window]]]
+            if len(used) < warm_up:
+                mean, sd = fallback
+            else:
+                mean, sd = used.mean(axis=0), used.std(axis=0)
+                sd = np.where(sd < STD_FLOOR, 1.0, sd)
+            out[row] = (X[row] - mean) / sd
+    return out
