@@ -10,8 +10,9 @@ import pytest
 from sklearn.svm import LinearSVC
 
 from binser.experiment import ExperimentSettings, PooledFeatures, evaluate_fold
-from binser.svm import (class_weights, line_search, linear_gram, ovr_problems, solve_grid,
-                        solve_squared_hinge)
+from binser.classifier import ViewClassifier
+from binser.svm import (class_weights, line_search, linear_gram, ovr_problems, prefers_primal,
+                        solve_grid, solve_grid_primal, solve_squared_hinge, with_intercept)
 
 CS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
@@ -54,6 +55,42 @@ def test_every_C_and_class_equals_tightly_converged_liblinear(k, d):
             if beta_ref is not None:
                 assert (_objective(betas[i, p], gram, ys[p], C * cs[p])
                         <= _objective(beta_ref, gram, ys[p], C * cs[p]) + 1e-9)
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_feature_space_path_equals_liblinear_and_the_gram_path(k):
+    """Many rows, few dimensions: the feature-space Newton solver gives liblinear's weights
+    (tol 1e-12, primal) and the Gram-matrix solver's, at every C and class."""
+    X, codes = _data(n=200, d=12, k=k)
+    ys, cs = ovr_problems(codes, np.arange(k), class_weights(codes, k, balanced=True))
+    ws, unsettled = solve_grid_primal(with_intercept(X), ys, cs, CS)
+    betas, _ = solve_grid(linear_gram(X)[0], ys, cs, CS)
+    assert unsettled == 0 and prefers_primal(*X.shape)
+    for i, C in enumerate(CS):
+        ref = LinearSVC(C=C, class_weight="balanced", tol=1e-12, max_iter=100_000,
+                        dual=False).fit(X, codes)
+        np.testing.assert_allclose(ws[i, :, :-1], ref.coef_, atol=1e-6)
+        np.testing.assert_allclose(ws[i, :, -1], ref.intercept_, atol=1e-6)
+        np.testing.assert_allclose(ws[i, :, :-1], betas[i] @ X, atol=1e-9)
+
+
+def test_view_classifier_takes_the_feature_space_path_with_the_same_result(monkeypatch):
+    """A ViewClassifier on a tall matrix (rows > 3 x dimensions) solves in feature space;
+    forcing the Gram path gives the same C, decisions and probabilities."""
+    X, codes = _data(n=240, d=10, k=3, imbalance=False)
+    groups = np.arange(len(X)) % 4
+    calls = []
+    import binser.classifier as classifier
+    real = classifier.solve_grid_primal
+    monkeypatch.setattr(classifier, "solve_grid_primal",
+                        lambda *a: calls.append(1) or real(*a))
+    tall = ViewClassifier().fit(X, codes, groups)
+    assert calls
+    monkeypatch.setattr(classifier, "prefers_primal", lambda n, d: False)
+    gram = ViewClassifier().fit(X, codes, groups)
+    assert tall.C_ == gram.C_
+    np.testing.assert_allclose(tall.decision_function(X), gram.decision_function(X), atol=1e-8)
+    np.testing.assert_allclose(tall.predict_proba(X), gram.predict_proba(X), atol=1e-7)
 
 
 def test_solution_meets_the_kkt_conditions_exactly():

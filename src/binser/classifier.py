@@ -78,7 +78,8 @@ from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
 
 from .errors import ConfigError
-from .svm import class_weights, linear_gram, ovr_problems, solve_grid
+from .svm import (class_weights, linear_gram, ovr_problems, prefers_primal, solve_grid,
+                  solve_grid_primal, with_intercept)
 from .validation import check_choice
 
 _EIG_RTOL = 1e-10   # Gram eigenvalues below this fraction of the largest are treated as 0
@@ -173,7 +174,11 @@ class _FoldData:
         xtr, xte = scaler.transform(X[train]), scaler.transform(X[test])
         self.solver = solver
         if solver == "exact":
-            self.gram, self.cross = linear_gram(xtr, xte)
+            self.primal = prefers_primal(*xtr.shape)
+            if self.primal:
+                self.xtr, self.xte = with_intercept(xtr), with_intercept(xte)
+            else:
+                self.gram, self.cross = linear_gram(xtr, xte)
             return
         self.reduced = X.shape[1] > len(train)
         if self.reduced:
@@ -182,26 +187,33 @@ class _FoldData:
         self.xtr, self.xte = xtr, xte
 
 
-def _exact_decisions(gram: np.ndarray, cross: np.ndarray, ytr: np.ndarray, Cs: Sequence[float],
-                     k: int, params: "ViewClassifier") -> tuple[np.ndarray, int]:
+def _exact_decisions(fold: _FoldData, ytr: np.ndarray, Cs: Sequence[float], k: int,
+                     params: "ViewClassifier") -> tuple[np.ndarray, int]:
     """Decision values ``(nC, n_test, k)`` of the exact solver at every C; unsettled count."""
     present = np.unique(ytr)
+    n_test = fold.xte.shape[0] if fold.primal else fold.cross.shape[0]
     if len(present) < 2:
-        one = _one_class_decisions(cross.shape[0], present, k)
+        one = _one_class_decisions(n_test, present, k)
         return np.repeat(one[None], len(Cs), axis=0), 0
-    betas, unsettled = _exact_solutions(gram, ytr, present, Cs, k, params)
-    out = np.stack([_decision_columns(cross @ b.T, present, k) for b in betas])
+    if fold.primal:
+        ws, unsettled = _exact_solutions(fold.xtr, ytr, present, Cs, k, params, primal=True)
+        return np.stack([_decision_columns(fold.xte @ w.T, present, k) for w in ws]), unsettled
+    betas, unsettled = _exact_solutions(fold.gram, ytr, present, Cs, k, params)
+    out = np.stack([_decision_columns(fold.cross @ b.T, present, k) for b in betas])
     return out, unsettled
 
 
-def _exact_solutions(gram: np.ndarray, codes: np.ndarray, present: np.ndarray,
-                     Cs: Sequence[float], k: int, params: "ViewClassifier"
+def _exact_solutions(system: np.ndarray, codes: np.ndarray, present: np.ndarray,
+                     Cs: Sequence[float], k: int, params: "ViewClassifier", primal: bool = False
                      ) -> tuple[np.ndarray, int]:
-    """``beta`` ``(nC, P, n)`` of the one-vs-rest problems of ``present`` classes at every C
-    (:func:`binser.svm.solve_grid`), with the estimator's class weighting."""
+    """The one-vs-rest problems of ``present`` classes at every C with the estimator's class
+    weighting: ``beta`` ``(nC, P, n)`` from the Gram matrix ``system``
+    (:func:`binser.svm.solve_grid`), or, with ``primal``, weights ``(nC, P, D+1)`` (intercept
+    last) from the rows ``system`` with their intercept feature
+    (:func:`binser.svm.solve_grid_primal`)."""
     weights = class_weights(codes, k, params.class_weight == "balanced")
     ys, cs = ovr_problems(codes, present, weights)
-    return solve_grid(gram, ys, cs, Cs)
+    return (solve_grid_primal if primal else solve_grid)(system, ys, cs, Cs)
 
 
 def _liblinear_decisions(fold: _FoldData, ytr: np.ndarray, C: float, k: int,
@@ -223,7 +235,7 @@ def fold_decisions(fold: _FoldData, ytr: np.ndarray, Cs: Sequence[float], k: int
     """Out-of-fold decision values ``(nC, n_test, k)`` of one inner fold at every C, and the
     number of fits that did not converge."""
     if fold.solver == "exact":
-        return _exact_decisions(fold.gram, fold.cross, ytr, Cs, k, params)
+        return _exact_decisions(fold, ytr, Cs, k, params)
     decs, bad = [], 0
     for C in Cs:
         dec, ok = _liblinear_decisions(fold, ytr, C, k, params)
@@ -461,12 +473,7 @@ class ViewClassifier(ClassifierMixin, BaseEstimator):
         self.scaler_ = StandardScaler().fit(X)
         xs = self.scaler_.transform(X)
         if self.solver == "exact":
-            gram, _ = linear_gram(xs)
-            betas, unsettled = _exact_solutions(gram, codes, np.unique(codes), [self.C_],
-                                                len(self.classes_), self)
-            self.n_not_converged_ += unsettled
-            self.coef_ = betas[0] @ xs            # w = X^T beta per problem
-            self.intercept_ = betas[0].sum(axis=1)
+            self._refit_exact(xs, codes)
             return
         reduced = X.shape[1] > X.shape[0]
         coords, m = row_space_map(xs) if reduced else (xs, None)
@@ -477,6 +484,19 @@ class ViewClassifier(ClassifierMixin, BaseEstimator):
         # back to D dimensions: coef @ basis.T = (coef @ m.T) @ xs
         self.coef_ = (svc.coef_ @ m.T) @ xs if reduced else svc.coef_.copy()
         self.intercept_ = svc.intercept_.copy()
+
+    def _refit_exact(self, xs: np.ndarray, codes: np.ndarray) -> None:
+        """``coef_``/``intercept_`` of the exact solver at ``C_`` on standardised rows."""
+        primal = prefers_primal(*xs.shape)
+        system = with_intercept(xs) if primal else linear_gram(xs)[0]
+        solutions, unsettled = _exact_solutions(system, codes, np.unique(codes), [self.C_],
+                                                len(self.classes_), self, primal)
+        self.n_not_converged_ += unsettled
+        if primal:
+            self.coef_, self.intercept_ = solutions[0][:, :-1].copy(), solutions[0][:, -1].copy()
+        else:
+            self.coef_ = solutions[0] @ xs            # w = X^T beta per problem
+            self.intercept_ = solutions[0].sum(axis=1)
 
     # -- prediction
     def _check_fitted(self) -> None:

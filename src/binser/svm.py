@@ -86,7 +86,13 @@ def line_search(beta: np.ndarray, d: np.ndarray, o: np.ndarray, od: np.ndarray,
     ``r_i(t) = 1 - y_i o_i - t s_i`` is continuous, piecewise linear and non-decreasing; its
     pieces end where some ``r_i`` changes sign (``t = (1 - y_i o_i) / s_i``). The breakpoints
     are sorted and the piece holding the root is found from running sums of the curvature."""
-    a0, a1 = float(d @ o), float(d @ od)          # d^T G beta, d^T G d
+    return step_length(float(d @ o), float(d @ od), o, od, y, c)   # d^T G beta, d^T G d
+
+
+def step_length(a0: float, a1: float, o: np.ndarray, od: np.ndarray, y: np.ndarray,
+                c: np.ndarray) -> float:
+    """:func:`line_search` from the regulariser's slope ``a0 = dw.w`` and curvature ``a1 =
+    dw.dw`` along the step and the outputs ``o`` and their change ``od`` (dual or primal)."""
     r0 = 1.0 - y * o
     s = y * od
     # rows active just after t = 0: r0 > 0, or r0 == 0 and r growing (s < 0)
@@ -253,3 +259,92 @@ def solve_grid(gram: np.ndarray, ys: np.ndarray, cs: np.ndarray, Cs: Sequence[fl
             betas[i, p] = previous[p] = beta
             not_settled += not ok
     return betas, not_settled
+
+
+# ------------------------------------------------------------------ more rows than dimensions
+#
+# With many more training rows than feature dimensions (see prefers_primal) the same problem
+# (S1) is solved in feature space: the active-set Newton step is w_S = (I + 2 X~_S^T C_S X~_S)^-1 2 X~_S^T
+# C_S y_S (a (D+1) x (D+1) system, built from the smaller of the active and inactive rows and
+# the problem's weighted scatter matrix), the line search is the same (regulariser slope dw.w,
+# curvature dw.dw). The optimum is the same unique point, so the two paths agree up to
+# rounding; the cost per step is min(|S|, |N|) D^2 + D^3 / 3, linear in n.
+
+
+def with_intercept(x: np.ndarray) -> np.ndarray:
+    """``[x, 1]`` ``(n, D + 1)``: the rows with the constant intercept feature."""
+    return np.hstack([x, np.ones((len(x), 1))])
+
+
+def prefers_primal(n_rows: int, n_features: int) -> bool:
+    """Whether the feature-space path is the cheaper one: more than three rows per dimension
+    of ``[x, 1]`` (measured on one core: 12x faster at 1,200 x 88, level at 1,200 x 400, 2-7x
+    slower at 1,200-2,450 x 1,024, where each of its about five Newton steps per problem
+    factorises a new ``(D+1)^2`` system while the Gram path shares one inverse per C)."""
+    return n_rows > 3 * (n_features + 1)
+
+
+def weighted_scatters(xt: np.ndarray, cs: np.ndarray) -> np.ndarray:
+    """``B_p = xt^T diag(cs_p) xt`` ``(P, D+1, D+1)`` for every problem (rows of ``cs``), from
+    one scatter matrix per group of rows weighted alike in every problem (the classes)."""
+    patterns, group = np.unique(cs.T, axis=0, return_inverse=True)
+    group = np.asarray(group).ravel()
+    scatters = np.stack([xt[group == g].T @ xt[group == g] for g in range(len(patterns))])
+    return np.einsum("gp,gij->pij", patterns, scatters)
+
+
+def _solve_active_primal(xt: np.ndarray, active: np.ndarray, y: np.ndarray, c: np.ndarray,
+                         scatter: np.ndarray) -> np.ndarray:
+    """``w_S = (I + 2 X~_S^T C_S X~_S)^-1 2 X~_S^T C_S y_S`` ``(D+1,)``; ``scatter`` is
+    ``X~^T diag(c) X~`` over all rows (``c`` already scaled by C)."""
+    inactive = ~active
+    if inactive.sum() < active.sum():
+        rows = xt[inactive]
+        system = 2.0 * (scatter - (rows.T * c[inactive]) @ rows)
+    else:
+        rows = xt[active]
+        system = 2.0 * (rows.T * c[active]) @ rows
+    system[np.diag_indices_from(system)] += 1.0
+    rhs = 2.0 * (xt[active].T @ (c[active] * y[active]))
+    factor = cho_factor(system, lower=True, overwrite_a=True, check_finite=False)
+    return cho_solve(factor, rhs, check_finite=False)
+
+
+def solve_squared_hinge_primal(xt: np.ndarray, y: np.ndarray, c: np.ndarray,
+                               scatter: np.ndarray, w: np.ndarray | None = None
+                               ) -> tuple[np.ndarray, bool]:
+    """Exact solution ``w`` ``(D+1,)`` (intercept last) of problem (S1) for one binary problem
+    in feature space; also whether the active set settled. ``xt``: rows with the intercept
+    feature; ``scatter``: ``xt^T diag(c) xt``; ``w``: a warm start."""
+    w = np.zeros(xt.shape[1]) if w is None else w.copy()
+    o = xt @ w
+    for _ in range(MAX_NEWTON_STEPS):
+        active = y * o < 1.0
+        target = (_solve_active_primal(xt, active, y, c, scatter) if active.any()
+                  else np.zeros(xt.shape[1]))
+        o_target = xt @ target
+        if _settled(y * o_target, active):
+            return target, True
+        dw, od = target - w, o_target - o
+        t = step_length(float(dw @ w), float(dw @ dw), o, od, y, c)
+        w = w + t * dw
+        o = o + t * od
+    return w, False
+
+
+def solve_grid_primal(xt: np.ndarray, ys: np.ndarray, cs: np.ndarray, Cs: Sequence[float]
+                      ) -> tuple[np.ndarray, int]:
+    """:func:`solve_grid` in feature space: weights ``(len(Cs), P, D+1)`` (intercept last) of
+    every problem at every C, and the number that did not settle; ``xt`` from
+    :func:`with_intercept`."""
+    scatters = weighted_scatters(xt, cs)
+    ws = np.zeros((len(Cs), len(ys), xt.shape[1]))
+    not_settled = 0
+    previous = [None] * len(ys)
+    for i in np.argsort(np.asarray(Cs, dtype=float), kind="stable"):
+        for p, (y, c) in enumerate(zip(ys, cs)):
+            w, ok = solve_squared_hinge_primal(xt, y, Cs[i] * c, Cs[i] * scatters[p],
+                                               previous[p])
+            ws[i, p] = previous[p] = w
+            not_settled += not ok
+    return ws, not_settled
