@@ -31,7 +31,7 @@ def test_tracker_weights_and_bar_fraction_move_the_overall_line():
             assert stages.done == 0.0
         assert stages.done == pytest.approx(0.25)
         with stages.stage("features"):
-            b = bar(total=10, desc="layer 4", unit="file")
+            b = bar(total=10, desc="layer 4", unit="file", mininterval=0)
             assert b.desc.startswith("features: layer 4")   # named after the stage
             b.update(5)
             assert stages.done == pytest.approx(0.25 + 0.75 * 0.5)
@@ -147,3 +147,57 @@ def test_module_does_not_import_torch_or_numpy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_overall_line_ticks_without_a_bar(monkeypatch):
+    import binser.progress as progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(progress, "TICK_S", 0.05)
+    out = Terminal()
+    import time
+
+    with StageTracker(["long step"], file=out) as stages, stages.stage("long step"):
+        time.sleep(0.4)
+    assert out.getvalue().count("stage 1 of 1: long step") >= 4   # redrawn while it waits
+    log = io.StringIO()                                            # a file: one plain line
+    with StageTracker(["long step"], file=log) as stages, stages.stage("long step"):
+        time.sleep(0.2)
+    assert log.getvalue().startswith("stage 1 of 1: long step | elapsed 0:00 | left ~?")
+    assert log.getvalue().count("\n") == 1 and "\x1b" not in log.getvalue()
+
+
+def test_above_bars_wraps_a_printer(capsys):
+    from binser.progress import above_bars
+
+    lines = []
+    write = above_bars(lines.append)
+    b = bar(total=2, desc="x", mininterval=0)
+    b.update(1)
+    write("report line")
+    b.close()
+    assert lines == ["report line"]
+
+
+def test_bench_parts_are_stages_with_named_bars(tmp_path, capsys):
+    """bench: one stage per part on the overall line, the part's bars named after it, and
+    the result lines on lines of their own."""
+    sf = pytest.importorskip("soundfile")
+    from binser.benchmark import BENCH_ORDER, PARTS, BenchOptions, run_bench
+
+    assert sorted(BENCH_ORDER) == sorted(PARTS)
+    rng = np.random.default_rng(1)
+    for actor, name in (("f1", "rab-f1-b1.flac"), ("m1", "gio-m1-b2.flac")):
+        (tmp_path / actor).mkdir()
+        sf.write(tmp_path / actor / name, 0.1 * rng.standard_normal((16000, 2)), 16000)
+    lines = []
+    run_bench(BenchOptions(root=tmp_path, quick=True, parts=("serve", "frontend")),
+              report=lines.append)
+    err = capsys.readouterr().err
+    assert "stage 1 of 2: frontend" in err and "stage 2 of 2: serve" in err
+    assert "frontend: binser:" in err and "frontend: librosa reference:" in err
+    assert any(line.startswith("front end: binser") for line in lines)
+    assert any(line.startswith("serve: not measured") for line in lines)

@@ -59,6 +59,7 @@ import numpy as np
 from .audio import audio_info
 from .config import FrontEndConfig
 from .errors import BinserError, ConfigError, CorpusError
+from .progress import StageTracker, above_bars, bar
 from .spectrogram import views_images
 from .validation import check_choices, check_float_range, check_int_range
 from .views import VIEWS, MonoInputWarning
@@ -133,18 +134,21 @@ def librosa_reference_images(path: Path, config: FrontEndConfig) -> dict[str, np
     return out
 
 
-def run_over_files(func: Callable[[Path], Any], paths: Sequence[Path], jobs: int) -> float:
-    """Wall seconds to apply ``func`` to every path with ``jobs`` threads (results dropped)."""
+def run_over_files(func: Callable[[Path], Any], paths: Sequence[Path], jobs: int,
+                   desc: str = "files") -> float:
+    """Wall seconds to apply ``func`` to every path with ``jobs`` threads (results dropped;
+    a progress bar ``desc`` counts the files)."""
     start = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), bar(total=len(paths), desc=desc, unit="file") as done:
         warnings.simplefilter("ignore", MonoInputWarning)
         if jobs <= 1:
             for p in paths:
                 func(p)
+                done.update()
         else:
             with ThreadPoolExecutor(max_workers=jobs) as pool:
                 for _ in pool.map(func, paths):
-                    pass
+                    done.update()
     return time.perf_counter() - start
 
 
@@ -168,15 +172,17 @@ def frontend_speed(paths: Sequence[Path], config: FrontEndConfig = FrontEndConfi
     audio_s = total_duration_s(paths)
     views_images({v: np.zeros(config.sample_rate, np.float32) for v in VIEWS}, config)  # warm
     out: dict[str, Any] = {"audio_s": audio_s, "files": len(paths), "jobs": jobs}
-    out["binser_s"] = run_over_files(lambda p: file_images(p, VIEWS, config), paths, jobs)
+    out["binser_s"] = run_over_files(lambda p: file_images(p, VIEWS, config), paths, jobs,
+                                     "binser")
     out["binser_xrt"] = _rate(audio_s, out["binser_s"])
     if reference:
         sample = list(paths[::reference_every])
         sample_s = total_duration_s(sample)
-        ours_s = run_over_files(lambda p: file_images(p, VIEWS, config), sample, jobs)
+        ours_s = run_over_files(lambda p: file_images(p, VIEWS, config), sample, jobs,
+                                "binser (reference sample)")
         out["librosa_files"] = len(sample)
         out["librosa_s"] = run_over_files(lambda p: librosa_reference_images(p, config),
-                                          sample, jobs)
+                                          sample, jobs, "librosa reference")
         out["librosa_xrt"] = _rate(sample_s, out["librosa_s"])
         out["vs_librosa"] = _rate(sample_s, ours_s) / out["librosa_xrt"]
         out.update(compare_to_reference(paths[:compare_files], config))
@@ -311,7 +317,7 @@ def extraction_speed(cases: Sequence[tuple[str, int]] = BACKBONE_CASES, batch: i
         raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA GPU")
     used = set_threads(threads)
     rows = []
-    for name, size in cases:
+    for name, size in bar(cases, desc=f"backbones on {device}", unit="backbone"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             backbone = get_backbone(name, weights="random" if name == "alexnet" else None,
@@ -392,11 +398,15 @@ def encoder_speed(paths: Sequence[Path], weights: Path, name: str = "whisper-bas
         single_thread_map(forward, sorted(mels, key=lambda m: -m.shape[-1]), used)
 
     best = {"binser": float("inf"), "bare": float("inf"), "bare_parallel": float("inf")}
-    for _ in range(rounds):
-        for key, step in (("binser", ours), ("bare", bare), ("bare_parallel", bare_parallel)):
-            t0 = time.perf_counter()
-            step()
-            best[key] = min(best[key], time.perf_counter() - t0)
+    with bar(total=3 * rounds, desc=f"{name} on {device} (binser, bare, bare parallel)",
+             unit="pass") as done:
+        for _ in range(rounds):
+            for key, step in (("binser", ours), ("bare", bare),
+                              ("bare_parallel", bare_parallel)):
+                t0 = time.perf_counter()
+                step()
+                best[key] = min(best[key], time.perf_counter() - t0)
+                done.update()
     best["bare"] = min(best["bare"], best.pop("bare_parallel"))
     audio_s = sum(len(x) for x in signals) / 16000.0
     return {"backbone": name, "layer": layer, "device": str(device), "threads": used,
@@ -470,7 +480,7 @@ def study_run(root: Path, work: Path, extra_args: Sequence[str] = ()) -> dict[st
     args = ["experiment", "--dataset", "emovo", "--root", str(root), *extra_args]
     out: dict[str, Any] = {"command": " ".join(["binser", *args, "--out", "OUT",
                                                 "--cache-dir", "CACHE"])}
-    for phase in ("cold", "warm"):
+    for phase in bar(("cold", "warm"), desc="experiment runs (cold, warm)", unit="run"):
         target = work / f"out_{phase}"
         command = [sys.executable, "-m", "binser", *args, "--out", str(target),
                    "--cache-dir", str(cache)]
@@ -496,9 +506,11 @@ def opensmile_speed(paths: Sequence[Path], jobs: int | None = None,
     from .baselines import opensmile_speed as xrt
 
     jobs = jobs or os.cpu_count() or 1
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), bar(total=1, desc=f"{feature_set} functionals of "
+                                                      f"{len(paths)} files", unit="pass") as done:
         warnings.simplefilter("ignore")
         rate = xrt(paths, feature_set=feature_set, workers=jobs)
+        done.update()
     return {"feature_set": feature_set, "view": "left", "jobs": jobs, "xrt": rate}
 
 
@@ -552,7 +564,7 @@ def ray_speed(paths: Sequence[Path], whisper: Path | None = None,
                      configure_logging=False)
         rows = []
         try:
-            for n in workers:
+            for n in bar(workers, desc="Ray worker counts", unit="setting"):
                 def on_ray(n: int = n) -> dict:
                     extractor = make(backbone)
                     RayExecutor(workers=n).prepare_features(extractor, paths, progress=False)
@@ -570,7 +582,7 @@ def ray_speed(paths: Sequence[Path], whisper: Path | None = None,
                                "local_wall_s": local_s, "local_files_s": len(paths) / local_s,
                                "ray": rows}
         if torch.cuda.is_available():
-            (backbone.to("cuda") if hasattr(backbone, "to") else backbone.model.to("cuda"))
+            backbone.to("cuda")
             make(backbone).extract(paths[:4])                      # warm-up
             gpu_s, _ = timed(lambda: make(backbone).extract(paths))
             out.update(gpu_name=torch.cuda.get_device_name(0), gpu_wall_s=gpu_s,
@@ -852,7 +864,7 @@ def serve_load(model: str | Path, files: Sequence[Path], clients: int = 16, uplo
         out["rss_mb"]["after_uploads"] = _tree_rss(watched) / 2**20
         rows = []
         longest = max(audio_info(p).duration_s for p in stream_files)
-        for n in streams:
+        for n in bar(streams, desc="concurrent stream counts", unit="setting"):
             report(f"serve: {n} concurrent real-time stream(s) over WS /stream ...")
             row = _stream_load(port, stream_files, n, chunk_s, keep_up_s,
                                timeout_s=longest + 60.0)
@@ -920,133 +932,191 @@ def check_bench_options(options: BenchOptions) -> None:
 
 def run_bench(options: BenchOptions, report: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the chosen parts; return every figure plus the summary keys of ``--json``.
-    Options are checked first (:func:`check_bench_options`)."""
+    Options are checked first (:func:`check_bench_options`). Progress: one stage per part
+    (:data:`BENCH_ORDER`) on the overall line of :class:`binser.progress.StageTracker`, each
+    part's own bars below it (files, backbones, passes, runs, settings)."""
     check_bench_options(options)
+    report = above_bars(report)          # result lines never glued to a progress bar
     files = emovo_files(options.root, options.quick)
     audio_s = total_duration_s(files)
     figures: dict[str, Any] = {"files": len(files), "audio_s": audio_s, "quick": options.quick,
                                "cpu_count": os.cpu_count(), "machine": _machine()}
     report(f"EMOVO{' (quick subset)' if options.quick else ''}: {len(files)} files, "
            f"{audio_s:.0f} s of audio; {os.cpu_count()} cores")
-    if "frontend" in options.parts:
-        fe = frontend_speed(files, jobs=options.threads,
-                            reference_every=1 if options.quick else 4)
-        figures["frontend"] = fe
-        report(f"front end: binser {fe['binser_xrt']:.0f}x real time, librosa reference "
-               f"{fe['librosa_xrt']:.0f}x -> {fe['vs_librosa']:.1f}x faster "
-               f"({fe['jobs']} threads; {agreement_text(fe)})")
-    if "extraction" in options.parts:
-        cases = BACKBONE_CASES[:1] if options.quick else BACKBONE_CASES
-        rows = extraction_speed(cases, options.batch, options.threads, options.seconds)
-        figures["extraction"] = rows
-        import torch
-
-        if torch.cuda.is_available():
-            figures["extraction_gpu"] = extraction_speed(cases, options.batch, options.threads,
-                                                         options.seconds, device="cuda")
-            rows = rows + figures["extraction_gpu"]
-        for r in rows:
-            report(f"extraction {r['backbone']} {r['input_size']} px on {r['device']}: binser "
-                   f"{r['binser_img_s']:.1f} img/s, bare PyTorch {r['ceiling_img_s']:.1f} "
-                   f"-> ratio {r['ratio']:.2f} ({r['threads']} threads, batch {r['batch']})")
     whisper = options.whisper_weights or default_whisper_weights()
-    if "encoder" in options.parts:
-        if whisper is None:
-            report("encoder: not measured (no whisper-base weights: pass --whisper-weights or "
-                   "set BINSER_WHISPER_BASE)")
-        else:
-            subset = files[::4] if not options.quick else files
-            import torch
-
-            rows = [encoder_speed(subset, whisper, threads=options.threads)]
-            if torch.cuda.is_available():
-                rows.append(encoder_speed(subset, whisper, device="cuda"))
-            figures["encoder"] = rows
-            for r in rows:
-                report(f"encoder {r['backbone']} layer {r['layer']} on {r['device']}: binser "
-                       f"{r['binser_frames_s']:.0f} frames/s ({r['binser_xrt']:.0f}x real "
-                       f"time per view), bare PyTorch {r['ceiling_frames_s']:.0f} -> ratio "
-                       f"{r['ratio']:.2f} ({r['threads']} threads, {r['signals']} signals)")
-    if "opensmile" in options.parts:
-        try:
-            sm = opensmile_speed(files, options.threads)
-        except Exception as exc:   # opensmile is an optional extra
-            sm = {"error": f"{type(exc).__name__}: {exc}"}
-            report(f"openSMILE: not measured ({sm['error']})")
-        else:
-            report(f"openSMILE ComParE 2016 (left channel): {sm['xrt']:.0f}x real time")
-        figures["opensmile"] = sm
-    if "ray" in options.parts:
-        from .executors import ray_available
-
-        if not ray_available():
-            figures["ray"] = {"error": "ray is not installed (pip install 'binser[ray]')"}
-            report(f"ray: not measured ({figures['ray']['error']})")
-        else:
-            subset = files if options.quick else files[::4]
-            rs = ray_speed(subset, whisper, threads=options.threads)
-            figures["ray"] = rs
-            report(f"ray ({rs['backbone']}, {rs['files']} files, {rs['cores']} cores): local "
-                   f"{rs['local_files_s']:.2f} files/s; " + "; ".join(
-                       f"Ray {r['workers']} worker(s) {r['files_s']:.2f} files/s = "
-                       f"{r['vs_local']:.2f}x local, identical {r['identical']}"
-                       for r in rs["ray"]))
-            if "gpu_files_s" in rs:
-                report(f"ray: one {rs['gpu_name']}: {rs['gpu_files_s']:.1f} files/s "
-                       f"({rs['backbone']}, local executor)")
-    if "study" in options.parts:
-        work = options.work or Path(tempfile.mkdtemp(prefix="binser-bench-"))
-        root = quick_root(files, work) if options.quick else Path(options.root)
-        extra = ["--backbone", "whisper-base", "--weights", str(whisper)] if whisper else \
-            ["--backbone", "efficientnet_lite0"]
-        st = study_run(root, work, extra)
-        figures["study"] = st
-        for phase in ("cold", "warm"):
-            report(f"study {phase}: {st[phase]['wall_s']:.1f} s, peak memory "
-                   f"{st[phase]['peak_rss_mb']:.0f} MiB (stages: " + ", ".join(
-                       f"{k} {v:.1f}" for k, v in st[phase]["timing"].items()) + ")")
-        report(f"cold and warm results identical: {st['identical']}")
-        if options.work is None:
-            shutil.rmtree(work, ignore_errors=True)
-    if "classifier" in options.parts:
-        figures["classifier"] = classifier_part(options, whisper, report)
-    if "serve" in options.parts:
-        why = ("no trained model: pass --serve-model FOLDER (binser train --out FOLDER)"
-               if options.serve_model is None else serve_prerequisites())
-        if why:
-            figures["serve"] = {"skipped": why}
-            report(f"serve: not measured ({why})")
-        else:
-            streams_dir = Path(tempfile.mkdtemp(prefix="binser-bench-streams-"))
-            try:
-                sv = serve_load(options.serve_model, files[::4], report=report,
-                                stream_files=long_stream_files(files[1::4], streams_dir,
-                                                               max(SERVE_STREAMS)))
-            finally:
-                shutil.rmtree(streams_dir, ignore_errors=True)
-            figures["serve"] = sv
-            up, rss = sv["uploads"], sv["rss_mb"]
-            report(f"serve uploads: {up['clients']} clients x {up['uploads_per_client']}: "
-                   f"{up['requests_s']:.2f} requests/s, p50 {up['p50_ms']:.0f} ms, p99 "
-                   f"{up['p99_ms']:.0f} ms, {up['errors']} errors; server RSS "
-                   f"{rss['start']:.0f} MiB -> {rss['after_uploads']:.0f} MiB")
-            for r in sv["streams"]:
-                report(f"serve streams x{r['streams']}: window latency (server) p50 "
-                       f"{_ms(r['latency_p50_ms'])}, p99 {_ms(r['latency_p99_ms'])}; "
-                       f"chunk sent -> result p50 {_ms(r['wall_p50_ms'])}, p99 "
-                       f"{_ms(r['wall_p99_ms'])}; kept up: {r['kept_up']}"
-                       + (f" ({'; '.join(r['errors'])})" if r["errors"] else ""))
-            report(f"serve: largest number of real-time streams kept up: "
-                   f"{sv['max_streams_kept_up']}; server RSS after the streams "
-                   f"{rss['after_streams']:.0f} MiB")
-    if "scenes" in options.parts:
-        sc = scenes_speed(options.root, files if options.quick else files[::4])
-        figures["scenes"] = sc
-        report(f"scenes: {sc['files']} EMOVO files, {sc['audio_s']:.0f} s of audio rendered "
-               f"in {sc['wall_s']:.1f} s on one thread -> {sc['xrt']:.0f}x real time "
-               f"({sc['with_interferer']} with a competing talker)")
+    with StageTracker([p for p in BENCH_ORDER if p in options.parts]) as stages:
+        for part in stages.names:
+            with stages.stage(part):
+                BENCH_PARTS[part](options, files, whisper, figures, report)
     figures["summary"] = summary(figures)
     return figures
+
+
+def _part_frontend(options: BenchOptions, files: list[Path], whisper: Path | None,
+                   figures: dict[str, Any], report: Callable[[str], None]) -> None:
+    """binser's front end against the librosa reference (x real time, image agreement)."""
+    fe = frontend_speed(files, jobs=options.threads,
+                        reference_every=1 if options.quick else 4)
+    figures["frontend"] = fe
+    report(f"front end: binser {fe['binser_xrt']:.0f}x real time, librosa reference "
+           f"{fe['librosa_xrt']:.0f}x -> {fe['vs_librosa']:.1f}x faster "
+           f"({fe['jobs']} threads; {agreement_text(fe)})")
+
+
+def _part_extraction(options: BenchOptions, files: list[Path], whisper: Path | None,
+                     figures: dict[str, Any], report: Callable[[str], None]) -> None:
+    """CNN feature extraction against bare PyTorch (images/s), CPU and a CUDA GPU if any."""
+    cases = BACKBONE_CASES[:1] if options.quick else BACKBONE_CASES
+    rows = extraction_speed(cases, options.batch, options.threads, options.seconds)
+    figures["extraction"] = rows
+    import torch
+
+    if torch.cuda.is_available():
+        figures["extraction_gpu"] = extraction_speed(cases, options.batch, options.threads,
+                                                     options.seconds, device="cuda")
+        rows = rows + figures["extraction_gpu"]
+    for r in rows:
+        report(f"extraction {r['backbone']} {r['input_size']} px on {r['device']}: binser "
+               f"{r['binser_img_s']:.1f} img/s, bare PyTorch {r['ceiling_img_s']:.1f} "
+               f"-> ratio {r['ratio']:.2f} ({r['threads']} threads, batch {r['batch']})")
+
+
+def _part_encoder(options: BenchOptions, files: list[Path], whisper: Path | None,
+                  figures: dict[str, Any], report: Callable[[str], None]) -> None:
+    """Whisper encoder frames/s against a bare loop (CPU, and a CUDA GPU if any)."""
+    if whisper is None:
+        report("encoder: not measured (no whisper-base weights: pass --whisper-weights or "
+               "set BINSER_WHISPER_BASE)")
+    else:
+        subset = files[::4] if not options.quick else files
+        import torch
+
+        rows = [encoder_speed(subset, whisper, threads=options.threads)]
+        if torch.cuda.is_available():
+            rows.append(encoder_speed(subset, whisper, device="cuda"))
+        figures["encoder"] = rows
+        for r in rows:
+            report(f"encoder {r['backbone']} layer {r['layer']} on {r['device']}: binser "
+                   f"{r['binser_frames_s']:.0f} frames/s ({r['binser_xrt']:.0f}x real "
+                   f"time per view), bare PyTorch {r['ceiling_frames_s']:.0f} -> ratio "
+                   f"{r['ratio']:.2f} ({r['threads']} threads, {r['signals']} signals)")
+
+
+def _part_opensmile(options: BenchOptions, files: list[Path], whisper: Path | None,
+                    figures: dict[str, Any], report: Callable[[str], None]) -> None:
+    """openSMILE ComParE 2016 functionals, x real time (optional extra)."""
+    try:
+        sm = opensmile_speed(files, options.threads)
+    except Exception as exc:   # opensmile is an optional extra
+        sm = {"error": f"{type(exc).__name__}: {exc}"}
+        report(f"openSMILE: not measured ({sm['error']})")
+    else:
+        report(f"openSMILE ComParE 2016 (left channel): {sm['xrt']:.0f}x real time")
+    figures["opensmile"] = sm
+
+
+def _part_ray(options: BenchOptions, files: list[Path], whisper: Path | None,
+              figures: dict[str, Any], report: Callable[[str], None]) -> None:
+    """feature extraction, local executor against Ray at 1 and 2 workers."""
+    from .executors import ray_available
+
+    if not ray_available():
+        figures["ray"] = {"error": "ray is not installed (pip install 'binser[ray]')"}
+        report(f"ray: not measured ({figures['ray']['error']})")
+    else:
+        subset = files if options.quick else files[::4]
+        rs = ray_speed(subset, whisper, threads=options.threads)
+        figures["ray"] = rs
+        report(f"ray ({rs['backbone']}, {rs['files']} files, {rs['cores']} cores): local "
+               f"{rs['local_files_s']:.2f} files/s; " + "; ".join(
+                   f"Ray {r['workers']} worker(s) {r['files_s']:.2f} files/s = "
+                   f"{r['vs_local']:.2f}x local, identical {r['identical']}"
+                   for r in rs["ray"]))
+        if "gpu_files_s" in rs:
+            report(f"ray: one {rs['gpu_name']}: {rs['gpu_files_s']:.1f} files/s "
+                   f"({rs['backbone']}, local executor)")
+
+
+def _part_study(options: BenchOptions, files: list[Path], whisper: Path | None,
+                figures: dict[str, Any], report: Callable[[str], None]) -> None:
+    """``binser experiment`` cold and warm: wall time, peak memory, identical results."""
+    work = options.work or Path(tempfile.mkdtemp(prefix="binser-bench-"))
+    root = quick_root(files, work) if options.quick else Path(options.root)
+    extra = ["--backbone", "whisper-base", "--weights", str(whisper)] if whisper else \
+        ["--backbone", "efficientnet_lite0"]
+    st = study_run(root, work, extra)
+    figures["study"] = st
+    for phase in ("cold", "warm"):
+        report(f"study {phase}: {st[phase]['wall_s']:.1f} s, peak memory "
+               f"{st[phase]['peak_rss_mb']:.0f} MiB (stages: " + ", ".join(
+                   f"{k} {v:.1f}" for k, v in st[phase]["timing"].items()) + ")")
+    report(f"cold and warm results identical: {st['identical']}")
+    if options.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _part_classifier(options: BenchOptions, files: list[Path], whisper: Path | None,
+                     figures: dict[str, Any], report: Callable[[str], None]) -> None:
+    """The classifier stage, exact solver against liblinear (:func:`classifier_part`)."""
+    figures["classifier"] = classifier_part(options, whisper, report)
+
+
+def _part_serve(options: BenchOptions, files: list[Path], whisper: Path | None,
+                figures: dict[str, Any], report: Callable[[str], None]) -> None:
+    """``binser serve`` under load: uploads and real-time streams."""
+    why = ("no trained model: pass --serve-model FOLDER (binser train --out FOLDER)"
+           if options.serve_model is None else serve_prerequisites())
+    if why:
+        figures["serve"] = {"skipped": why}
+        report(f"serve: not measured ({why})")
+    else:
+        streams_dir = Path(tempfile.mkdtemp(prefix="binser-bench-streams-"))
+        try:
+            sv = serve_load(options.serve_model, files[::4], report=report,
+                            stream_files=long_stream_files(files[1::4], streams_dir,
+                                                           max(SERVE_STREAMS)))
+        finally:
+            shutil.rmtree(streams_dir, ignore_errors=True)
+        figures["serve"] = sv
+        up, rss = sv["uploads"], sv["rss_mb"]
+        report(f"serve uploads: {up['clients']} clients x {up['uploads_per_client']}: "
+               f"{up['requests_s']:.2f} requests/s, p50 {up['p50_ms']:.0f} ms, p99 "
+               f"{up['p99_ms']:.0f} ms, {up['errors']} errors; server RSS "
+               f"{rss['start']:.0f} MiB -> {rss['after_uploads']:.0f} MiB")
+        for r in sv["streams"]:
+            report(f"serve streams x{r['streams']}: window latency (server) p50 "
+                   f"{_ms(r['latency_p50_ms'])}, p99 {_ms(r['latency_p99_ms'])}; "
+                   f"chunk sent -> result p50 {_ms(r['wall_p50_ms'])}, p99 "
+                   f"{_ms(r['wall_p99_ms'])}; kept up: {r['kept_up']}"
+                   + (f" ({'; '.join(r['errors'])})" if r["errors"] else ""))
+        report(f"serve: largest number of real-time streams kept up: "
+               f"{sv['max_streams_kept_up']}; server RSS after the streams "
+               f"{rss['after_streams']:.0f} MiB")
+
+
+def _part_scenes(options: BenchOptions, files: list[Path], whisper: Path | None,
+                 figures: dict[str, Any], report: Callable[[str], None]) -> None:
+    """binaural scene rendering, x real time (:func:`scenes_speed`)."""
+    sc = scenes_speed(options.root, files if options.quick else files[::4])
+    figures["scenes"] = sc
+    report(f"scenes: {sc['files']} EMOVO files, {sc['audio_s']:.0f} s of audio rendered "
+           f"in {sc['wall_s']:.1f} s on one thread -> {sc['xrt']:.0f}x real time "
+           f"({sc['with_interferer']} with a competing talker)")
+
+
+# the parts in the order they run (the stages of the overall progress line)
+BENCH_PARTS: dict[str, Callable[..., None]] = {
+    "frontend": _part_frontend,
+    "extraction": _part_extraction,
+    "encoder": _part_encoder,
+    "opensmile": _part_opensmile,
+    "ray": _part_ray,
+    "study": _part_study,
+    "classifier": _part_classifier,
+    "serve": _part_serve,
+    "scenes": _part_scenes,
+}
+BENCH_ORDER = tuple(BENCH_PARTS)
 
 
 def classifier_part(options: BenchOptions, whisper: Path | None,
@@ -1056,6 +1126,7 @@ def classifier_part(options: BenchOptions, whisper: Path | None,
     from .classifier_bench import GROWTH_SIZES, GROWTH_SIZES_QUICK, growth, study_stage_speed
 
     out: dict[str, Any] = {}
+    steps = bar(total=2, desc="EMOVO study stage, then growth", unit="step")
     if whisper is None:
         report("classifier (EMOVO study): not measured (no whisper-base weights)")
     else:
@@ -1066,7 +1137,10 @@ def classifier_part(options: BenchOptions, whisper: Path | None,
                f"runs): exact {st['exact_s']:.1f} s, liblinear {st['liblinear_s']:.1f} s -> "
                f"{st['speedup']:.1f}x; runs with identical predictions and choices: "
                f"{st['identical_runs']} of {st['runs']}")
+    steps.update()
     gr = growth(GROWTH_SIZES_QUICK if options.quick else GROWTH_SIZES, progress=report)
+    steps.update()
+    steps.close()
     out["growth"] = gr
     report("classifier growth (one matrix, one fold: search, final fit, nested scores):")
     report("  utterances   exact s   liblinear s")
@@ -1093,7 +1167,7 @@ def scenes_speed(root: Path, files: Sequence[Path]) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="binser-bench-scenes-"))
     try:
         with threadpool_limits(1):
-            done = make_scenes(subset, work / "scenes", SceneSettings(), progress=False)
+            done = make_scenes(subset, work / "scenes", SceneSettings(), progress=True)
         with open(work / "scenes" / "scenes.csv", newline="") as handle:
             interferers = sum(1 for row in csv.DictReader(handle) if row["interferer"])
     finally:

@@ -18,7 +18,10 @@ M:SS | left ~M:SS`` (:func:`overall_text`). Progress is measured in *work units*
 owns ``weights[i] / sum(weights)`` of the whole (equal weights by default); a stage counts as
 done at its end, and within the current stage the fraction ``n / total`` of its newest
 :func:`bar` counts. Time left = elapsed x (1 - done) / done (the average rate so far; "?"
-until some work is done), an estimate that is only as good as the weights.
+until some work is done), an estimate that is only as good as the weights. On a terminal
+the line stays at the top and is also redrawn every :data:`TICK_S` seconds, so elapsed time
+moves during a long step without a bar; when the output is a file or a pipe it is printed
+as a plain line at the start of each stage instead (logs get no cursor movements).
 
 **Stage bars** (:func:`bar`): a tqdm bar that disappears when done; while a stage is open its
 name is prefixed (``"features: layer 4"``), so no two bars of a run share a name. With no
@@ -30,7 +33,8 @@ category is issued once, as ``"<text> (<count> files: a.wav, b.wav, c.wav, ...; 
 <where>)"``; other warnings are issued again unchanged (one of each distinct message). All of
 them go through :mod:`warnings` (filters and the ``binser`` command's one-line display apply).
 :func:`show_warning` and :func:`say` write through ``tqdm.write``, which clears the bars,
-prints the line and redraws them.
+prints the line and redraws them; :func:`above_bars` does the same for any line printer
+(e.g. ``print``).
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 WORK_UNITS = 1000       # the overall line's total: stage weights are scaled to this
 SHOWN_FILES = 3         # file names shown in a grouped warning before "..."
+TICK_S = 1.0            # the overall line is redrawn this often (seconds) on a terminal
 
 _active: "StageTracker | None" = None
 _lock = threading.Lock()
@@ -104,6 +109,9 @@ class StageTracker:
         self._fraction = 0.0        # fraction of the current stage done (its newest bar)
         self._start: float | None = None
         self._line = None
+        self._terminal = False
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
 
     # -- the overall numbers -------------------------------------------------------------
     @property
@@ -125,11 +133,17 @@ class StageTracker:
     def __enter__(self) -> "StageTracker":
         global _active
         self._start = time.monotonic()
-        if self.enabled:
+        stream = self.file or sys.stderr
+        self._terminal = bool(getattr(stream, "isatty", lambda: False)())
+        if self.enabled and self._terminal:
             from tqdm.auto import tqdm
 
             self._line = tqdm(total=WORK_UNITS, bar_format="{desc}", position=0, leave=False,
-                              file=self.file or sys.stderr, dynamic_ncols=True)
+                              file=stream, dynamic_ncols=True)
+            self._stop.clear()
+            self._ticker = threading.Thread(target=self._tick, args=(TICK_S,), daemon=True,
+                                            name="binser-progress")
+            self._ticker.start()
         with _lock:
             self._previous, _active = _active, self
         self.refresh()
@@ -139,9 +153,17 @@ class StageTracker:
         global _active
         with _lock:
             _active = self._previous
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
+            self._ticker = None
         if self._line is not None:
             self._line.close()
             self._line = None
+
+    def _tick(self, seconds: float) -> None:
+        while not self._stop.wait(seconds):
+            self.refresh()
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator["StageTracker"]:
@@ -155,6 +177,8 @@ class StageTracker:
         self._base = sum(self.shares[:index - 1])
         self.index, self._fraction = index, 0.0
         self.refresh()
+        if self.enabled and not self._terminal:
+            say(self.text(), file=self.file)
         try:
             yield self
         finally:
@@ -193,10 +217,15 @@ def _tqdm_class():
         tracker: StageTracker | None = None
 
         def update(self, n=1):
-            out = super().update(n)
-            if self.tracker is not None and self.total:
+            shown = super().update(n)
+            if shown and self.tracker is not None and self.total:   # as often as it draws
                 self.tracker.advance(self.n / self.total)
-            return out
+            return shown
+
+        def close(self):
+            if self.tracker is not None and self.total and not self.disable:
+                self.tracker.advance(self.n / self.total)
+            super().close()
 
     return StageBar
 
@@ -213,7 +242,8 @@ def bar(iterable: Iterable | None = None, total: float | None = None, desc: str 
     cls = _tqdm_class()
     kwargs.setdefault("leave", False)
     if tracker is not None:
-        kwargs.setdefault("position", 1)
+        if tracker._line is not None:   # below the overall line
+            kwargs.setdefault("position", 1)
         kwargs.setdefault("file", tracker.file or sys.stderr)
         desc = tracker.bar_name(desc)
     made = cls(iterable, total=total, desc=desc, unit=unit, disable=not enabled, **kwargs)
@@ -226,6 +256,17 @@ def say(text: str, file=None) -> None:
     from tqdm.auto import tqdm
 
     tqdm.write(text, file=file or sys.stderr)
+
+
+def above_bars(printer):
+    """``printer`` (a function of one line, e.g. ``print``) wrapped so that each line is
+    written above the bars, never glued to one (tqdm's external write mode)."""
+    def write(text: str) -> None:
+        from tqdm.auto import tqdm
+
+        with tqdm.external_write_mode():
+            printer(text)
+    return write
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
