@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from binser.corpora import DATASETS, LABELS, Corpus, Utterance, canonical_label, corpus
+from binser.corpora import (DATASETS, LABELS, Corpus, Utterance, canonical_label, corpus,
+                            parse_label_map)
 from binser.errors import CorpusError
 
 SR = 16000
@@ -290,17 +291,104 @@ def test_manifest_missing_column_names_it(tmp_path):
 
 # --------------------------------------------------------------------------- folder
 
-def test_folder(tmp_path):
-    make_tree(tmp_path, ["anger/spk1_001.wav", "Happy/spk2-take3.flac", "sad/lonely.wav",
-                         "calm/deep/spk3_x.ogg", "unknown/spk1_002.wav", "loose.wav"])
+FOLDER_TREE = ["anger/spk1_001.wav", "Happy/spk2-take3.flac", "sad/lonely.wav",
+               "calm/deep/spk3_x.ogg", "Frustrated/spk1_002.wav", "loose.wav"]
+
+
+def test_folder_keeps_any_label_as_written(tmp_path):
+    make_tree(tmp_path, FOLDER_TREE)
     c = corpus("folder", tmp_path)
     assert {u.path.name: (u.label, u.speaker) for u in c} == {
-        "spk1_001.wav": ("anger", "spk1"), "spk2-take3.flac": ("joy", "spk2"),
-        "lonely.wav": ("sadness", "lonely"), "spk3_x.ogg": ("calm", "spk3"),
+        "spk1_001.wav": ("anger", "spk1"), "spk2-take3.flac": ("happy", "spk2"),
+        "lonely.wav": ("sad", "lonely"), "spk3_x.ogg": ("calm", "spk3"),
+        "spk1_002.wav": ("frustrated", "spk1"),
     }
+    assert c.labels == ["anger", "calm", "frustrated", "happy", "sad"]
     reasons = problem_reasons(c)
-    assert set(reasons) == {"unknown/spk1_002.wav", "loose.wav"}
-    assert "unknown" in reasons["unknown/spk1_002.wav"]
+    assert set(reasons) == {"loose.wav"} and "label folder" in reasons["loose.wav"]
+
+
+def test_folder_canonical_label_map_on_request(tmp_path):
+    make_tree(tmp_path, FOLDER_TREE)
+    c = corpus("folder", tmp_path, label_map="canonical")
+    assert {u.path.name: u.label for u in c} == {
+        "spk1_001.wav": "anger", "spk2-take3.flac": "joy", "lonely.wav": "sadness",
+        "spk3_x.ogg": "calm"}
+    reasons = problem_reasons(c)
+    assert set(reasons) == {"loose.wav", "Frustrated/spk1_002.wav"}
+    assert "'frustrated' has no canonical form" in reasons["Frustrated/spk1_002.wav"]
+
+
+def test_label_map_pairs_rename_only_what_they_name(tmp_path):
+    make_tree(tmp_path, FOLDER_TREE)
+    c = corpus("folder", tmp_path, label_map=parse_label_map("Frustrated=anger, happy=joy"))
+    assert c.labels == ["anger", "calm", "joy", "sad"]
+    assert c.label_counts()["anger"] == 2
+    assert parse_label_map("canonical") == "canonical" and parse_label_map(" ") is None
+    for bad, words in (("happy", "not WORD=LABEL"), ("a=b,A=c", "mapped twice"),
+                       ("=joy", "not WORD=LABEL")):
+        with pytest.raises(CorpusError, match=words):
+            parse_label_map(bad)
+
+
+def test_label_map_applies_to_named_corpora_too(tmp_path):
+    make_tree(tmp_path, ["f1/rab-f1-b1.wav", "f1/gio-f1-b1.wav"])
+    c = corpus("emovo", tmp_path, label_map={"joy": "positive", "anger": "negative"})
+    assert c.labels == ["negative", "positive"]
+
+
+@pytest.mark.parametrize("rule, speakers", [
+    (None, {"a/s1_x.wav": "s1", "a/s2/take-1.wav": "take", "b/s2/take_2.wav": "take"}),
+    ("folder", {"a/s2/take-1.wav": "s2", "b/s2/take_2.wav": "s2"}),
+    (r"regex:(?P<speaker>take)[-_](\d)", {"a/s2/take-1.wav": "take",
+                                          "b/s2/take_2.wav": "take"}),
+    (r"regex:^b/(s\d)/", {"b/s2/take_2.wav": "s2"}),
+])
+def test_folder_speakers_from(tmp_path, rule, speakers):
+    make_tree(tmp_path, ["a/s1_x.wav", "a/s2/take-1.wav", "b/s2/take_2.wav"])
+    c = corpus("folder", tmp_path, speakers_from=rule)
+    assert {rel: u.speaker for rel, u in by_name(c).items()} == speakers
+    # every file the rule finds no speaker in is a problem naming the rule
+    assert set(problem_reasons(c)) == {"a/s1_x.wav", "a/s2/take-1.wav",
+                                       "b/s2/take_2.wav"} - set(speakers)
+    assert all("--speakers-from" in why for why in problem_reasons(c).values())
+
+
+def test_speakers_from_errors(tmp_path):
+    make_tree(tmp_path, ["a/s1_x.wav", "f1/rab-f1-b1.wav"])
+    with pytest.raises(CorpusError, match="expected prefix, folder or regex"):
+        corpus("folder", tmp_path, speakers_from="suffix")
+    with pytest.raises(CorpusError, match="not a regular expression"):
+        corpus("folder", tmp_path, speakers_from="regex:(")
+    with pytest.raises(CorpusError, match="is for the folder corpus"):
+        corpus("emovo", tmp_path, speakers_from="folder")
+
+
+# --------------------------------------------------------------------------- links
+
+def test_symlinked_subset_of_actor_folders_loads(tmp_path):
+    full = tmp_path / "full"
+    make_tree(full, ["f1/rab-f1-b1.wav", "f1/gio-f1-b1.wav", "m1/rab-m1-b1.wav",
+                     "m2/tri-m2-b1.wav"])
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    for actor in ("f1", "m2"):
+        (subset / actor).symlink_to(full / actor, target_is_directory=True)
+    c = corpus("emovo", subset)
+    assert sorted(by_name(c)) == ["f1/gio-f1-b1.wav", "f1/rab-f1-b1.wav", "m2/tri-m2-b1.wav"]
+    assert c.speakers == ["f1", "m2"] and not c.problems
+    assert all(u.path.parent.parent == subset for u in c)   # paths keep the links' names
+
+
+def test_link_loops_and_double_links_are_read_once(tmp_path):
+    make_tree(tmp_path, ["anger/s1_a.wav", "joy/s2_b.wav"])
+    (tmp_path / "anger" / "again").symlink_to(tmp_path, target_is_directory=True)  # a loop
+    (tmp_path / "joy2").symlink_to(tmp_path / "joy", target_is_directory=True)
+    (tmp_path / "joy" / "s3_c.wav").symlink_to(tmp_path / "anger" / "s1_a.wav")   # a file link
+    c = corpus("folder", tmp_path)
+    # joy2 is the same folder as joy: read once (under the name met first, "joy")
+    assert sorted(by_name(c)) == ["anger/s1_a.wav", "joy/s2_b.wav", "joy/s3_c.wav"]
+    assert by_name(c)["joy/s3_c.wav"].label == "joy"
 
 
 # --------------------------------------------------------------------------- csv
@@ -318,24 +406,34 @@ def test_csv_manifest(tmp_path):
         [str(root / "b/four.wav"), "anger", "s2", "train"],
         ["a/../../outside.wav", "anger", "s3", "train"],
         ["b/missing.wav", "anger", "s2", "train"],
-        ["b/four.wav", "contempt", "s2", "train"],
+        ["b/four.wav", "", "s2", "train"],
         ["b/four.wav", "fear", "", "train"],
         ["b/four.wav", "fear", "s2", "dev"],
         ["a/one.wav", "joy", "s1", "train"],
     ])
     c = corpus("csv", root)
     assert [(u.path.relative_to(root).as_posix(), u.label, u.speaker, u.split) for u in c] == [
-        ("a/one.wav", "joy", "s1", "train"), ("a/two.wav", "anger", "s1", "test"),
-        ("b/three.wav", "sadness", "s2", None)]
+        ("a/one.wav", "happy", "s1", "train"), ("a/two.wav", "anger", "s1", "test"),
+        ("b/three.wav", "sad", "s2", None)]
     reasons = [why for _, why in c.problems]
     assert len(reasons) == 8
     assert sum("escapes the corpus folder" in r for r in reasons) == 3
     assert any("not found" in r and "missing.wav" in r for r in reasons)
-    assert any("contempt" in r for r in reasons)
+    assert any("empty label" in r for r in reasons)
     assert any("speaker" in r for r in reasons)
     assert any("dev" in r for r in reasons)
     assert any("listed twice" in r for r in reasons)
     assert all("manifest.csv line" in r for r in reasons)
+
+
+def test_csv_accepts_its_own_labels(tmp_path):
+    make_tree(tmp_path, ["a.wav", "b.wav", "c.wav"])
+    write_csv(tmp_path / "m.csv", [["path", "label", "speaker"], ["a.wav", "Frustrated", "s1"],
+                                   ["b.wav", "angry", "s2"], ["c.wav", "calm", "s3"]])
+    c = corpus("csv", tmp_path)
+    assert [u.label for u in c] == ["frustrated", "angry", "calm"] and not c.problems
+    assert [u.label for u in corpus("csv", tmp_path, label_map="canonical")] == ["anger",
+                                                                                 "calm"]
 
 
 def test_csv_strict_refuses_escape(tmp_path):

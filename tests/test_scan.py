@@ -10,7 +10,8 @@ import soundfile as sf
 
 from binser.corpora import corpus
 from binser.errors import AudioError, ConfigError
-from binser.scan import ScanReport, format_scan, scan_corpus, scan_file
+from binser.scan import (NAMING_CAUSE, ScanReport, causes_by_kind, format_scan, scan_corpus,
+                         scan_file, unusable_summary)
 
 SR = 16000
 
@@ -106,12 +107,12 @@ def test_scan_file_identical_agrees_with_decoded_comparison(synthetic):
 
 
 def test_problems_are_carried_and_formatted(synthetic):
-    write(synthetic / "nolabel/x_9.wav", noise(160, 2, 5))
+    write(synthetic / "x_9.wav", noise(160, 2, 5))   # not inside a label folder
     report = scan_corpus(corpus("folder", synthetic), progress=False)
     assert [p.name for p, _ in report.problems] == ["x_9.wav"]
     text = format_scan(report)
     assert "anger/b_1.flac" in text and "joy/a_2.wav" in text and "sadness/b_3.mkv" in text
-    assert "sadness/c_3.wav" in text and "nolabel/x_9.wav" in text
+    assert "sadness/c_3.wav" in text and "  x_9.wav: " in text
     assert "mono files (Side view all zeros, L = R): 1" in text
     assert "bit-identical channels (Side view all zeros): 3" in text
     assert "unreadable files: 1" in text
@@ -133,3 +134,50 @@ def test_emovo_scan(emovo_root):
     reference = sum(sf.info(str(p)).duration for p in emovo_root.rglob("*.flac"))
     assert report.total_duration_s == pytest.approx(reference, rel=1e-9)
     print(f"EMOVO scan: {elapsed:.2f} s")
+
+
+# --------------------------------------------------------------------------- exit status
+
+
+def test_cause_kinds_and_summary():
+    naming = [(Path("x.wav"), "file is not inside a label folder (<root>/<label>/<file>)")]
+    files = [(Path("a.wav"), "silent: every sample is zero"),
+             (Path("b.wav"), "silent: peak level -100.0 dBFS is below -90 dBFS"),
+             (Path("c.wav"), "empty file (0 bytes)"),
+             (Path("d.wav"), "too short: 10 samples (0.6 ms) at 16000 Hz ...")]
+    counts = causes_by_kind(naming, files)
+    assert counts == {"silent": 2, NAMING_CAUSE: 1, "empty file": 1, "too short": 1}
+    assert list(counts)[0] == "silent"          # most frequent first
+    assert unusable_summary(counts, 9) == (f"5 of 9 file(s) cannot be used: 2 silent, 1 "
+                                           f"{NAMING_CAUSE}, 1 empty file, 1 too short")
+    assert unusable_summary({}, 9) is None
+
+
+def _scan_cli(root: Path, *extra: str) -> tuple[int, str, str]:
+    import contextlib
+    import io
+
+    from binser.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["scan", "folder", str(root), "--quiet", *extra])
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_scan_exit_status_by_cause(tmp_path):
+    root = tmp_path / "corpus"
+    for i in range(3):
+        write(root / f"anger/s{i}_1.wav", noise(1600, 2, i))
+    code, out, err = _scan_cli(root)
+    assert code == 0 and "cannot be used" not in err
+    write(root / "anger/s9_2.wav", np.zeros((1600, 2)))          # silent
+    write(root / "joy/s9_3.wav", noise(100, 2, 7))                # shorter than one frame
+    write(root / "loose.wav", noise(1600, 2, 8))                  # no label folder
+    code, out, err = _scan_cli(root)
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (
+        f"binser: 3 of 6 file(s) cannot be used: 1 {NAMING_CAUSE}, 1 silent, 1 too short")
+    assert "files an experiment cannot use (left out with --on-error skip): 3" in out
+    code, out, err = _scan_cli(root, "--on-error", "fail")
+    assert code == 2 and "3 input file(s) cannot be used" in err and out == ""

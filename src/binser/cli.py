@@ -71,6 +71,31 @@ def add_corpus_options(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--out", required=True, help=out_help)
 
 
+LABEL_MAP_HELP = ("rename labels after reading: 'canonical' (binser's synonyms: happy -> joy, "
+                  "angry -> anger ...; labels with no canonical form are left out as "
+                  "problems) or WORD=LABEL pairs, e.g. frustrated=anger,happy=joy (default: "
+                  "the corpus's labels as written, lower-cased)")
+SPEAKERS_FROM_HELP = ("folder corpus: where the speaker is: prefix (the file name before its "
+                      "first _ or -, default), folder (<root>/<label>/<speaker>/<file>) or "
+                      "regex:PATTERN (group 'speaker' of PATTERN in the path below the root)")
+
+
+def add_label_options(p: argparse.ArgumentParser) -> None:
+    """``--label-map`` and ``--speakers-from`` (see :func:`binser.corpora.corpus`)."""
+    p.add_argument("--label-map", default=None, metavar="MAP", help=LABEL_MAP_HELP)
+    p.add_argument("--speakers-from", default=None, metavar="RULE", help=SPEAKERS_FROM_HELP)
+
+
+def corpus_from_args(args: argparse.Namespace):
+    """The corpus of ``--dataset/--root`` (or the positional ``dataset root``),
+    ``--manifest``, ``--label-map`` and ``--speakers-from``."""
+    from .corpora import corpus, parse_label_map
+
+    return corpus(args.dataset, args.root, manifest=args.manifest,
+                  label_map=parse_label_map(getattr(args, "label_map", None)),
+                  speakers_from=getattr(args, "speakers_from", None))
+
+
 def add_experiment_options(p: argparse.ArgumentParser, fusion_pooling: bool = True) -> None:
     """The options of an experiment (experiment, demo, train); ``fusion_pooling``: with
     ``--fusion-pooling`` (train has its own ``--pooling``, which is the same)."""
@@ -219,12 +244,12 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from .corpora import corpus
+    """Exit status 0: every file usable; 1: some cannot be used (counted by cause)."""
     from .preflight import apply_on_error, check_corpus, format_problems
-    from .scan import format_scan, scan_corpus
+    from .scan import causes_by_kind, format_scan, scan_corpus, unusable_summary
 
     config = frontend_from_args(args)
-    found = corpus(args.dataset, args.root, manifest=args.manifest)
+    found = corpus_from_args(args)
     checked = check_corpus(found, config, progress=not args.quiet)
     apply_on_error(checked, args.on_error)   # fail: every bad file listed, before the scan
     report = scan_corpus(found, progress=not args.quiet, on_error=args.on_error,
@@ -232,7 +257,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
     print(format_scan(report))
     print(f"files an experiment cannot use (left out with --on-error skip): "
           f"{checked.n_bad}\n{format_problems(checked.problems)}".rstrip())
-    return 0
+    naming = len(found.problems)
+    summary = unusable_summary(causes_by_kind(checked.problems[:naming],
+                                              checked.problems[naming:]),
+                               len(found) + naming)
+    if summary:
+        print(f"binser: {summary}", file=sys.stderr)
+    return 1 if summary else 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -312,13 +343,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_scenes(args: argparse.Namespace) -> int:
-    from .corpora import corpus
     from .scenes import SceneSettings, make_scenes
 
     settings = SceneSettings(seed=args.seed, snr=args.snr, rt60=args.rt60,
                              interferer_prob=args.interferer_prob, sir=args.sir,
                              azimuth=args.azimuth, hrir=args.hrir, downmix=args.downmix)
-    found = corpus(args.dataset, args.root, manifest=args.manifest)
+    found = corpus_from_args(args)
     done = make_scenes(found, args.out, settings, progress=not args.quiet)
     rate = f", {done['xrt']:.0f}x real time" if done["made"] else ""
     print(f"scenes: {done['files']} files in {done['out']} ({done['made']} made, "
@@ -440,7 +470,9 @@ def _scan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("root", help="corpus folder")
     p.add_argument("--manifest", default=None, help="CSV manifest (csv and baum1s corpora)")
     p.add_argument("--on-error", choices=ON_ERROR, default="skip",
-                   help="skip: list bad files and scan the rest (default); fail: stop")
+                   help="skip: list bad files and scan the rest (default; exit status 1 "
+                        "when any file cannot be used); fail: stop")
+    add_label_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     add_channels_option(p)
     p.set_defaults(func=cmd_scan)
@@ -521,6 +553,7 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
 def _scenes_options(p: argparse.ArgumentParser) -> None:
     add_corpus_options(p, out_help="scene folder (FLAC files, scenes.csv, scenes.json); "
                                    "rerun with the same settings to resume")
+    add_label_options(p)
     p.add_argument("--seed", type=_non_negative_int, default=0,
                    help="random seed; each file's draws depend only on it and the file's "
                         "path (default: %(default)s)")

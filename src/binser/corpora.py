@@ -4,8 +4,19 @@
 sorted for determinism), parses each file's name with the corpus's naming rule and returns
 a :class:`Corpus`, a list-like of :class:`Utterance`.
 
-Labels are canonical English lower-case words (:data:`LABELS`) for every corpus, so results
-compare across corpora.
+Labels. The named corpora (emovo, ravdess, ...) give canonical English lower-case words
+(:data:`LABELS`), so results compare across them. The ``folder`` and ``csv`` corpora (and
+``scenes``) keep the user's own labels, stripped and lower-cased (``Frustrated`` ->
+``frustrated``); any set of labels is accepted. ``label_map`` changes labels after reading,
+for every corpus: ``"canonical"`` maps binser's synonyms to :data:`LABELS` (``happy`` ->
+``joy``, ``angry`` -> ``anger``; a label with no canonical form becomes a problem), and a
+mapping ``{word: label}`` renames the words it names (case-insensitive) and keeps the others
+(:func:`parse_label_map` reads ``canonical`` or ``A=B,C=D`` as the CLI's ``--label-map``).
+
+Links. Symbolic links to files and to folders are followed (a folder of links to actor
+folders is the natural way to try a subset); a linked folder already visited on the way
+down (a loop, or the same folder linked twice) is read once. Paths keep the link's name,
+so naming rules that look at folder names see the names as linked.
 
 Three kinds of files are told apart:
 
@@ -22,8 +33,13 @@ Three kinds of files are told apart:
 
 Speakers: ``Utterance.speaker`` is what speaker-independent protocols group by. AFEW has no
 speaker ids, so its speaker is the clip stem and its protocol is its own ``split``
-(``"train"`` for Train, ``"test"`` for Val). For the ``folder`` layout the speaker is the part
-of the file stem before the first ``_`` or ``-`` (the whole stem when it has neither).
+(``"train"`` for Train, ``"test"`` for Val). For the ``folder`` layout ``speakers_from``
+(:data:`SPEAKER_RULES`, the CLI's ``--speakers-from``) picks the rule: ``prefix`` (default)
+the part of the file stem before the first ``_`` or ``-`` (the whole stem when it has
+neither); ``folder`` the folder below the label folder (``<root>/<label>/<speaker>/<file>``);
+``regex:PATTERN`` the group ``speaker`` (else the first group, else the whole match) of
+``PATTERN`` searched in the path relative to the root (POSIX form, e.g.
+``regex:^[^/]+/(?P<speaker>[A-Z][0-9]+)``); a file the rule finds no speaker in is a problem.
 """
 from __future__ import annotations
 
@@ -31,8 +47,8 @@ import csv
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import overload
 
@@ -67,10 +83,14 @@ DATASETS: dict[str, str] = {
     "urdu": "URDU: Urdu talk-show speech, 4 emotions in one folder each",
     "afew": "AFEW 5.0 (EmotiW): film clips, 7 emotions, own Train/Val split (protocol split)",
     "baum1s": "BAUM-1s: Turkish spontaneous video, 6 basic emotions from a CSV (losgo:5)",
-    "folder": "any corpus as <root>/<label>/<speaker>_<rest>.<ext>",
-    "csv": "any corpus listed in a CSV manifest: path, label, speaker[, split]",
+    "folder": "any corpus as <root>/<label>/<speaker>_<rest>.<ext>, any labels "
+              "(--speakers-from for other speaker rules)",
+    "csv": "any corpus listed in a CSV manifest: path, label, speaker[, split]; any labels",
     "scenes": "binaural scenes made by 'binser scenes' (its --out folder, read via scenes.csv)",
 }
+
+
+SPEAKER_RULES: tuple[str, ...] = ("prefix", "folder", "regex:PATTERN")
 
 
 def canonical_label(word: str) -> str:
@@ -82,6 +102,66 @@ def canonical_label(word: str) -> str:
             f"(synonyms: {', '.join(k for k in _SYNONYMS if k not in LABELS)})"
         )
     return _SYNONYMS[key]
+
+
+def own_label(word: str) -> str:
+    """A user's label as binser keeps it: stripped and lower-cased; CorpusError if empty."""
+    label = str(word).strip().lower()
+    if not label:
+        raise CorpusError("empty label")
+    return label
+
+
+def parse_label_map(text: str | None) -> str | dict[str, str] | None:
+    """``--label-map``: None or ``""`` -> None (labels as read); ``canonical``; or
+    ``A=B,C=D`` -> ``{"a": "b", "c": "d"}`` (words stripped and lower-cased). CorpusError
+    naming the bad item otherwise."""
+    if text is None or not str(text).strip():
+        return None
+    if str(text).strip().lower() == "canonical":
+        return "canonical"
+    mapping: dict[str, str] = {}
+    for item in str(text).split(","):
+        word, sep, label = item.partition("=")
+        if not sep or not word.strip() or not label.strip():
+            raise CorpusError(f"--label-map: {item.strip()!r} is not WORD=LABEL (give "
+                              "'canonical' or pairs such as angry=anger,happy=joy)")
+        if own_label(word) in mapping:
+            raise CorpusError(f"--label-map: {word.strip()!r} is mapped twice")
+        mapping[own_label(word)] = own_label(label)
+    return mapping
+
+
+def _check_label_map(label_map) -> str | dict[str, str] | None:
+    if label_map is None or label_map == "canonical":
+        return label_map
+    if isinstance(label_map, str):
+        return parse_label_map(label_map)
+    if not isinstance(label_map, Mapping):
+        raise CorpusError(f"label_map must be None, 'canonical' or a mapping, got "
+                          f"{type(label_map).__name__}")
+    return {own_label(k): own_label(v) for k, v in label_map.items()}
+
+
+def _relabel(found: "_Found", label_map: str | dict[str, str] | None) -> "_Found":
+    """Apply ``label_map`` to every utterance; a word with no canonical form is a problem."""
+    if label_map is None:
+        return found
+    kept = []
+    for u in found.utterances:
+        if label_map == "canonical":
+            try:
+                label = canonical_label(u.label)
+            except CorpusError:
+                found.problems.append((u.path, f"label {u.label!r} has no canonical form "
+                                               f"(--label-map canonical: {', '.join(LABELS)} "
+                                               "or a synonym)"))
+                continue
+        else:
+            label = label_map.get(u.label.lower(), u.label)
+        kept.append(replace(u, label=label))
+    found.utterances = kept
+    return found
 
 
 @dataclass(frozen=True)
@@ -206,11 +286,19 @@ class _Found:
 def media_files(root: Path) -> list[Path]:
     """Audio/video files under ``root`` by extension (any case), hidden entries excluded.
 
+    Symbolic links to files and folders are followed; a folder reached a second time (a
+    link loop, or one folder linked twice) is not read again. Paths keep the links' names.
     Sorted by their path relative to ``root`` (POSIX form), so the order is deterministic.
     """
     found: list[Path] = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+    seen: set[tuple[int, int]] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        here = os.stat(folder)
+        if (here.st_dev, here.st_ino) in seen:   # a loop or a second link to it
+            dirs[:] = []
+            continue
+        seen.add((here.st_dev, here.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in files:
             if not name.startswith(".") and Path(name).suffix.lower() in MEDIA_EXTENSIONS:
                 found.append(Path(folder) / name)
@@ -367,18 +455,65 @@ def _parse_afew(path: Path, rel: Path) -> Utterance:
 # --------------------------------------------------------------------------- folder
 
 _SPEAKER_SEP = re.compile(r"[_-]")
+SpeakerRule = Callable[[Path, Path], str]
 
 
-def _parse_folder(path: Path, rel: Path) -> Utterance:
+def _speaker_by_prefix(path: Path, rel: Path) -> str:
+    return _SPEAKER_SEP.split(path.stem, maxsplit=1)[0] or path.stem
+
+
+def _speaker_by_folder(path: Path, rel: Path) -> str:
+    if len(rel.parts) < 3:
+        raise _Problem("--speakers-from folder: file is not in a speaker folder "
+                       "(<root>/<label>/<speaker>/<file>)")
+    return rel.parts[1]
+
+
+def _speaker_by_regex(pattern: re.Pattern) -> SpeakerRule:
+    def speaker(path: Path, rel: Path) -> str:
+        m = pattern.search(rel.as_posix())
+        if m is None:
+            raise _Problem(f"--speakers-from: {pattern.pattern!r} does not match "
+                           f"{rel.as_posix()!r}")
+        found = (m.group("speaker") if "speaker" in pattern.groupindex
+                 else m.group(1) if pattern.groups else m.group(0))
+        if not found:
+            raise _Problem(f"--speakers-from: {pattern.pattern!r} finds an empty speaker in "
+                           f"{rel.as_posix()!r}")
+        return found
+    return speaker
+
+
+def speaker_rule(text: str | None) -> SpeakerRule:
+    """The folder corpus's speaker rule named by ``text`` (:data:`SPEAKER_RULES`; None:
+    ``prefix``); CorpusError for an unknown rule or a bad pattern."""
+    name = "prefix" if text is None else str(text).strip()
+    if name == "prefix":
+        return _speaker_by_prefix
+    if name == "folder":
+        return _speaker_by_folder
+    if name.startswith("regex:"):
+        try:
+            pattern = re.compile(name[len("regex:"):])
+        except re.error as exc:
+            raise CorpusError(f"--speakers-from {name!r}: not a regular expression "
+                              f"({exc})") from None
+        return _speaker_by_regex(pattern)
+    raise CorpusError(f"--speakers-from {name!r}: expected prefix, folder or regex:PATTERN")
+
+
+def _parse_folder(path: Path, rel: Path, speaker: SpeakerRule = _speaker_by_prefix
+                  ) -> Utterance:
     if len(rel.parts) < 2:
         raise _Problem("file is not inside a label folder (<root>/<label>/<file>)")
-    try:
-        label = canonical_label(rel.parts[0])
-    except CorpusError:
-        raise _Problem(f"folder {rel.parts[0]!r} is not a known label "
-                       f"({', '.join(LABELS)} or a synonym)") from None
-    speaker = _SPEAKER_SEP.split(path.stem, maxsplit=1)[0] or path.stem
-    return Utterance(path, label, speaker)
+    return Utterance(path, own_label(rel.parts[0]), speaker(path, rel))
+
+
+def _load_folder(root: Path, manifest: str | Path | None,
+                 speakers_from: str | None = None) -> _Found:
+    """``folder``: ``<root>/<label>/...``, the speaker by ``speakers_from``."""
+    rule = speaker_rule(speakers_from)
+    return _parse_files(root, lambda path, rel: _parse_folder(path, rel, rule))
 
 
 # --------------------------------------------------------------------------- manifests
@@ -454,10 +589,9 @@ _CSV_SPLITS = ("train", "test")
 
 def _csv_row(row: dict[str, str], base: Path, root: Path) -> Utterance:
     path = _manifest_file(row["path"], base, root)
-    try:
-        label = canonical_label(row["label"])
-    except CorpusError:
-        raise _Problem(f"unknown label {row['label']!r}") from None
+    if not row["label"]:
+        raise _Problem("empty label")
+    label = own_label(row["label"])
     if not row["speaker"]:
         raise _Problem("empty speaker")
     split = row.get("split", "").lower() or None
@@ -581,8 +715,9 @@ class _Adapter:
     """How to read one corpus: its naming rule (for messages) and its reader."""
 
     rule: str
-    load: Callable[[Path, str | Path | None], _Found]
+    load: Callable[..., _Found]
     uses_manifest: bool = False
+    uses_speaker_rule: bool = False
 
 
 def _by_name(parse: Parser) -> Callable[[Path, str | Path | None], _Found]:
@@ -604,8 +739,9 @@ _ADAPTERS: dict[str, _Adapter] = {
                      "Surprise>/<clip>.avi", _by_name(_parse_afew)),
     "baum1s": _Adapter("video clips under the folder plus a CSV with columns clip, subject, "
                        "emotion (six basic emotions)", _load_baum1s, uses_manifest=True),
-    "folder": _Adapter("<root>/<label>/<speaker>_<rest>.<ext> with label one of "
-                       f"{' '.join(LABELS)} (or a synonym)", _by_name(_parse_folder)),
+    "folder": _Adapter("<root>/<label>/<file>, the speaker from the file name's prefix "
+                       "(<speaker>_<rest>.<ext>) or by --speakers-from", _load_folder,
+                       uses_speaker_rule=True),
     "csv": _Adapter("a CSV manifest with columns path, label, speaker[, split], paths relative "
                     "to the manifest's folder", _load_csv, uses_manifest=True),
     "scenes": _Adapter("a folder written by 'binser scenes --out' (scenes.csv: path, label, "
@@ -630,16 +766,21 @@ def _problem_lines(problems: Sequence[tuple[Path, str]], limit: int = 20) -> str
 
 
 def corpus(name: str, root: str | Path, manifest: str | Path | None = None,
-           strict: bool = False) -> Corpus:
+           strict: bool = False, label_map: str | Mapping[str, str] | None = None,
+           speakers_from: str | None = None) -> Corpus:
     """Read corpus ``name`` (a key of :data:`DATASETS`) from folder ``root``.
 
     ``manifest``: the CSV for ``csv`` and ``baum1s`` (default: the single ``*.csv`` in
-    ``root``). ``strict=True`` raises :class:`CorpusError` if any file breaks the naming
-    rule; otherwise such files are listed in ``Corpus.problems``. Raises
-    :class:`CorpusError` when ``root`` is missing or no utterance is found.
+    ``root``). ``label_map``: None (labels as read), ``"canonical"`` or ``{word: label}``
+    (module docstring). ``speakers_from``: the ``folder`` corpus's speaker rule
+    (:data:`SPEAKER_RULES`; None: ``prefix``). ``strict=True`` raises :class:`CorpusError`
+    if any file breaks the naming rule; otherwise such files are listed in
+    ``Corpus.problems``. Raises :class:`CorpusError` when ``root`` is missing, an option
+    does not apply, or no utterance is found.
     """
     adapter = _adapter(name)
     key = str(name).strip().lower()
+    label_map = _check_label_map(label_map)
     folder = Path(os.path.normpath(Path(root).expanduser().absolute()))
     if folder.exists() and not folder.is_dir():
         raise CorpusError(f"{folder}: a file, not a corpus folder (give the folder that "
@@ -648,7 +789,12 @@ def corpus(name: str, root: str | Path, manifest: str | Path | None = None,
         raise CorpusError(f"{folder}: corpus folder not found")
     if manifest is not None and not adapter.uses_manifest:
         raise CorpusError(f"corpus {key!r} is read from file names and takes no manifest")
-    found = adapter.load(folder, manifest)
+    if speakers_from is not None and not adapter.uses_speaker_rule:
+        raise CorpusError(f"--speakers-from is for the folder corpus; corpus {key!r} has "
+                          "its own speakers")
+    found = (adapter.load(folder, manifest, speakers_from) if adapter.uses_speaker_rule
+             else adapter.load(folder, manifest))
+    found = _relabel(found, label_map)
     if strict and found.problems:
         raise CorpusError(f"{folder}: {len(found.problems)} file(s) break the {key} naming rule "
                           f"({adapter.rule}):\n{_problem_lines(found.problems)}")

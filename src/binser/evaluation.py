@@ -59,6 +59,14 @@ outcome of the data could support or refute the claim, and the verdict says
 intervals with fewer than :data:`APPROXIMATE_BELOW` speakers are called approximate: their
 coverage falls short of the nominal level (:func:`speaker_bootstrap_coverage` measures it by
 simulation; :data:`COVERAGE_NOTE` states the measured figures).
+
+Small samples (:func:`small_sample_warnings`): one warning line when a study has fewer than
+:data:`FEW_SPEAKERS` speakers (its intervals and paired tests are unreliable; the line
+states the smallest p the speaker-swap test can give with that many speakers, and that
+"undecided" then means the data cannot decide, not that the systems are equal), one when
+any fold's test utterances miss a class of the study (that fold's UA averages over fewer
+classes), and one when any fold's training utterances miss a class (its classifier can
+never predict that class).
 """
 from __future__ import annotations
 
@@ -77,6 +85,7 @@ _PERM_TOL = 1e-12        # permutation statistics within this of the observed on
 _PAIRED_METHOD = "paired speaker bootstrap; speaker-swap permutation test"
 _DIFF_TOL = 1e-12        # a speaker's UA difference within this of 0 counts as a tie
 APPROXIMATE_BELOW = 10   # speaker-bootstrap intervals with fewer speakers are approximate
+FEW_SPEAKERS = 5         # fewer speakers than this: a small-sample warning
 # Measured by speaker_bootstrap_coverage(S) (1000 simulated studies, seed 0) for S = 6 and 12
 # (tests/test_evaluation.py recomputes both figures and checks this text).
 COVERAGE_6, COVERAGE_12 = 84.5, 91.4   # percent, nominal 95 %
@@ -603,3 +612,66 @@ def speaker_bootstrap_coverage(n_speakers: int, n_sims: int = 1000, n_boot: int 
                                          n_boot=n_boot, seed=seed + 1 + b, level=level)
         covered += lo <= truth <= hi
     return covered / n_sims
+
+
+def few_speakers_warning(n_speakers: int, n_perm: int = 10000) -> str | None:
+    """The warning for a study of ``n_speakers`` speakers (None from :data:`FEW_SPEAKERS` on):
+    what is unreliable and the smallest p a paired comparison can reach."""
+    n = _check_count(n_speakers, "number of speakers", "n_speakers")
+    if n >= FEW_SPEAKERS:
+        return None
+    head = (f"only {n} speaker{'s' if n != 1 else ''} (fewer than {FEW_SPEAKERS}): the UA "
+            "intervals and the paired tests are unreliable")
+    if n < 2:
+        return head + "; no paired comparison is possible with one speaker"
+    return (head + f"; with {n} speakers no paired comparison can reach p below "
+            f"{swap_test_floor(n, n_perm):.3g}, so 'undecided' means these data cannot "
+            "decide, not that the systems are equal")
+
+
+def _fold_name(k: int, test: np.ndarray, speakers: np.ndarray) -> str:
+    names = sorted({str(x) for x in speakers[test]})
+    shown = ", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")
+    return f"fold {k + 1} ({shown})"
+
+
+def _missing_line(misses: list[tuple[str, list[str]]], n_folds: int, where: str,
+                  consequence: str) -> str | None:
+    if not misses:
+        return None
+    listed = "; ".join(f"{name} has no {', '.join(labels)}" for name, labels in misses[:6])
+    more = f"; and {len(misses) - 6} more" if len(misses) > 6 else ""
+    return (f"{len(misses)} of {n_folds} fold{'s' if n_folds != 1 else ''} miss a class in "
+            f"their {where} utterances ({listed}{more}): {consequence}")
+
+
+def small_sample_warnings(fold_list: Sequence[tuple[np.ndarray, np.ndarray]],
+                          labels: Sequence[Any], speakers: Sequence[Any],
+                          classes: Sequence[Any] | None = None, n_perm: int = 10000
+                          ) -> list[str]:
+    """Warnings for a study whose numbers rest on too little data (module docstring):
+    fewer than :data:`FEW_SPEAKERS` speakers, folds whose test or training utterances miss
+    a class of ``classes`` (default: the labels present). ``fold_list``: ``(train, test)``
+    index arrays into ``labels``/``speakers``. An empty list when none applies."""
+    labels = np.asarray([str(x) for x in labels])
+    speakers = np.asarray([str(x) for x in speakers])
+    if len(labels) != len(speakers):
+        raise ConfigError(f"{len(labels)} labels for {len(speakers)} speakers")
+    wanted = sorted({str(c) for c in (np.unique(labels) if classes is None else classes)})
+    tested = np.unique(np.concatenate([np.asarray(te, dtype=int) for _, te in fold_list])) \
+        if len(fold_list) else np.array([], dtype=int)
+    out = [few_speakers_warning(len(np.unique(speakers[tested])) if len(tested) else
+                                len(np.unique(speakers)), n_perm)]
+    test_miss, train_miss = [], []
+    for k, (train, test) in enumerate(fold_list):
+        train, test = np.asarray(train, dtype=int), np.asarray(test, dtype=int)
+        name = _fold_name(k, test, speakers)
+        for misses, idx in ((test_miss, test), (train_miss, train)):
+            absent = [c for c in wanted if c not in set(labels[idx])]
+            if absent:
+                misses.append((name, absent))
+    out.append(_missing_line(test_miss, len(fold_list), "test",
+                             "their UA averages over the classes present only"))
+    out.append(_missing_line(train_miss, len(fold_list), "training",
+                             "their classifiers can never predict those classes"))
+    return [line for line in out if line]

@@ -24,8 +24,9 @@ silent                 peak level below :data:`SILENCE_DBFS` (-90 dBFS; all-zero
 non-finite             NaN or infinite samples (float formats)
 implausible values     samples beyond +-1e15 full scale (garbage in a float file; the
                        front end's float32 arithmetic would overflow)
-unknown label          a label outside :data:`binser.corpora.LABELS` (``labels`` given),
-                       and the corpus adapter's naming problems (:func:`check_corpus`)
+no label               an empty or missing label (``labels`` given; any other label is
+                       accepted: corpora may use their own label sets), and the corpus
+                       adapter's naming problems (:func:`check_corpus`)
 =====================  =================================================================
 
 Silent files are **skipped** (a problem like the others), not kept: every silent input
@@ -227,15 +228,7 @@ def _problem_of(path: Path, config: FrontEndConfig, limit: float | None) -> str 
 
 
 def _label_problem(label: str | None) -> str | None:
-    from .corpora import canonical_label
-
-    if label is None:
-        return "no label"
-    try:
-        canonical_label(label)
-    except BinserError:
-        return f"unknown emotion label {label!r}"
-    return None
+    return "no label" if label is None or not str(label).strip() else None
 
 
 def check_inputs(paths: Sequence[str | Path], labels: Sequence[str | None] | None = None,
@@ -243,8 +236,9 @@ def check_inputs(paths: Sequence[str | Path], labels: Sequence[str | None] | Non
                  progress: bool = True, workers: int = 2) -> PreflightReport:
     """Check every file of ``paths`` (and its label, if ``labels`` is given).
 
-    ``labels``: one emotion word per path (canonical or a synonym), or None for no label
-    check. ``max_duration_s``: limit in seconds (default ``config.max_duration_s``).
+    ``labels``: one label per path (any non-empty word: corpora may have their own label
+    sets), or None for no label check. ``max_duration_s``: limit in seconds (default
+    ``config.max_duration_s``).
     ``workers`` threads decode files at once. Returns a :class:`PreflightReport`; never
     raises for a bad file (only :class:`ConfigError` for bad options).
     """
@@ -282,7 +276,7 @@ def check_corpus(corpus: "Corpus", config: FrontEndConfig = _DEFAULT,
                  max_duration_s: float | None = None, progress: bool = True,
                  workers: int = 2) -> PreflightReport:
     """:func:`check_inputs` on a corpus's files and labels, with the corpus's own naming
-    problems (files that break its rule, unknown labels) listed first in ``problems``.
+    problems (files or manifest rows that break its rule) listed first in ``problems``.
     ``ok`` indexes the corpus."""
     report = check_inputs(corpus.paths, [u.label for u in corpus], config, max_duration_s,
                           progress, workers)

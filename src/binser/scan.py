@@ -6,6 +6,11 @@ view is all zeros) are listed, as are files that cannot be read. Counts per labe
 and split, the total duration and the corpus's own problems are carried into a
 :class:`ScanReport`; ``format_scan(report)`` renders it as plain text.
 
+Files an experiment cannot use (the preflight's problems, :mod:`binser.preflight`, and the
+corpus's naming problems) are counted by cause with :func:`causes_by_kind`;
+:func:`unusable_summary` is the one line ``binser scan`` ends with, and the command exits
+with status 1 when there is any (0 when every file is usable, 2 on an error).
+
 The identical-channel check reads the file's native samples with soundfile, block by block
 (no resampling, no float conversion of integer PCM, stops at the first differing sample);
 formats soundfile cannot open (video containers) are decoded with ``load_audio`` at their own
@@ -15,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,6 +214,37 @@ def scan_corpus(corpus: Corpus, progress: bool = True, on_error: str = "skip",
     start = time.perf_counter()
     scans = _scan_all([u.path for u in corpus], on_error, progress, workers, channels)
     return _summarise(corpus, scans, time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------- causes
+
+NAMING_CAUSE = "breaks the corpus's naming rule"
+
+
+def cause_kind(cause: str) -> str:
+    """The kind of a preflight cause: its words before the first ``:`` or `` (`` (``"silent:
+    peak level -95 dBFS"`` -> ``"silent"``, ``"empty file (0 bytes)"`` -> ``"empty file"``)."""
+    return cause.split(":", 1)[0].split(" (", 1)[0].strip() or cause
+
+
+def causes_by_kind(naming: Sequence[tuple[Path, str]], files: Sequence[tuple[Path, str]]
+                   ) -> dict[str, int]:
+    """Unusable files counted by cause: ``naming`` (the corpus's problems) under
+    :data:`NAMING_CAUSE`, ``files`` (preflight problems) by :func:`cause_kind`; most
+    frequent first, ties by name."""
+    counts = Counter(cause_kind(cause) for _, cause in files)
+    if naming:
+        counts[NAMING_CAUSE] += len(naming)
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def unusable_summary(counts: dict[str, int], total: int) -> str | None:
+    """``"N of TOTAL files cannot be used: 3 silent, 1 too short"``; None when none."""
+    n = sum(counts.values())
+    if not n:
+        return None
+    return (f"{n} of {total} file(s) cannot be used: "
+            + ", ".join(f"{count} {kind}" for kind, count in counts.items()))
 
 
 # --------------------------------------------------------------------------- text report

@@ -1,0 +1,70 @@
+"""Small-sample warnings: few speakers (with the smallest attainable p) and folds that miss
+a class (binser.evaluation.small_sample_warnings)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from binser.evaluation import (FEW_SPEAKERS, few_speakers_warning, folds, paired_comparison,
+                               small_sample_warnings)
+
+CLASSES = ["anger", "joy", "sadness"]
+
+
+def study(n_speakers: int, per_class: int = 2, drop: dict[str, list[str]] | None = None):
+    """Labels and speakers of ``n_speakers`` speakers with ``per_class`` utterances of each
+    class, minus the classes ``drop`` names per speaker; LOSO folds."""
+    labels, speakers = [], []
+    for s in range(n_speakers):
+        name = f"s{s}"
+        for c in CLASSES:
+            if c in (drop or {}).get(name, []):
+                continue
+            labels += [c] * per_class
+            speakers += [name] * per_class
+    return labels, speakers, folds(speakers, "loso")
+
+
+def test_three_speakers_warn_and_state_the_smallest_p():
+    labels, speakers, fold_list = study(3)
+    (line,) = small_sample_warnings(fold_list, labels, speakers)
+    assert "only 3 speakers (fewer than 5)" in line and "p below 0.25" in line
+    assert "'undecided' means these data cannot decide" in line
+    # the stated floor is what the test really gives for the most extreme data: system a
+    # right on every utterance, b wrong on every one
+    wrong = [CLASSES[(CLASSES.index(y) + 1) % 3] for y in labels]
+    extreme = paired_comparison(labels, labels, wrong, speakers, CLASSES, n_boot=50)
+    assert extreme["p_value"] == pytest.approx(0.25) == extreme["p_floor"]
+
+
+def test_six_speakers_do_not_warn():
+    labels, speakers, fold_list = study(6)
+    assert small_sample_warnings(fold_list, labels, speakers) == []
+    assert few_speakers_warning(FEW_SPEAKERS) is None
+    assert few_speakers_warning(FEW_SPEAKERS - 1) is not None
+
+
+def test_one_speaker():
+    assert "no paired comparison is possible" in few_speakers_warning(1)
+
+
+def test_folds_missing_a_class_are_named():
+    # s5 never speaks sadness (its test fold misses it); only s0 speaks joy (the fold that
+    # tests s0 has no joy to train on)
+    drop = {f"s{i}": ["joy"] for i in range(1, 6)}
+    drop["s5"].append("sadness")
+    labels, speakers, fold_list = study(6, drop=drop)
+    test_line, train_line = small_sample_warnings(fold_list, labels, speakers)
+    assert test_line.startswith("5 of 6 folds miss a class in their test utterances")
+    assert "fold 6 (s5) has no joy, sadness" in test_line and "fold 1 (s0)" not in test_line
+    assert train_line == ("1 of 6 folds miss a class in their training utterances (fold 1 "
+                          "(s0) has no joy): their classifiers can never predict those "
+                          "classes")
+
+
+def test_split_counts_the_test_speakers():
+    labels, speakers, _ = study(8)
+    test = np.flatnonzero(np.isin(speakers, ["s6", "s7"]))
+    train = np.setdiff1d(np.arange(len(labels)), test)
+    (line,) = small_sample_warnings([(train, test)], labels, speakers)
+    assert "only 2 speakers" in line and "p below 0.5" in line
