@@ -104,3 +104,16 @@ def test_bad_input_is_a_one_line_config_error():
     head = AttentiveStatsHead(**FAST).fit(frames, y, groups)
     with pytest.raises(ConfigError, match="expected 6"):
         head.predict_proba([np.zeros((3, 5))])
+
+
+def test_epoch_batches_cover_every_row_once_and_never_hold_a_single_row():
+    from binser.head import _length_batches
+
+    frames = [np.zeros((n, 2)) for n in np.random.default_rng(0).integers(1, 50, size=300)]
+    rows = np.arange(3, 260)                               # 257 rows: 16 * 16 + 1
+    batches = _length_batches(frames, rows, 16, np.random.default_rng(1))
+    np.testing.assert_array_equal(np.sort(np.concatenate(batches)), rows)
+    assert min(len(b) for b in batches) >= 2 and max(len(b) for b in batches) == 17
+    # within a batch the lengths are close: sorted chunks of 8 batches
+    spread = np.mean([np.ptp([len(frames[i]) for i in b]) for b in batches])
+    assert spread < 15

@@ -14,16 +14,21 @@ Model (one *member*), for an utterance ``H`` ``(n, d)``:
   ``e_t = v . tanh(W h_t + b)`` (``W`` ``(attention_dim, d)``), ``a = softmax_t(e)``;
 * ``mu = sum_t a_t h_t``, ``sd = sqrt(max(sum_t a_t h_t^2 - mu^2, 1e-6))``, ``z = [mu, sd]``
   ``(2d,)``;
-* output: ``hidden == 0``: ``logits = U dropout(z) + c`` (linear); ``hidden > 0``:
-  ``logits = U2 dropout(relu(U1 dropout(z) + c1)) + c2`` (one hidden layer of ``hidden``).
+* ``z`` standardised per dimension over the batch in training (batch normalisation without
+  learnt scale and shift; at prediction the running mean and variance of training, momentum
+  0.1), as the SVM's features are standardised: ``zn``;
+* output: ``hidden == 0``: ``logits = U dropout(zn) + c`` (linear); ``hidden > 0``:
+  ``logits = U2 dropout(relu(U1 dropout(zn) + c1)) + c2`` (one hidden layer of ``hidden``).
 
 Training (:meth:`AttentiveStatsHead.fit`, training data only): the classes are
 ``np.unique(y)``; the training rows are split by
 :func:`binser.classifier.inner_splits` (``GroupKFold(min(val_splits, #speakers))`` over the
 speakers; stratified without speakers) and member ``m`` (``m = 0..n_seeds-1``) holds out
 split ``m mod #splits``: it is trained on the other speakers and early-stopped on the held-out
-ones. Adam (``lr``, ``weight_decay``), mini-batches of ``batch_size`` utterances in an order
-drawn from ``numpy.random.default_rng([random_state, m, epoch])``, class-balanced cross
+ones. Adam (``lr``, ``weight_decay``), mini-batches of ``batch_size`` utterances drawn from
+``numpy.random.default_rng([random_state, m, epoch])`` (a permutation cut into chunks of
+:data:`BUCKET` batches, each chunk sorted by length so that a batch pads little, batches
+shuffled), class-balanced cross
 entropy (weight ``N / (K * N_c)`` as ``class_weight="balanced"``); after each epoch the
 held-out UA (mean recall over the classes present) is measured; the weights of the best epoch
 (highest UA, ties: lower held-out balanced cross entropy, then the earlier epoch) are kept;
@@ -56,6 +61,7 @@ from .errors import ConfigError
 
 STD_FLOOR = 1e-8
 VAR_FLOOR = 1e-6
+BUCKET = 8          # batches per length-sorted chunk of an epoch
 
 
 def check_frames(frames: Sequence[np.ndarray], d: int | None = None) -> list[np.ndarray]:
@@ -106,7 +112,7 @@ def _network(d: int, k: int, attention_dim: int, hidden: int, dropout: float,
             self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
             self.attention = nn.Sequential(nn.Linear(d, attention_dim), nn.Tanh(),
                                            nn.Linear(attention_dim, 1))
-            layers = [nn.Dropout(dropout)]
+            layers = [nn.BatchNorm1d(2 * d, affine=False), nn.Dropout(dropout)]
             if hidden:
                 layers += [nn.Linear(2 * d, hidden), nn.ReLU(), nn.Dropout(dropout),
                            nn.Linear(hidden, k)]
@@ -136,6 +142,22 @@ def _batch(frames: list[np.ndarray], rows: np.ndarray):
         x[j, :len(frames[i])] = frames[i]
         mask[j, :len(frames[i])] = True
     return torch.from_numpy(x), torch.from_numpy(mask)
+
+
+def _length_batches(frames: list[np.ndarray], rows: np.ndarray, batch_size: int,
+                    rng: np.random.Generator) -> list[np.ndarray]:
+    """Mini-batches of ``rows`` for one epoch: a random permutation cut into chunks of
+    ``BUCKET`` batches, each chunk sorted by length (stable) and cut into batches (less
+    padding), the batches in a random order; a last batch of one row joins the one before."""
+    order = rng.permutation(rows)
+    batches = []
+    for start in range(0, len(order), BUCKET * batch_size):
+        chunk = order[start:start + BUCKET * batch_size]
+        chunk = chunk[np.argsort([len(frames[i]) for i in chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:      # batch normalisation needs 2 rows
+        batches[-2:] = [np.concatenate(batches[-2:])]
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def _logits(net, frames: list[np.ndarray], rows: np.ndarray, batch_size: int) -> np.ndarray:
@@ -170,9 +192,9 @@ class AttentiveStatsHead(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, hidden: int = 0, attention_dim: int = 64, n_seeds: int = 3,
-                 val_splits: int = 3, max_epochs: int = 60, patience: int = 8,
+                 val_splits: int = 3, max_epochs: int = 40, patience: int = 6,
                  lr: float = 1e-3, weight_decay: float = 1e-3, dropout: float = 0.2,
-                 batch_size: int = 32, inner_splits: int = 3, random_state: int = 0,
+                 batch_size: int = 16, inner_splits: int = 3, random_state: int = 0,
                  num_threads: int = 1):
         self.hidden = hidden
         self.attention_dim = attention_dim
@@ -255,9 +277,7 @@ class AttentiveStatsHead(ClassifierMixin, BaseEstimator):
             for epoch in range(1, int(self.max_epochs) + 1):
                 net.train()
                 rng = np.random.default_rng([int(self.random_state), m, epoch])
-                order = rng.permutation(train)
-                for start in range(0, len(order), int(self.batch_size)):
-                    rows = order[start:start + int(self.batch_size)]
+                for rows in _length_batches(frames, train, int(self.batch_size), rng):
                     opt.zero_grad()
                     loss_fn(net(*_batch(frames, rows)), target[rows]).backward()
                     opt.step()
