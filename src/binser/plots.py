@@ -119,10 +119,12 @@ def plot_condition_curves(series: dict[str, tuple[Sequence[float], Sequence[floa
 # --------------------------------------------------------------------- report figures
 
 def plot_systems(systems: Sequence[tuple[str, float, Sequence[float] | None]],
-                 out_png: str | Path, chance: float | None = None, title: str = "") -> Path:
+                 out_png: str | Path, chance: float | None = None, title: str = "",
+                 highlight: str | None = None) -> Path:
     """UA (%) of each system as a dot with its 95% interval as a bar, one row per system
     (top to bottom in the given order): ``systems = [(label, ua, (lo, hi) or None)]`` with
-    fractions; ``chance``: a dashed vertical line at that UA."""
+    fractions; ``chance``: a dashed vertical line at that UA; ``highlight``: the label of
+    the system printed in bold (the report's default system)."""
     fig, ax = plt.subplots(figsize=(8.0, 1.2 + 0.42 * len(systems)), constrained_layout=True)
     y = np.arange(len(systems))[::-1]
     for row, (label, ua, ci) in zip(y, systems):
@@ -135,6 +137,9 @@ def plot_systems(systems: Sequence[tuple[str, float, Sequence[float] | None]],
         ax.axvline(100 * chance, ls="--", color="#aa3333", lw=1, label=f"chance {100 * chance:.1f}")
         ax.legend(loc="lower right", fontsize=8)
     ax.set_yticks(y, [s[0] for s in systems])
+    for tick in ax.get_yticklabels():
+        if tick.get_text() == highlight:
+            tick.set_fontweight("bold")
     ax.set_xlabel("UA (%) with 95% interval")
     ax.set_ylim(-0.7, len(systems) - 0.3)
     ax.grid(axis="x", alpha=0.3)

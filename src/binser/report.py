@@ -247,9 +247,8 @@ def main_systems(results: dict[str, Any]) -> list[str]:
     names += [str(RunName.feature_fusion("left+right+mid+side"))]
     names += [n for n in runs if n.startswith("opensmile/")]
     system = default_system(runs)
-    if system is not None:
-        names.append(str(RunName.parse(system).normalised()) if "/" in system
-                     or system == "best-view" else system)
+    if system is not None and system == plain_name(system):
+        names.append(str(RunName.parse(system).normalised()))   # present with --speaker-norm
     seen, out = set(), []
     for n in names:
         if n in runs and n not in seen and not is_oracle(n):
@@ -291,7 +290,8 @@ def build_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block
     blocks.append(("box", "The answer", headline_rows(results)))
     if "systems" in figures:
         blocks.append(("img", figures["systems"], "UA (%) of the main systems with their 95% "
-                              "intervals (dots: UA; bars: interval; dashed: chance)."))
+                              "intervals (dots: UA; bars: interval; dashed: chance; bold: "
+                              "the default system)."))
     blocks.append(("table", ["", ""], [
         ["dataset", results["dataset"]],
         ["protocol", f"{results['protocol']} ({_count(results.get('n_folds'), 'fold')}, "
@@ -574,7 +574,7 @@ def summary_figures(results: dict[str, Any], out_dir: Path) -> dict[str, str]:
     if systems:
         rows = [(n, runs[n]["ua"], _interval(runs[n])) for n in systems]
         plot_systems(rows, out_dir / "figures/systems_ua.png",
-                     chance=1.0 / len(results["classes"]))
+                     chance=1.0 / len(results["classes"]), highlight=default_system(runs))
         figures["systems"] = "figures/systems_ua.png"
     names, folds, matrix = fold_matrix(results)
     if names and folds:
