@@ -19,7 +19,8 @@ from conftest import TINY_WHISPER, save_tiny_whisper, train_tiny_model
 from binser.demo import DemoSpec, make_demo_corpus
 from binser.errors import ModelError
 from binser.experiment import ExperimentSettings
-from binser.model import (MODEL_JSON, Model, content_sha256, file_sha256, format_prediction,
+from binser.cli_format import format_prediction
+from binser.model import (MODEL_JSON, Model, content_sha256, file_sha256,
                           train_model)
 from binser.spectrogram import n_segments
 

@@ -128,14 +128,10 @@ class _FeatureWorker:
 
         from .features import FrameFeatureExtractor, SegmentFeatureExtractor
 
-        if hasattr(backbone, "refresh_weights_id"):
-            backbone.refresh_weights_id()
+        backbone.refresh_weights_id()   # frozen encoders keep their loaded identity
         self.weights_id = backbone.weights_id
         if use_gpu and torch.cuda.is_available():
-            if hasattr(backbone, "to"):
-                backbone.to("cuda")
-            else:
-                backbone.model.to("cuda")
+            backbone.to("cuda")
         cls = FrameFeatureExtractor if kind == "frame" else SegmentFeatureExtractor
         self.kind = kind
         self.extractor = cls(backbone, cache_dir=None, num_threads=1, progress=False, **kwargs)
@@ -266,8 +262,7 @@ class RayExecutor:
             if disk is not None and "num_gpus" in resources:
                 disk = _Tagged(disk, "cuda")
             overlay = extractor.cache = _Overlay({}, disk)
-        if hasattr(extractor.backbone, "refresh_weights_id"):   # keys of the actual weights
-            extractor.backbone.refresh_weights_id()
+        extractor.backbone.refresh_weights_id()   # keys of the actual weights
         todo: list[tuple[str, dict]] = []
         seen: set[str] = set()
         for path in paths:

@@ -25,7 +25,7 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -190,6 +190,24 @@ class SegmentFeatureExtractor:
         self.n_cached = 0     # (file, view) entries read from the cache by the last extract()
 
     # ---------------------------------------------------------------- public
+
+    @classmethod
+    def build(cls, backbone: Backbone, config: FrontEndConfig, views: Sequence[str],
+              layers: Sequence[None] = (None,), cache_dir: str | Path | None = None,
+              batch: int = 64, progress: bool = True, **kwargs: Any
+              ) -> "SegmentFeatureExtractor":
+        """The constructor every backbone's extractor class shares (``layers``: the single
+        layer None; ``batch``: segments per batch)."""
+        if tuple(layers) != (None,):
+            raise ConfigError(f"{backbone.name}: a CNN has the single layer None, "
+                              f"got {list(layers)}")
+        return cls(backbone, config=config, views=views, cache_dir=cache_dir,
+                   batch_size=batch, progress=progress, **kwargs)
+
+    def extract_layer(self, paths: Sequence[str | Path], layer: None = None
+                      ) -> dict[str, list[np.ndarray]]:
+        """:meth:`extract` (a CNN's single layer None)."""
+        return self.extract(paths)
 
     def extract(self, paths: Sequence[str | Path]) -> dict[str, list[np.ndarray]]:
         """``{view: [features of paths[i] (n_i, d) float32, ...]}`` in the order of ``paths``."""
@@ -455,6 +473,20 @@ class FrameFeatureExtractor:
         self.n_computed = 0   # (file, view) signals run through the encoder by extract()
         self.n_cached = 0     # (file, view) entries read from the cache by extract()
 
+    @classmethod
+    def build(cls, backbone, config: FrontEndConfig, views: Sequence[str],
+              layers: Sequence[int], cache_dir: str | Path | None = None, batch: int = 16,
+              progress: bool = True, **kwargs: Any) -> "FrameFeatureExtractor":
+        """The constructor every backbone's extractor class shares (``batch``: files
+        decoded and encoded together)."""
+        return cls(backbone, config=config, views=views, layers=layers, cache_dir=cache_dir,
+                   batch_files=batch, progress=progress, **kwargs)
+
+    def extract_layer(self, paths: Sequence[str | Path], layer: int
+                      ) -> dict[str, list[np.ndarray]]:
+        """``{view: [frames of paths[i] (n_i, d), ...]}`` of one computed layer."""
+        return self.extract(paths, keep=(layer,))[int(layer)]
+
     def keys(self, path: str | Path, digest: str | None = None) -> dict[tuple[str, int], str]:
         """Cache keys ``{(view, layer): key}`` of one file."""
         digest = file_sha256(path) if digest is None else digest
@@ -607,13 +639,11 @@ def _encode_unique(backbone, signals: list[np.ndarray], layers: Sequence[int],
     """:func:`encode_signals` of distinct signals."""
     if backbone.device.type != "cpu":
         return backbone.encode(signals, layers)
-    from .backbones.whisper import HOP, SAMPLE_RATE
-
-    mels = single_thread_map(backbone.mel_chunks, signals, num_threads)
+    mels = single_thread_map(backbone.chunks, signals, num_threads)
     items = [(i, c) for i, chunks in enumerate(mels) for c in range(len(chunks))]
-    items.sort(key=lambda ic: -mels[ic[0]][ic[1]].shape[1])      # longest first
-    seconds = {ic: mels[ic[0]][ic[1]].shape[1] * HOP / SAMPLE_RATE for ic in items}
-    longest = max((len(s) / SAMPLE_RATE for s in signals), default=0.0)
+    items.sort(key=lambda ic: -np.shape(mels[ic[0]][ic[1]])[-1])      # longest first
+    seconds = {ic: backbone.chunk_seconds(mels[ic[0]][ic[1]]) for ic in items}
+    longest = max((len(s) / backbone.sample_rate for s in signals), default=0.0)
     with progress_bar(round(sum(seconds.values()), 1), progress and longest > PROGRESS_MIN_S,
                       unit="s", desc="encoding") as bar:
         done = single_thread_map(lambda ic: backbone.encode_chunk(mels[ic[0]][ic[1]], layers),
@@ -680,16 +710,16 @@ def encode_windows(backbone, signals: Sequence[np.ndarray], layers: Sequence[int
     if batch < 1:
         raise ConfigError(f"batch must be a positive integer, got {batch}")
     unique, where = unique_signals(signals)
-    if batch == 1 or backbone.device.type != "cpu" or not hasattr(backbone, "encode_chunks"):
+    if batch == 1 or backbone.device.type != "cpu":
         done = _encode_unique(backbone, unique, layers, num_threads, False)
         return [done[k] for k in where]
-    mels = single_thread_map(backbone.mel_chunks, unique, num_threads)
+    mels = single_thread_map(backbone.chunks, unique, num_threads)
     out: list[dict[int, np.ndarray] | None] = [None] * len(unique)
     groups: dict[int, list[int]] = {}
     longer = []
     for i, chunks in enumerate(mels):
         if len(chunks) == 1:
-            groups.setdefault(chunks[0].shape[1], []).append(i)
+            groups.setdefault(np.shape(chunks[0]), []).append(i)
         else:
             longer.append(i)
     from .parallel import check_workers

@@ -119,6 +119,51 @@ def decode_pcm(data: bytes, channels: int, fmt: str = "f32le") -> np.ndarray:
     return x.reshape(-1, channels)
 
 
+class _SegmentWindows:
+    """Image-CNN windows: the front end's segments (window ``k`` starts at ``k*hop``
+    samples; it is computed from the centred frames it covers, see the module docstring)."""
+
+    def __init__(self, model):
+        self.cfg = model.frontend
+        if not self.cfg.center:
+            raise ConfigError("streaming needs the centred log-Mel framing (center=True)")
+        self.hop = self.cfg.segment_hop * self.cfg.hop_length
+        self.length = self.cfg.segment_frames * self.cfg.hop_length
+
+    def need(self, k: int) -> tuple[int, int]:
+        """Samples ``[lo, hi)`` window ``k`` is computed from (lo may be negative)."""
+        start = k * self.hop
+        half = self.cfg.n_fft // 2
+        last = start + (self.cfg.segment_frames - 1) * self.cfg.hop_length
+        return start - half, last - half + self.cfg.n_fft
+
+    def count(self, total: int) -> int:
+        """Windows of a stream of ``total`` samples (predict's segment count)."""
+        from ..spectrogram import n_segments
+
+        frames = 1 + total // self.cfg.hop_length
+        return n_segments(frames, self.cfg.segment_frames, self.cfg.segment_hop)
+
+
+class _ClipWindows:
+    """Encoder windows: 1 s every 0.5 s, each its own samples (``Model.window_spans``)."""
+
+    def __init__(self, model):
+        from ..model import window_hop_length
+
+        self.model = model
+        self.hop, self.length = window_hop_length(model.frontend.sample_rate)
+
+    def need(self, k: int) -> tuple[int, int]:
+        """Samples ``[lo, hi)`` window ``k`` is computed from: exactly its own."""
+        start = k * self.hop
+        return start, start + self.length
+
+    def count(self, total: int) -> int:
+        """Windows of a stream of ``total`` samples (predict's timeline count)."""
+        return len(self.model.window_spans(total))
+
+
 class _Analyser:
     """Windows over ONE source of 1 or 2 channels at the model's rate (see the module
     docstring): a ring of samples, window spans, features, scores."""
@@ -129,16 +174,9 @@ class _Analyser:
         self.sr = self.cfg.sample_rate
         self.channels = channels
         self.silence = None if silence_db is None else 10.0 ** (silence_db / 20.0)
-        self.whisper = model.family == "whisper"
-        if not self.whisper and not self.cfg.center:
-            raise ConfigError("streaming needs the centred log-Mel framing (center=True)")
-        if self.whisper:
-            from ..model import window_hop_length
-
-            self.hop, self.length = window_hop_length(self.sr)
-        else:
-            self.hop = self.cfg.segment_hop * self.cfg.hop_length
-            self.length = self.cfg.segment_frames * self.cfg.hop_length
+        self.windows = (_ClipWindows if model.windowed else _SegmentWindows)(model)
+        self.hop, self.length = self.windows.hop, self.windows.length
+        self._score = self._score_clips if model.windowed else self._score_segments
         self.buf = np.zeros((channels, 0), np.float32)
         self.base = 0          # absolute index of buf[:, 0]
         self.total = 0         # samples received
@@ -149,12 +187,7 @@ class _Analyser:
 
     def need(self, k: int) -> tuple[int, int]:
         """Samples ``[lo, hi)`` window ``k`` is computed from (lo may be negative)."""
-        start = k * self.hop
-        if self.whisper:
-            return start, start + self.length
-        half = self.cfg.n_fft // 2
-        last = start + (self.cfg.segment_frames - 1) * self.cfg.hop_length
-        return start - half, last - half + self.cfg.n_fft
+        return self.windows.need(k)
 
     def samples(self, lo: int, hi: int) -> np.ndarray:
         """``(C, hi - lo)`` samples, zeros outside ``[0, total)``."""
@@ -186,16 +219,7 @@ class _Analyser:
         """Windows still due at the end of the stream (predict's count)."""
         if self.total == 0:
             return []
-        if self.whisper:
-            from ..model import window_sample_spans
-
-            count = len(window_sample_spans(self.total, self.sr))
-        else:
-            from ..spectrogram import n_segments
-
-            frames = 1 + self.total // self.cfg.hop_length
-            count = n_segments(frames, self.cfg.segment_frames, self.cfg.segment_hop)
-        return list(range(self.next, count))
+        return list(range(self.next, self.windows.count(self.total)))
 
     def span(self, k: int) -> tuple[int, int]:
         """The window's own samples ``[start, end)`` (clipped to the stream)."""
@@ -213,8 +237,10 @@ class _Analyser:
 
     def score(self, ks: Sequence[int], final: bool) -> list[dict[str, Any]]:
         """Per window: ``{"silent", "silent_views", "label", "scores", "views"}``."""
-        if self.whisper:
-            return self._score_clips(ks)
+        return self._score(ks, final)
+
+    def _score_segments(self, ks: Sequence[int], final: bool) -> list[dict[str, Any]]:
+        """Image-CNN windows: each window's segment image through the model's backbones."""
         from ..views import VIEWS, silent_views
 
         model = self.model
@@ -242,7 +268,7 @@ class _Analyser:
                 del it["k"]
         return items
 
-    def _score_clips(self, ks: Sequence[int]) -> list[dict[str, Any]]:
+    def _score_clips(self, ks: Sequence[int], final: bool = False) -> list[dict[str, Any]]:
         """Whisper windows: each window's samples scored as a file (Model.score_clips);
         per-channel mode first marks windows below the silence threshold."""
         items: list[dict[str, Any] | None] = []
