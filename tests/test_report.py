@@ -189,3 +189,19 @@ def test_report_renders_with_its_figures_from_another_folder(browser, tmp_path):
         assert "default system" in headline and "61.25 %" in headline
     finally:
         page.close()
+
+
+def test_small_sample_warnings_are_shown_above_the_headline():
+    from binser.evaluation import small_sample_warnings
+
+    results = _results(n_speakers=3)
+    folds = [(np.array([1, 2]), np.array([0])), (np.array([0, 2]), np.array([1])),
+             (np.array([0, 1]), np.array([2]))]
+    results["small_sample_warnings"] = small_sample_warnings(folds, ["a", "b", "a"],
+                                                             ["s0", "s1", "s2"])
+    blocks = build_blocks(results, {})
+    kinds = [b[0] for b in blocks]
+    warns = [b[1] for b in blocks if b[0] == "warn"]
+    assert warns[0].startswith("SMALL SAMPLE: only 3 speakers (fewer than 5)")
+    assert "p below 0.25" in warns[0]
+    assert kinds.index("warn") < kinds.index("box")

@@ -287,6 +287,8 @@ def build_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block
     if not results.get("pretrained", True):
         blocks.append(("warn", "RANDOMLY INITIALISED BACKBONE: no ImageNet weights were used; "
                                "these are not the paper's pretrained features."))
+    for line in results.get("small_sample_warnings", []):   # binser.evaluation
+        blocks.append(("warn", f"SMALL SAMPLE: {line}"))
     blocks.append(("box", "The answer", headline_rows(results)))
     if "systems" in figures:
         blocks.append(("img", figures["systems"], "UA (%) of the main systems with their 95% "
