@@ -118,3 +118,33 @@ def train_tiny_whisper_model(base: Path, layer: int = 1):
                                   synthetic=True, cache_dir=str(base / "cache"))
     train_model(settings, base / "model", progress=False)
     return base / "model", root
+
+
+# ------------------------------------------------------------------------------ browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian Chromium driven by playwright (skipped, with the reason, where either
+    is missing or cannot start)."""
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="playwright (test extra) is not installed")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium): browser test skipped")
+    try:
+        pw = sync_api.sync_playwright().start()
+    except Exception as exc:   # noqa: BLE001
+        pytest.skip(f"playwright cannot start: {exc}")
+    try:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    except Exception as exc:   # noqa: BLE001
+        pw.stop()
+        pytest.skip(f"Chromium cannot start headless here: {exc}")
+    yield b
+    b.close()
+    pw.stop()

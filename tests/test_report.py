@@ -144,32 +144,6 @@ def test_predict_plot_writes_a_png(trained, tmp_path, capsys):
 
 # ------------------------------------------------------------------------------ browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="playwright (test extra) is not installed")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium): browser test skipped")
-    try:
-        pw = sync_api.sync_playwright().start()
-    except Exception as exc:   # noqa: BLE001
-        pytest.skip(f"playwright cannot start: {exc}")
-    try:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-    except Exception as exc:   # noqa: BLE001
-        pw.stop()
-        pytest.skip(f"Chromium cannot start headless here: {exc}")
-    yield b
-    b.close()
-    pw.stop()
-
-
 def test_report_renders_with_its_figures_from_another_folder(browser, tmp_path):
     """report.html moved alone (no figures/ beside it): every figure still draws."""
     _, page_path = write_report(_results(), tmp_path / "run")

@@ -484,30 +484,7 @@ def test_websocket_limits_and_vanishing_client(server):
 
 # ------------------------------------------------------------------------------ browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="playwright (test extra) is not installed")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium): browser test skipped")
-    try:
-        pw = sync_api.sync_playwright().start()
-    except Exception as exc:   # noqa: BLE001
-        pytest.skip(f"playwright cannot start: {exc}")
-    try:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-    except Exception as exc:   # noqa: BLE001
-        pw.stop()
-        pytest.skip(f"Chromium cannot start headless here: {exc}")
-    yield b
-    b.close()
-    pw.stop()
+from conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402,F401  (the browser fixture: conftest)
 
 
 def test_page_uploads_emovo_file(server, browser, emovo_root, tmp_path):
