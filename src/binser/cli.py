@@ -359,7 +359,10 @@ def cmd_scenes(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .inputs import expand_inputs
     from .model import Model, format_prediction, read_speakers_csv
+
+    args.files = [str(p) for p in expand_inputs(args.files)]   # folders and globs, up front
 
     if args.plot is not None:   # checked before any work
         from .outputs import check_output_file
@@ -588,7 +591,9 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
     from .preflight import ON_ERROR
 
     p.add_argument("model", help="model folder written by 'binser train'")
-    p.add_argument("files", nargs="+", help="audio or video files")
+    p.add_argument("files", nargs="+",
+                   help="audio or video files, folders (their audio/video files, recursively) "
+                        "or quoted glob patterns such as 'calls/*.wav'")
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.add_argument("--timeline", action="store_true",
                    help="scores over time: per segment (CNNs) or per 1 s window, 0.5 s hop "

@@ -531,10 +531,12 @@ def render_html(blocks: Sequence[Block], title: str, base: str | Path | None = N
 
 
 def make_figures(results: dict[str, Any], out_dir: Path, example_path: str | Path | None,
-                 config: FrontEndConfig) -> dict[str, str]:
-    """Draw Fig. 1 (if an example file is given) and the confusion matrices; return
-    figure key -> file name relative to ``out_dir``."""
+                 config: FrontEndConfig, progress: bool = False) -> dict[str, str]:
+    """Draw Fig. 1 (if an example file is given), the summary figures and the confusion
+    matrices (a progress bar with ``progress``); return figure key -> file name relative to
+    ``out_dir``."""
     from .plots import plot_confusion
+    from .progress import bar
 
     figures: dict[str, str] = {}
     fig_dir = out_dir / "figures"
@@ -554,9 +556,8 @@ def make_figures(results: dict[str, Any], out_dir: Path, example_path: str | Pat
     wanted = [str(RunName.single(v, fusion_pooling)) for v in all_views()]
     wanted += [str(RunName.score_fusion(f)) for f in fusion_titles()]
     wanted += ["feature-fusion/left+right+mid+side"]
-    for name in wanted:
-        if name not in runs:
-            continue
+    for name in bar([n for n in wanted if n in runs], desc="confusion figures", unit="figure",
+                    enabled=progress):
         r = runs[name]
         file = "figures/confusion_" + name.replace("/", "_").replace("+", "-") + ".png"
         plot_confusion(r["confusion"], results["classes"], out_dir / file,
@@ -597,10 +598,12 @@ def _interval(run: dict[str, Any]) -> tuple[float, float] | None:
 
 def write_report(results: dict[str, Any], out_dir: str | Path,
                  example_path: str | Path | None = None,
-                 config: FrontEndConfig = FrontEndConfig()) -> tuple[Path, Path]:
-    """Write ``report.md``, ``report.html`` and ``figures/`` into ``out_dir``."""
+                 config: FrontEndConfig = FrontEndConfig(), progress: bool = False
+                 ) -> tuple[Path, Path]:
+    """Write ``report.md``, ``report.html`` and ``figures/`` into ``out_dir`` (each file
+    written atomically; ``progress``: a bar while the figures are drawn)."""
     out_dir = Path(out_dir)
-    figures = make_figures(results, out_dir, example_path, config)
+    figures = make_figures(results, out_dir, example_path, config, progress)
     blocks = build_blocks(results, figures)
     md, page = out_dir / "report.md", out_dir / "report.html"
     _write_atomic(md, render_markdown(blocks))
