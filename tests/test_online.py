@@ -62,6 +62,23 @@ def test_stream_uses_only_earlier_rows_and_ends_at_the_offline_statistics():
     np.testing.assert_allclose(again.update_transform(rows[:1], "b"), out[:1])
 
 
+def test_prior_pools_the_rows_with_pseudo_rows_of_the_average_speaker():
+    # fallback mean 0, std 1 (speakers a and b: means -1 and 1, stds 1 and 1)
+    norm = OnlineSpeakerNormaliser(warm_up=1, prior=1.0).fit(
+        np.array([[-2.0], [0.0], [0.0], [2.0]]), ["a", "a", "b", "b"])
+    np.testing.assert_allclose([norm.fallback_mean_[0], norm.fallback_std_[0]], [0.0, 1.0])
+    x = 3.0        # one row: mean x/2, variance ((x - x/2)^2 + 1 + (x/2)^2) / 2
+    out = norm.update_transform(np.array([[x]]), "s")
+    np.testing.assert_allclose(out, [[(x - x / 2) / np.sqrt((x * x / 2 + 1) / 2)]])
+    # two rows 3 and 5 (mean 4, var 1) with prior 2: mean 2, var (2*(1+4) + 2*(1+4)) / 4
+    norm = OnlineSpeakerNormaliser(warm_up=1, prior=2.0).fit(
+        np.array([[-2.0], [0.0], [0.0], [2.0]]), ["a", "a", "b", "b"])
+    out = norm.update_transform(np.array([[3.0], [5.0]]), "s")
+    np.testing.assert_allclose(out[1], [(5.0 - 2.0) / np.sqrt(5.0)])
+    with pytest.raises(ConfigError, match="prior"):
+        OnlineSpeakerNormaliser(prior=-1.0).fit(np.zeros((2, 1)), ["a", "b"])
+
+
 def test_rows_without_signal_are_zero_and_not_counted():
     X, _, spk = corpus()
     norm = OnlineSpeakerNormaliser(warm_up=2).fit(X, spk)
@@ -78,13 +95,14 @@ def test_window_is_the_stream_of_a_rotation_and_ignores_later_rows():
     order = np.random.default_rng(1).permutation(rows)
     fallback = OnlineSpeakerNormaliser(warm_up=3).fit(X[spk != "s1"], spk[spk != "s1"])
     fb = (fallback.fallback_mean_, fallback.fallback_std_)
-    for k in (0, 1, 4, 9):
-        Z = window_normalise(X, spk, {"s1": order}, k, fb, warm_up=3)
+    for k, prior in ((0, 0.0), (1, 0.0), (4, 0.0), (9, 0.0), (4, 2.5)):
+        Z = window_normalise(X, spk, {"s1": order}, k, fb, warm_up=3, prior=prior)
+        stream_norm = OnlineSpeakerNormaliser(3, prior).fit(X[spk != "s1"], spk[spk != "s1"])
         for i in (0, 5, len(order) - 1):
             stream = np.roll(order, -(i - k))[:k + 1]     # rotation meeting order[i] at k
             assert stream[-1] == order[i]
-            fallback.reset()
-            expect = fallback.update_transform(X[stream], "s1")[-1]
+            stream_norm.reset()
+            expect = stream_norm.update_transform(X[stream], "s1")[-1]
             np.testing.assert_allclose(Z[order[i]], expect, rtol=1e-10, atol=1e-10)
     # a planted change in the row after order[5] (a later row of the stream) changes nothing
     planted = X.copy()

@@ -30,7 +30,12 @@ key's statistics (so the statistics hold the earlier rows and the row itself, ne
 one), then standardised with them once they hold at least ``warm_up`` rows, else with the
 average-training-speaker fallback (as :class:`SpeakerNormaliser` for a speaker with fewer
 than ``min_utterances``). After all of a speaker's ``n`` rows, the last row is standardised
-exactly as :func:`speaker_normalise` standardises it (up to rounding).
+exactly as :func:`speaker_normalise` standardises it (up to rounding). Optionally
+(``prior = m > 0``) the statistics of ``n`` rows are shrunk towards the fallback as if ``m``
+rows of the average training speaker were added: ``mean = (n mu + m mu_f) / (n + m)``,
+``var = (n (sd^2 + (mu - mean)^2) + m (sd_f^2 + (mu_f - mean)^2)) / (n + m)`` (the pooled
+variance of the two groups), so the gain starts before the warm-up and the last row of a
+speaker is no longer exactly the offline one.
 :func:`window_normalise` is the same rule for a whole evaluation at once (every row with
 ``k`` predecessors in a given order); :mod:`binser.online` turns it into the UA curve.
 """
@@ -184,18 +189,23 @@ class OnlineSpeakerNormaliser:
     them standardised ``(n, D)`` float64: row ``j`` (with signal) is first added to ``key``'s
     running mean and variance (Welford's update, float64, population variance; a standard
     deviation below 1e-8 counts as 1), then standardised with them when ``key`` has at least
-    ``warm_up`` rows with signal, else with the fallback. Rows without signal (``mask``
+    ``warm_up`` rows with signal, else with the fallback; ``prior > 0`` shrinks the
+    statistics towards the fallback (module docstring). Rows without signal (``mask``
     False) are not added and become 0. Safe to call from several threads.
     """
 
-    def __init__(self, warm_up: int = 5):
+    def __init__(self, warm_up: int = 5, prior: float = 0.0):
         self.warm_up = warm_up
+        self.prior = prior
 
     def _check(self) -> None:
         if (isinstance(self.warm_up, bool) or not isinstance(self.warm_up, (int, np.integer))
                 or self.warm_up < 1):
             raise ConfigError(f"online normalisation: warm_up must be an integer >= 1, got "
                               f"{self.warm_up!r}")
+        if not np.isfinite(self.prior) or self.prior < 0:
+            raise ConfigError(f"online normalisation: prior must be a finite number >= 0, "
+                              f"got {self.prior!r}")
 
     def fit(self, X: np.ndarray, speakers: Sequence, mask: np.ndarray | None = None
             ) -> "OnlineSpeakerNormaliser":
@@ -204,13 +214,13 @@ class OnlineSpeakerNormaliser:
         return self._start(offline.fallback_mean_, offline.fallback_std_)
 
     @classmethod
-    def from_offline(cls, normaliser: SpeakerNormaliser, warm_up: int | None = None
-                     ) -> "OnlineSpeakerNormaliser":
+    def from_offline(cls, normaliser: SpeakerNormaliser, warm_up: int | None = None,
+                     prior: float = 0.0) -> "OnlineSpeakerNormaliser":
         """The online form of a fitted :class:`SpeakerNormaliser` (same fallback; ``warm_up``
         defaults to its ``min_utterances``)."""
         if not hasattr(normaliser, "fallback_mean_"):
             raise ConfigError("this SpeakerNormaliser is not fitted yet; call fit first")
-        out = cls(normaliser.min_utterances if warm_up is None else warm_up)
+        out = cls(normaliser.min_utterances if warm_up is None else warm_up, prior)
         out._check()
         return out._start(normaliser.fallback_mean_, normaliser.fallback_std_)
 
@@ -240,8 +250,10 @@ class OnlineSpeakerNormaliser:
                 state[1] = state[1] + delta / state[0]
                 state[2] = state[2] + delta * (X[j] - state[1])
                 if state[0] >= self.warm_up:
-                    sd = np.sqrt(state[2] / state[0])
-                    out[j] = (X[j] - state[1]) / np.where(sd < STD_FLOOR, 1.0, sd)
+                    mean, sd = shrunk_statistics(state[0], state[1], state[2] / state[0],
+                                                 self.prior, self.fallback_mean_,
+                                                 self.fallback_std_)
+                    out[j] = (X[j] - mean) / sd
                 else:
                     out[j] = (X[j] - self.fallback_mean_) / self.fallback_std_
         return out
@@ -260,9 +272,24 @@ class OnlineSpeakerNormaliser:
                 self._running.pop(key, None)
 
 
+def shrunk_statistics(n: int, mean: np.ndarray, var: np.ndarray, prior: float,
+                      fallback_mean: np.ndarray, fallback_std: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, std)`` of ``n`` rows (``mean``, population ``var``) pooled with ``prior``
+    pseudo-rows of the fallback speaker (module docstring; ``prior = 0``: the rows' own);
+    a standard deviation below 1e-8 counts as 1."""
+    if prior > 0:
+        pooled = (n * mean + prior * fallback_mean) / (n + prior)
+        var = (n * (var + (mean - pooled) ** 2)
+               + prior * (fallback_std ** 2 + (fallback_mean - pooled) ** 2)) / (n + prior)
+        mean = pooled
+    sd = np.sqrt(var)
+    return mean, np.where(sd < STD_FLOOR, 1.0, sd)
+
+
 def window_normalise(X: np.ndarray, speakers: Sequence, orders: Mapping[str, np.ndarray],
                      k: int, fallback: tuple[np.ndarray, np.ndarray], warm_up: int,
-                     mask: np.ndarray | None = None) -> np.ndarray:
+                     mask: np.ndarray | None = None, prior: float = 0.0) -> np.ndarray:
     """Every row standardised as :class:`OnlineSpeakerNormaliser` would at position ``k`` of
     a stream -> ``(N, D)`` float64.
 
@@ -271,7 +298,8 @@ def window_normalise(X: np.ndarray, speakers: Sequence, orders: Mapping[str, np.
     taken cyclically (the stream ``p[i-k:] + p[:i-k]``, a rotation of ``p``, meets it at
     position ``k``); ``k >= n_s - 1`` means all of the speaker's other rows. Its statistics:
     the rows with signal among those and itself; fewer than ``warm_up`` -> ``fallback``
-    ``(mean, std)``. Rows without signal become 0. Rows of speakers not in ``orders`` too.
+    ``(mean, std)``; ``prior``: as :class:`OnlineSpeakerNormaliser`'s. Rows without signal
+    become 0. Rows of speakers not in ``orders`` too.
     """
     X = np.asarray(X, dtype=np.float64)
     speakers = np.asarray(speakers).astype(str)
@@ -294,7 +322,7 @@ def window_normalise(X: np.ndarray, speakers: Sequence, orders: Mapping[str, np.
             if len(used) < warm_up:
                 mean, sd = fallback
             else:
-                mean, sd = used.mean(axis=0), used.std(axis=0)
-                sd = np.where(sd < STD_FLOOR, 1.0, sd)
+                mean, sd = shrunk_statistics(len(used), used.mean(axis=0), used.var(axis=0),
+                                             prior, *fallback)
             out[row] = (X[row] - mean) / sd
     return out

@@ -15,7 +15,8 @@ of :class:`binser.normalisation.OnlineSpeakerNormaliser` (beyond the paper).
   the ``k`` rows before it in a stream of its speaker
   (:func:`~binser.normalisation.window_normalise`: the stream is the rotation of order ``r``
   that meets the row at position ``k``, so over the rotations every row is scored once per
-  ``k`` and order); fewer than ``warm_up`` rows with signal: the fallback. Rows without
+  ``k`` and order); fewer than ``warm_up`` rows with signal: the fallback; ``prior``: the
+  statistics shrunk towards the fallback (as the normaliser's). Rows without
   signal score ``1/K``;
 * the views' scores combined by ``combine(scores, fold)`` (default: the one view, or the
   mean of the views' probabilities), arg-max.
@@ -71,7 +72,8 @@ def _orders(speakers: np.ndarray, folds: Sequence[tuple[np.ndarray, np.ndarray]]
 def online_curve(X, y: Sequence, speakers: Sequence,
                  folds: Sequence[tuple[np.ndarray, np.ndarray]], *,
                  ks: Sequence[int] = DEFAULT_KS, n_orders: int = DEFAULT_ORDERS,
-                 seed: int = 0, warm_up: int = 5, mask=None, estimator=None,
+                 seed: int = 0, warm_up: int = 5, prior: float = 0.0, mask=None,
+                 estimator=None,
                  combine: Callable[[Mapping[str, np.ndarray], int], np.ndarray] | None = None
                  ) -> dict[str, Any]:
     """UA as a function of how many of the speaker's utterances came before (module
@@ -91,7 +93,7 @@ def online_curve(X, y: Sequence, speakers: Sequence,
     if bad or not ks or n_orders < 1:
         raise ConfigError(f"online curve: ks must be integers >= 0 and n_orders >= 1, got "
                           f"ks={list(ks)}, n_orders={n_orders}")
-    OnlineSpeakerNormaliser(warm_up)._check()
+    OnlineSpeakerNormaliser(warm_up, prior)._check()
     for _, test in folds:
         for s in set(speakers[test].tolist()):
             if not np.isin(np.flatnonzero(speakers == s), test).all():
@@ -126,7 +128,7 @@ def online_curve(X, y: Sequence, speakers: Sequence,
                 for i, k in enumerate(ks):
                     Z = window_normalise(Xv, speakers, orders, int(k),
                                          (fallback.fallback_mean_, fallback.fallback_std_),
-                                         warm_up, m)
+                                         warm_up, m, prior)
                     scores[r][i][view] = score(Z)
                 scores[r][-1][view] = offline
         for r in range(n_orders):
@@ -140,6 +142,7 @@ def online_curve(X, y: Sequence, speakers: Sequence,
     ua_orders = [[ua(pred[r, i]) for r in range(n_orders)] for i in range(len(ks))]
     return {"ks": [int(k) for k in ks], "ua": [float(np.mean(u)) for u in ua_orders],
             "ua_orders": ua_orders, "offline_ua": ua(pred[0, -1]), "warm_up": int(warm_up),
+            "prior": float(prior),
             "n_orders": int(n_orders), "seed": int(seed), "caveat": TRANSDUCTIVE_CAVEAT,
             "definition": "UA when each test utterance is standardised with the statistics "
                           "of itself and the k utterances of its speaker before it in a "
@@ -157,7 +160,8 @@ def plot_online_curve(curve: Mapping[str, Any], out_png: str | Path, title: str 
     fig, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
     ax.fill_between(ks, per_order.min(axis=1), per_order.max(axis=1), alpha=0.25,
                     label=f"range over {curve['n_orders']} orders")
-    ax.plot(ks, ua, marker="o", label=f"online (warm-up {curve['warm_up']})")
+    prior = f", prior {curve['prior']:g}" if curve.get("prior") else ""
+    ax.plot(ks, ua, marker="o", label=f"online (warm-up {curve['warm_up']}{prior})")
     ax.axhline(100 * curve["offline_ua"], linestyle="--", color="k",
                label="offline (all utterances)")
     ax.set_xlabel("utterances of the speaker before")
