@@ -278,3 +278,125 @@ def test_default_input_sizes():
     RESULTS.md); AlexNet keeps the paper's 227."""
     assert get_backbone("efficientnet_lite0").input_size == 112
     assert get_backbone("alexnet", weights="random", allow_random=True).input_size == 227
+
+
+# ----------------------------------------------------------------------------- interface
+
+def test_names_resolve_through_the_registry_without_torch():
+    """Naming, classifying and resolving a backbone imports no family module (no torch)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from binser.backbones import (ALL_BACKBONES, family_of, is_encoder, "
+            "resolve_backbone); "
+            "print(is_encoder('whisper-base'), is_encoder('alexnet'), family_of('alexnet').name, "
+            "resolve_backbone('alexnet', None, None), len(ALL_BACKBONES), "
+            "'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["True", "False", "imagenet", "alexnet", "7", "False"]
+
+
+def test_registry_refuses_unknown_and_duplicate_names():
+    from binser.backbones import Family, family, family_of, register
+
+    with pytest.raises(ConfigError, match="unknown backbone 'resnet'.*efficientnet_lite0"):
+        family_of("resnet")
+    with pytest.raises(ConfigError, match="unknown backbone family 'nope'.*imagenet, whisper"):
+        family("nope")
+    with pytest.raises(ConfigError, match="already registered"):
+        register(Family("whisper", "x", ("y",), encoder=True))
+    with pytest.raises(ConfigError, match="alexnet already belong"):
+        register(Family("other", "x", ("alexnet",), encoder=False))
+
+
+def test_cnn_implements_the_interface_and_encode_equals_the_extractor(tmp_path):
+    """An ImageNet CNN offers the Backbone interface; encode() of a file's left view gives
+    the rows the file extractor computes for that view."""
+    import soundfile as sf
+
+    from binser.backbones import Backbone
+    from binser.config import FrontEndConfig
+    from binser.features import SegmentFeatureExtractor, file_views
+
+    with pytest.warns(RandomWeightsWarning):
+        net = get_backbone("alexnet", weights="random", allow_random=True, input_size=63)
+    assert isinstance(net, Backbone)
+    assert (net.family, net.layers, net.frame_rate) == ("imagenet", (None,), None)
+    assert net.extractor_class is SegmentFeatureExtractor and net.to("cpu") is net
+    rng = np.random.default_rng(0)
+    path = tmp_path / "a.wav"
+    sf.write(path, (0.1 * rng.standard_normal((16000, 2))).astype(np.float32), 16000)
+    config = FrontEndConfig()
+    views, _ = file_views(path, config, ["left"])
+    (rows,) = net.encode([views["left"]], config=config)
+    expected = SegmentFeatureExtractor(net, config, views=("left",), progress=False
+                                       ).extract([path])["left"][0]
+    assert rows[None].shape == expected.shape == (3, 4096)   # 1 s: 3 segments
+    np.testing.assert_allclose(rows[None], expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="single layer None"):
+        net.encode([views["left"]], layers=(0,))
+
+
+@pytest.fixture()
+def tiny_family():
+    """The test-only family of tests/tiny_encoder.py, registered for one test."""
+    from binser.backbones import Family, register, unregister
+
+    register(Family("tiny", "tiny_encoder", ("tiny-enc",), encoder=True))   # the one line
+    yield
+    unregister("tiny")
+
+
+def test_a_new_family_is_one_module_and_one_registry_line(tiny_family, tmp_path):
+    """A family nothing in binser knows (tests/tiny_encoder.py + one register line) trains,
+    saves, loads and predicts through the ordinary paths: features from the frame
+    extractor equal its own encode(), the layer is chosen by inner CV, the saved model
+    reloads with its family and scores, the timeline is 1 s windows every 0.5 s, and the
+    stream engine fed the file in 0.3 s chunks gives the timeline's numbers."""
+    import tiny_encoder
+
+    from binser.backbones import is_encoder, load_backbone
+    from binser.demo import DemoSpec, make_demo_corpus
+    from binser.experiment import ExperimentSettings
+    from binser.features import FrameFeatureExtractor, file_views
+    from binser.model import Model, train_model
+    from binser.serve.stream import analyse_file
+
+    root = make_demo_corpus(tmp_path / "corpus",
+                            DemoSpec(n_speakers=3, per_emotion=2, max_duration_s=1.2))
+    settings = ExperimentSettings(dataset="folder", root=str(root), backbone="tiny-enc",
+                                  synthetic=True, cache_dir=str(tmp_path / "cache"))
+    assert is_encoder("tiny-enc") and settings.resolved_fusion_pooling() == "stats"
+    backbone = load_backbone(settings)
+    path = sorted(root.rglob("*.wav"))[0]
+    views, _ = file_views(path, settings.frontend, ["left", "mid"])
+    rows = FrameFeatureExtractor(backbone, settings.frontend, views=("left", "mid"),
+                                 layers=(0, 2), progress=False).extract([path])
+    for layer in (0, 2):
+        for view in ("left", "mid"):
+            np.testing.assert_array_equal(rows[layer][view][0],
+                                          backbone.encode([views[view]], (layer,))[0][layer])
+    np.testing.assert_allclose(rows[0]["left"][0], tiny_encoder.frames0(views["left"]))
+
+    model = train_model(settings, tmp_path / "model", progress=False)
+    assert model.layer in (0, 1, 2) and model.family == "tiny" and model.windowed
+    assert set(model.info["layer_selection"]["scores"]) == {"0", "1", "2"}
+    loaded = Model.load(tmp_path / "model")
+    assert (loaded.family, loaded.layer, loaded.backbone.weights_id) == \
+        ("tiny", model.layer, backbone.weights_id)
+    assert "tiny test encoder tiny-enc" in (tmp_path / "model" / "MODEL_CARD.md").read_text()
+    paths = sorted(root.rglob("*.wav"))[:3]
+    fresh, again = (m.predict(paths, timeline=True, progress=False) for m in (model, loaded))
+    for a, b in zip(fresh, again):
+        assert a.label == b.label and a.scores == pytest.approx(b.scores, abs=1e-12)
+        n = len(file_views(b.path, settings.frontend, ["left"])[0]["left"])
+        count = 1 + max(0, -(-(-(-n // 320) - 50) // 25))   # 1 + ceil((rows - 50) / 25)
+        assert count == 2   # these demo files (about 1.1 s) have two windows each
+        assert [e["start_s"] for e in b.timeline] == pytest.approx([0.5 * k for k in range(count)])
+        assert [e["end_s"] for e in b.timeline] == pytest.approx(
+            [min(0.5 * k + 1.0, n / 16000) for k in range(count)], abs=1e-6)
+        streamed = analyse_file(loaded, b.path, chunk_s=0.3)["windows"]
+        assert [w["label"] for w in streamed] == [e["label"] for e in b.timeline]
+        for w, e in zip(streamed, b.timeline):
+            assert w["scores"] == pytest.approx(e["scores"], abs=1e-6)

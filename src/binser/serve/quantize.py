@@ -30,7 +30,9 @@ def quantize_model(model, scheme: str = "int8") -> int:
 
     if scheme not in SCHEMES:
         raise ConfigError(f"--quantize must be one of {', '.join(SCHEMES)}, got {scheme!r}")
-    if model.family != "whisper":
+    from ..backbones import family
+
+    if not family(model.family).encoder:
         raise ConfigError("--quantize int8 applies to Whisper models (an image CNN's Linear "
                           "layers are not on its feature path)")
     engines = torch.backends.quantized.supported_engines
