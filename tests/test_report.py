@@ -179,3 +179,18 @@ def test_small_sample_warnings_are_shown_above_the_headline():
     assert warns[0].startswith("SMALL SAMPLE: only 3 speakers (fewer than 5)")
     assert "p below 0.25" in warns[0]
     assert kinds.index("warn") < kinds.index("box")
+
+
+def test_channel_panels_by_hand():
+    from binser.plots import channel_panels
+
+    window = {"start_s": 0.0, "end_s": 1.0,
+              "channels": {"left": {"scores": {"a": 0.9, "b": 0.1}, "silent": False},
+                           "right": {"scores": {}, "silent": True}}}
+    panels = channel_panels([{"path": "/x/call.wav", "windows": [window, {**window,
+                                                                          "start_s": 0.5}]},
+                             {"path": "/x/bad.wav", "error": "unreadable"}])
+    assert list(panels) == ["call.wav: left", "call.wav: right"]
+    assert panels["call.wav: left"][1] == {"start_s": 0.5, "end_s": 1.0,
+                                           "scores": {"a": 0.9, "b": 0.1}, "silent": False}
+    assert panels["call.wav: right"][0]["silent"] is True

@@ -246,3 +246,18 @@ def plot_predictions(predictions: Sequence, labels: Sequence[str],
         title = str(p.path) if names.count(name) > 1 else name
         panels[f"{title}: {p.label}"] = p.timeline
     return plot_timeline(panels, labels, out_png) if panels else None
+
+
+def channel_panels(results: Sequence[dict]) -> dict[str, list[dict]]:
+    """Per-channel analyses (``predict --per-channel``: :func:`binser.serve.stream.analyse_file`
+    dicts ``{"path", "windows": [{"start_s", "end_s", "channels": {name: {"scores",
+    "silent", ...}}}]}``) as :func:`plot_timeline` panels, one per file and channel
+    (``"a.wav: left"``); files without windows (errors) are left out."""
+    panels: dict[str, list[dict]] = {}
+    for result in results:
+        for window in result.get("windows") or []:
+            for channel, item in (window.get("channels") or {}).items():
+                panels.setdefault(f"{Path(result['path']).name}: {channel}", []).append(
+                    {"start_s": window["start_s"], "end_s": window["end_s"],
+                     "scores": item.get("scores", {}), "silent": item.get("silent", False)})
+    return panels
