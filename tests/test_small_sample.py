@@ -68,3 +68,41 @@ def test_split_counts_the_test_speakers():
     train = np.setdiff1d(np.arange(len(labels)), test)
     (line,) = small_sample_warnings([(train, test)], labels, speakers)
     assert "only 2 speakers" in line and "p below 0.5" in line
+
+
+# --------------------------------------------------------------------------- end to end
+
+@pytest.mark.slow
+def test_csv_corpus_with_its_own_label_and_three_speakers_runs(tmp_path):
+    """A CSV corpus naming one class "frustrated" (not one of binser's labels) runs; with 3
+    speakers the console and results.json carry the small-sample warning."""
+    import contextlib
+    import csv
+    import io
+    import json
+
+    from binser.cli import main
+    from binser.demo import DemoSpec, make_demo_corpus
+
+    root = make_demo_corpus(tmp_path / "corpus", DemoSpec(n_speakers=3, per_emotion=2,
+                                                           min_duration_s=0.7,
+                                                           max_duration_s=0.8))
+    with open(root / "manifest.csv", "w", newline="") as handle:
+        rows = csv.writer(handle)
+        rows.writerow(["path", "label", "speaker"])
+        for path in sorted(root.glob("*/*.wav")):
+            label = "Frustrated" if path.parent.name == "anger" else path.parent.name
+            rows.writerow([path.relative_to(root).as_posix(), label, path.stem.split("_")[0]])
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["experiment", "--dataset", "csv", "--root", str(root), "--out",
+                     str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
+                     "--backbone", "efficientnet_lite0", "--input-size", "32", "--views",
+                     "left,right", "--poolings", "block-max", "--n-boot", "50", "--quiet",
+                     "--no-report"])
+    assert code == 0, err.getvalue()
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert "frustrated" in results["classes"] and "anger" not in results["classes"]
+    (line,) = results["small_sample_warnings"]
+    assert line.startswith("only 3 speakers (fewer than 5)") and "p below 0.25" in line
+    assert f"warning: {line}" in out.getvalue() + err.getvalue()

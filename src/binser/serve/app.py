@@ -9,7 +9,9 @@ Endpoints (a token, when set, is required everywhere except ``/``, ``/static/*``
 * ``GET /model`` -> labels, views, family, window and hop, fingerprint, the model card.
 * ``POST /predict`` (multipart, field ``file``; query ``timeline`` (default true),
   ``per_channel`` (default false)) -> ``predict --json``'s object for that file (per-channel:
-  the engine's per-channel summary and windows). 400: no file or an empty one; 413: over
+  the engine's per-channel summary and windows), plus ``warnings``: a list of lines about
+  the audio (mono, identical channels, band-limited, clipped; :mod:`binser.inputs`), empty
+  when there is nothing to say (these are never written to the server's log). 400: no file or an empty one; 413: over
   ``max_upload_bytes``; 415: a content type that is not audio/*, video/* or
   application/octet-stream; 422: not decodable audio (the decoder's cause; never a server
   path). The upload goes to a temporary file that is always removed; the client's file
@@ -341,14 +343,34 @@ def _predict_checked(model, tmp: str, name: str, timeline: bool, per_channel: bo
         out["path"] = name
         out["label"] = None
         out["error"] = None
+        out["warnings"] = _input_warnings(model, tmp)
         if not timeline:
             out.pop("windows")
         return out
-    prediction = model.predict([tmp], timeline=timeline, progress=False)[0].to_dict()
+    import warnings
+
+    from ..views import MonoInputWarning
+
+    with warnings.catch_warnings():   # said in the response instead of the server's log
+        warnings.simplefilter("ignore", MonoInputWarning)
+        prediction = model.predict([tmp], timeline=timeline, progress=False)[0].to_dict()
     prediction["path"] = name
     if prediction.get("error"):
         prediction["error"] = _clean(prediction["error"], tmp, name)
+    else:
+        prediction["warnings"] = _input_warnings(model, tmp)
     return prediction
+
+
+def _input_warnings(model, tmp: str) -> list[str]:
+    """The upload's audio warnings (:func:`binser.inputs.file_warnings`; none if it cannot
+    be read again)."""
+    from ..inputs import file_warnings
+
+    try:
+        return file_warnings(tmp, model.frontend.channels)
+    except BinserError:
+        return []
 
 
 def _clean(message: str, tmp: str, name: str) -> str:

@@ -52,8 +52,10 @@ def _stream_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("model", help="model folder written by 'binser train'")
     p.add_argument("source", nargs="?", default=None,
-                   help="audio/video file, or - for raw interleaved PCM on standard input "
-                        "(see --rate, --channels, --format); omit with --mic")
+                   help="audio/video file, a folder or quoted glob pattern (its files one "
+                        "after another, each output naming its file), or - for raw "
+                        "interleaved PCM on standard input (see --rate, --channels, "
+                        "--format); omit with --mic")
     p.add_argument("--mic", action="store_true",
                    help="record from the default microphone (needs 'sounddevice')")
     p.add_argument("--rate", type=positive_int, default=16000,
@@ -171,24 +173,29 @@ def _mic_chunks(args, chunk: float) -> Iterator[np.ndarray]:
                                        "s (is it connected and allowed?)") from None
 
 
-def _show(result, as_json: bool) -> None:
+def _show(result, as_json: bool, path: str | None = None) -> None:
+    """One window; ``path`` (a file of a folder or pattern) is added to the JSON object."""
     from .stream import format_window
 
     if as_json:
-        print(json.dumps({"type": "window", **result.to_dict()}), flush=True)
+        named = {"path": path} if path is not None else {}
+        print(json.dumps({"type": "window", **named, **result.to_dict()}), flush=True)
     else:
         print(format_window(result), flush=True)
 
 
 def run_stream(args: argparse.Namespace) -> int:
+    from ..inputs import expand_inputs, expanded
     from ..model import Model
     from .stream import StreamEngine, decode_pcm
 
     if args.mic == (args.source is not None):
         raise ConfigError("give one source: a file, - for standard input, or --mic")
+    live = args.source == "-" or args.mic
+    files = None if live else expand_inputs([args.source])   # folders and globs, up front
     model = Model.load(args.model)
     chunk = args.chunk_ms / 1000.0
-    if args.source == "-" or args.mic:
+    if live:
         engine = StreamEngine(model, args.rate, args.channels, per_channel=args.per_channel,
                               silence_db=args.silence_db)
         source = _stdin_chunks(args, chunk) if not args.mic else _mic_chunks(args, chunk)
@@ -200,19 +207,31 @@ def run_stream(args: argparse.Namespace) -> int:
             if not args.mic or type(stop) is not KeyboardInterrupt:   # SIGTERM stays fatal
                 raise
             print("binser: recording stopped", file=sys.stderr)
-    else:
-        engine = _play_file(model, args, chunk)
-    for r in engine.finish():
-        _show(r, args.json)
-    summary = engine.summary()
-    if args.json:
-        print(json.dumps({"type": "end", "summary": summary}), flush=True)
-    else:
-        print(_summary_text(summary), flush=True)
+        _finish(engine, args)
+        return 0
+    named = expanded([args.source])   # a folder or pattern: every output names its file
+    for path in files:
+        if named and not args.json:
+            print(f"== {path}", flush=True)
+        tag = str(path) if named else None
+        _finish(_play_file(model, args, chunk, str(path), tag), args, tag)
     return 0
 
 
-def _feed_all(engine: StreamEngine, pieces: Iterator[np.ndarray], args) -> None:
+def _finish(engine: StreamEngine, args, path: str | None = None) -> None:
+    """The engine's last windows and its summary (JSON: an ``end`` object)."""
+    for r in engine.finish():
+        _show(r, args.json, path)
+    summary = engine.summary()
+    if args.json:
+        named = {"path": path} if path is not None else {}
+        print(json.dumps({"type": "end", **named, "summary": summary}), flush=True)
+    else:
+        print(_summary_text(summary), flush=True)
+
+
+def _feed_all(engine: StreamEngine, pieces: Iterator[np.ndarray], args,
+              path: str | None = None) -> None:
     """Feed ``(n, channels)`` pieces until they end or ``--duration`` is reached, showing
     each completed window."""
     limit = None if args.duration is None else int(round(args.duration * engine.sample_rate))
@@ -220,22 +239,24 @@ def _feed_all(engine: StreamEngine, pieces: Iterator[np.ndarray], args) -> None:
         if limit is not None:
             piece = piece[:max(0, limit - engine.received)]
         for r in engine.feed(piece):
-            _show(r, args.json)
+            _show(r, args.json, path)
         if limit is not None and engine.received >= limit:
             break
 
 
-def _play_file(model, args, chunk: float) -> StreamEngine:
-    """A file (decoded at the model's rate) through a new engine in ``chunk``-second
-    pieces, paced at real time unless ``--fast``."""
+def _play_file(model, args, chunk: float, source: str, path: str | None = None
+               ) -> StreamEngine:
+    """File ``source`` (decoded at the model's rate) through a new engine in
+    ``chunk``-second pieces, paced at real time unless ``--fast``; ``path`` names it in
+    JSON output."""
     from ..preflight import checked_audio
     from .stream import StreamEngine, declared_work_error
 
     sr = model.frontend.sample_rate
-    too_much = declared_work_error(args.source, model.frontend.max_duration_s)
+    too_much = declared_work_error(source, model.frontend.max_duration_s)
     if too_much is not None:   # checked from the header, before decoding
-        raise AudioError(args.source, too_much)
-    audio = checked_audio(args.source, model.frontend)    # predict's input checks
+        raise AudioError(source, too_much)
+    audio = checked_audio(source, model.frontend)    # predict's input checks
     engine = StreamEngine(model, sr, audio.shape[0], per_channel=args.per_channel,
                           silence_db=args.silence_db)
     step = max(1, int(chunk * sr))
@@ -249,7 +270,7 @@ def _play_file(model, args, chunk: float) -> StreamEngine:
                 time.sleep(max(0.0, due - time.monotonic()))
             yield frames
 
-    _feed_all(engine, paced(), args)
+    _feed_all(engine, paced(), args, path)
     return engine
 
 

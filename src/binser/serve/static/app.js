@@ -95,6 +95,10 @@ function channelText(channels) {
   return Object.entries(channels).map(([n, c]) => `${n}: ${c.label || "(silent)"}`).join(" · ");
 }
 
+function notes(body) {   // the server's warnings about the audio (mono, band-limited, clipped)
+  return (body.warnings || []).length ? ` · warning: ${body.warnings.join("; ")}` : "";
+}
+
 async function upload(file) {
   windows = []; draw(); showLabel(null, null, ""); status(`uploading ${file.name} …`);
   const form = new FormData(); form.append("file", file);
@@ -112,10 +116,10 @@ async function upload(file) {
     const views = Object.keys(body.view_scores || {});
     if (views.length) status(`${file.name}: ${windows.length} windows · view scores: ` +
       views.map((v) => `${v} ${Object.entries(body.view_scores[v]).sort((a, b) => b[1] - a[1])[0][0]}`).join(", ") +
-      (body.silent_views.length ? ` · silent: ${body.silent_views.join(", ")}` : ""));
+      (body.silent_views.length ? ` · silent: ${body.silent_views.join(", ")}` : "") + notes(body));
   }
   draw(true);
-  if (per) status(`${file.name}: ${windows.length} windows, per channel`);
+  if (per) status(`${file.name}: ${windows.length} windows, per channel` + notes(body));
 }
 
 // ---------------------------------------------------------------- microphone stream
