@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from binser.errors import ConfigError  # noqa: E402
+from binser.errors import BinserError, ConfigError  # noqa: E402
 from binser.head import AttentiveStatsHead, fold_proba  # noqa: E402
 
 FAST = dict(attention_dim=8, n_seeds=2, max_epochs=40, patience=6, lr=3e-2, batch_size=16)
@@ -93,7 +93,7 @@ def test_out_of_fold_scores_never_see_the_held_out_speakers():
 
 def test_bad_input_is_a_one_line_config_error():
     frames, y, groups = toy(n_speakers=2)
-    with pytest.raises(ConfigError, match="utterance 1"):
+    with pytest.raises(BinserError, match="utterance 1"):
         AttentiveStatsHead(**FAST).fit([frames[0], np.zeros((0, 6))] + frames[2:], y, groups)
     with pytest.raises(ConfigError, match="labels"):
         AttentiveStatsHead(**FAST).fit(frames, y[:-1], groups)
@@ -101,8 +101,13 @@ def test_bad_input_is_a_one_line_config_error():
         AttentiveStatsHead(dropout=1.5).fit(frames, y, groups)
     with pytest.raises(ConfigError, match="not fitted"):
         AttentiveStatsHead().predict(frames)
+    bad = list(frames)
+    bad[2] = bad[2].copy()
+    bad[2][0, 0] = np.nan
+    with pytest.raises(ConfigError, match="utterance 2: frames contain NaN"):
+        AttentiveStatsHead(**FAST).fit(bad, y, groups)
     head = AttentiveStatsHead(**FAST).fit(frames, y, groups)
-    with pytest.raises(ConfigError, match="expected 6"):
+    with pytest.raises(BinserError, match="expected 6"):
         head.predict_proba([np.zeros((3, 5))])
 
 

@@ -58,6 +58,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 
 from .classifier import fit_temperature, inner_splits
 from .errors import ConfigError
+from .pooling import _check_segments
 
 STD_FLOOR = 1e-8
 VAR_FLOOR = 1e-6
@@ -65,25 +66,13 @@ BUCKET = 8          # batches per length-sorted chunk of an epoch
 
 
 def check_frames(frames: Sequence[np.ndarray], d: int | None = None) -> list[np.ndarray]:
-    """A list of ``(n_i, d)`` float32 arrays (``n_i >= 1``, one ``d``, finite); ConfigError
-    naming the first bad utterance otherwise."""
-    if isinstance(frames, np.ndarray) and frames.ndim == 2:
-        raise ConfigError("the head needs a list of (n_i, d) frame arrays, one per utterance, "
-                          "not a single 2-D matrix")
-    out = []
-    for i, x in enumerate(frames):
-        a = np.asarray(x, dtype=np.float32)
-        if a.ndim != 2 or a.shape[0] == 0:
-            raise ConfigError(f"utterance {i}: expected (n, d) frames with n >= 1, got shape "
-                              f"{a.shape}")
-        if d is not None and a.shape[1] != d:
-            raise ConfigError(f"utterance {i}: {a.shape[1]} dimensions per frame, expected {d}")
-        if not np.isfinite(a).all():
-            raise ConfigError(f"utterance {i}: frames contain NaN or infinite values")
-        d = a.shape[1]
-        out.append(a)
-    if not out:
-        raise ConfigError("no utterances given to the head")
+    """A list of ``(n_i, d)`` float32 arrays (``n_i >= 1``, one ``d``, finite); a
+    :class:`~binser.pooling.PoolingInputError` or ConfigError naming the first bad
+    utterance otherwise."""
+    out = _check_segments(frames, d, dtype=np.float32)
+    bad = next((i for i, a in enumerate(out) if not np.isfinite(a).all()), None)
+    if bad is not None:
+        raise ConfigError(f"utterance {bad}: frames contain NaN or infinite values")
     return out
 
 

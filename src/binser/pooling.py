@@ -56,14 +56,16 @@ def _check_kind(kind: str) -> None:
     check_choice(kind, _KINDS, "pooling kind")
 
 
-def _check_segments(X: Sequence[np.ndarray], d: int | None = None) -> list[np.ndarray]:
-    """Validate a list of ``(n_i, d)`` arrays (``n_i >= 1``, same ``d``); return float64 copies."""
+def _check_segments(X: Sequence[np.ndarray], d: int | None = None,
+                    dtype: type = np.float64) -> list[np.ndarray]:
+    """Validate a list of ``(n_i, d)`` arrays (``n_i >= 1``, same ``d``); return them as
+    ``dtype`` (float64 copies by default)."""
     if isinstance(X, np.ndarray) and X.ndim == 2:
         raise PoolingInputError("expected a list of (n_i, d) arrays, one per utterance, "
                                 "got a single 2-D array")
     out = []
     for i, x in enumerate(X):
-        a = np.asarray(x, dtype=np.float64)
+        a = np.asarray(x, dtype=dtype)
         if a.ndim != 2:
             raise PoolingInputError(f"utterance {i}: expected a 2-D (n, d) array, got shape {a.shape}")
         if a.shape[0] == 0:
