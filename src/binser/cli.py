@@ -360,7 +360,8 @@ def cmd_scenes(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inputs import expand_inputs
-    from .model import Model, format_prediction, read_speakers_csv
+    from .cli_format import format_prediction
+    from .model import Model, read_speakers_csv
 
     args.files = [str(p) for p in expand_inputs(args.files)]   # folders and globs, up front
 
