@@ -37,3 +37,14 @@ def test_a_heavy_command_is_seen_as_heavy():
     started = measure_startup(("experiment", "--help"), repeats=1)
     assert started.exit_code == 0
     assert "binser.experiment" in started.heavy and set(started.heavy) <= set(HEAVY_MODULES)
+
+
+def test_bench_part_records_and_reports_every_command():
+    from binser.startup_time import bench_part
+
+    figures, lines = {}, []
+    bench_part(None, [], None, figures, lines.append)
+    assert [r["command"] for r in figures["startup"]] == [
+        "binser " + " ".join(args) for args in STARTUP_COMMANDS]
+    assert all(r["heavy_imports"] == [] for r in figures["startup"])
+    assert len(lines) == len(STARTUP_COMMANDS) and lines[0].startswith("start-up binser --help: ")

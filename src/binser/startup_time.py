@@ -8,8 +8,9 @@ sorted names from :data:`HEAVY_MODULES` that the command imported (read from the
 help, lists the corpora or refuses its arguments should import none of them: they are what
 makes start-up slow (SciPy, scikit-learn, PyTorch, and binser's modules that import them).
 
-:data:`STARTUP_COMMANDS` are the commands ``binser bench`` times (``--help``, ``datasets``,
-and ``inspect`` without its file: an argument error).
+:data:`STARTUP_COMMANDS` are the commands ``binser bench --parts startup`` times
+(:func:`bench_part`): ``--help``, ``datasets``, and ``inspect`` without its file (an argument
+error).
 """
 from __future__ import annotations
 
@@ -83,3 +84,14 @@ def startup_rows(repeats: int = 3) -> list[dict]:
     return [{"command": "binser " + " ".join(s.args), "wall_s": s.wall_s,
              "exit_code": s.exit_code, "heavy_imports": list(s.heavy)}
             for s in (measure_startup(args, repeats) for args in STARTUP_COMMANDS)]
+
+
+def bench_part(options, files, whisper, figures: dict, report) -> None:
+    """``binser bench --parts startup``: :func:`startup_rows` into ``figures["startup"]``,
+    one line each (the benchmark's part signature; the other arguments are not used)."""
+    rows = startup_rows()
+    figures["startup"] = rows
+    for row in rows:
+        heavy = ", ".join(row["heavy_imports"]) or "none"
+        report(f"start-up {row['command']}: {row['wall_s']:.2f} s (exit {row['exit_code']}; "
+               f"heavy imports: {heavy})")
