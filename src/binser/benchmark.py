@@ -37,6 +37,10 @@ Every figure is measured on the machine it runs on, over EMOVO (or a subset with
 * **scenes** (:func:`scenes_speed`): ``binser scenes`` with its default settings over every
   4th EMOVO file (the quick subset with ``quick=True``), on one thread: decode, room and
   HRIR rendering, noise, competing talkers and FLAC writing, x real time.
+* **startup** (:func:`binser.startup_time.bench_part`): wall time of ``binser --help``,
+  ``binser datasets`` and ``binser inspect`` without its file (an argument error), median of
+  3 fresh processes each, and the heavy modules (SciPy, scikit-learn, PyTorch ...) each one
+  imported.
 """
 from __future__ import annotations
 
@@ -61,6 +65,7 @@ from .config import FrontEndConfig
 from .errors import BinserError, ConfigError, CorpusError
 from .progress import StageTracker, above_bars, bar
 from .spectrogram import views_images
+from .startup_time import bench_part as startup_part
 from .validation import check_choices, check_float_range, check_int_range
 from .views import VIEWS, MonoInputWarning
 
@@ -890,7 +895,7 @@ def serve_load(model: str | Path, files: Sequence[Path], clients: int = 16, uplo
 # ------------------------------------------------------------------------------ the suite
 
 PARTS = ("frontend", "extraction", "encoder", "study", "classifier", "opensmile", "ray", "serve",
-         "scenes")
+         "scenes", "startup")
 
 
 @dataclass
@@ -1106,6 +1111,7 @@ def _part_scenes(options: BenchOptions, files: list[Path], whisper: Path | None,
 
 # the parts in the order they run (the stages of the overall progress line)
 BENCH_PARTS: dict[str, Callable[..., None]] = {
+    "startup": startup_part,   # binser.startup_time: --help, datasets, an argument error
     "frontend": _part_frontend,
     "extraction": _part_extraction,
     "encoder": _part_encoder,
