@@ -106,3 +106,26 @@ def test_csv_corpus_with_its_own_label_and_three_speakers_runs(tmp_path):
     (line,) = results["small_sample_warnings"]
     assert line.startswith("only 3 speakers (fewer than 5)") and "p below 0.25" in line
     assert f"warning: {line}" in out.getvalue() + err.getvalue()
+
+
+@pytest.mark.parametrize("n_speakers, n_claims, meaning", [
+    (3, 1, "none can be decided"),        # 2 / 2^3 = 0.25 > 0.05
+    (6, 2, "none can be decided"),        # Holm: 2 x 2 / 2^6 = 0.0625 > 0.05
+    (6, 1, "'undecided': the test could have reached 0.05 but did not"),
+])
+def test_console_states_the_smallest_p_of_the_claims(capsys, n_speakers, n_claims, meaning):
+    from binser.cli import print_claims
+    from binser.evaluation import adjust_claims
+
+    labels, speakers, _ = study(n_speakers)
+    wrong = [CLASSES[(CLASSES.index(y) + 1) % 3] for y in labels]
+    base = paired_comparison(labels, labels, wrong, speakers, CLASSES, n_boot=50)
+    claims = adjust_claims([{**base, "claim": f"c{i}"} for i in range(n_claims)])
+    print_claims(claims)
+    head, *rows = capsys.readouterr().out.splitlines()
+    floor = 2 / 2 ** n_speakers
+    assert head.startswith(f"claims ({n_speakers} speakers, {n_claims} claim")
+    assert f"smallest attainable p {floor:.3g}, after Holm {min(1, n_claims * floor):.3g}" in head
+    assert meaning in head
+    assert len(rows) == n_claims and rows[0].startswith("claim c0: +")
+    assert rows[0].endswith(claims[0]["verdict"])

@@ -233,6 +233,28 @@ def print_summary(results: dict) -> None:
               else f"{100 * lo:.1f}-{100 * hi:.1f}")
         print(f"{r['name']:<42}{100 * r['ua']:>8.2f}{100 * r['wa']:>8.2f}"
               f"{100 * r['macro_f1']:>8.2f}   {ci}")
+    print_claims(results.get("comparisons") or [])
+    for line in results.get("small_sample_warnings") or []:
+        print(f"warning: {line}")
+
+
+def print_claims(comparisons: list[dict]) -> None:
+    """The paired claims, one line each, after a line stating the smallest p attainable with
+    their speakers (raw and after Holm's correction across the claims)."""
+    if not comparisons:
+        return
+    s, m = max(c["n_speakers"] for c in comparisons), len(comparisons)
+    floor = min(c.get("p_floor", 1.0) for c in comparisons)
+    lowest = min(1.0, m * floor)
+    meaning = ("no outcome can reach 0.05 after Holm, so none can be decided" if lowest > 0.05
+               else "'undecided': the test could have reached 0.05 but did not (no evidence "
+                    "either way, not evidence of equality)")
+    print(f"claims ({s} speakers, {m} claim{'s' if m != 1 else ''}): smallest attainable p "
+          f"{floor:.3g}, after Holm {lowest:.3g}; {meaning}")
+    for c in comparisons:
+        holm = f", Holm {c['p_holm']:.3g}" if "p_holm" in c else ""
+        print(f"claim {c['claim']}: {100 * c['diff']:+.2f} points, p {c['p_value']:.3g}{holm}"
+              f" -> {c['verdict']}")
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
