@@ -194,3 +194,107 @@ def test_threads_option_reaches_extraction_and_finetuning():
     default = settings_from_args(build_parser().parse_args(
         ["experiment", "--dataset", "emovo", "--root", "x", "--out", "o"]), "emovo", "x")
     assert default.num_threads is None
+
+
+# --- the stages of run_experiment (prepare -> features -> evaluate -> assemble -> write) ---
+
+# results.json's top-level keys of a frozen study without --speaker-norm, in their order
+# (a new field may come in between)
+RESULTS_KEYS = [
+    "binser_version", "dataset", "synthetic", "protocol", "classes", "n_utterances",
+    "n_speakers", "n_folds", "fold_test_speakers", "speaker_independent",
+    "speaker_independence", "backbone", "backbone_input_size", "backbone_weights_id",
+    "backbone_weights_sha256", "layer", "pretrained", "mode", "segments_per_view",
+    "silent_views", "mono_files", "absent_views", "fusion_pooling", "fusion_search",
+    "ci_method", "ci_note", "speaker_norm", "settings", "skipped", "runs", "comparisons",
+    "timing"]
+
+
+def test_stages_chained_by_hand_give_run_experiments_results(tiny_study):
+    """prepare -> compute_features -> evaluate -> assemble, called one by one (warm caches),
+    give the results run_experiment wrote, key order included; the frozen features are one
+    set shared by every fold, the baselines inside it."""
+    from binser.experiment import assemble, compute_features, evaluate, prepare
+
+    base, settings, results = tiny_study
+    study = prepare(settings, progress=False)
+    assert study.classes == results["classes"] and len(study.folds) == 4
+    np.testing.assert_array_equal(study.fold_of >= 0, study.tested)
+    timing = {}
+    features = compute_features(study, settings, progress=False, timing=timing)
+    assert len(features.per_fold) == 4
+    assert all(p is features.first for p in features.per_fold)
+    assert ("opensmile", "egemaps") in features.first.layer_features()
+    assert set(timing) == {"features_s", "baselines_s"}
+    runs = evaluate(study, features, settings, progress=False)
+    again = assemble(study, features, runs, settings, progress=False)
+    on_disk = json.loads((base / "out" / "results.json").read_text())
+    assert list(on_disk) == [*again, "timing"]        # timing is run_experiment's
+    assert [key for key in on_disk if key in RESULTS_KEYS] == RESULTS_KEYS
+    on_disk.pop("timing")
+    assert json.loads(json.dumps(again)) == on_disk
+    spent = results["timing"]
+    assert spent["features_s"] + spent["baselines_s"] + spent["classifiers_s"] <= spent["total_s"]
+
+
+def test_prepare_indexes_labels_and_leaves_bad_files_out(tmp_path):
+    from binser.errors import BinserError
+    from binser.experiment import prepare
+
+    root = make_demo_corpus(tmp_path / "corpus", DemoSpec(n_speakers=2, per_emotion=1,
+                                                          max_duration_s=1.0))
+    bad = root / "anger" / "spk09_01.wav"
+    bad.write_bytes(b"RIFF not audio")
+    settings = ExperimentSettings(dataset="folder", root=str(root), on_error="skip")
+    study = prepare(settings, progress=False)
+    assert [str(p) for p, _ in study.skipped] == [str(bad)]
+    assert len(study.corpus) == 8 and "spk09" not in set(study.speakers)
+    assert [study.classes[i] for i in study.y] == [u.label for u in study.corpus]
+    assert [sorted(set(study.speakers[test])) for _, test in study.folds] == [["spk01"], ["spk02"]]
+    with pytest.raises(BinserError, match="spk09_01.wav"):
+        prepare(ExperimentSettings(dataset="folder", root=str(root)), progress=False)
+
+
+@pytest.mark.parametrize("purpose", ["a study", "a model"])
+def test_start_corpus_refuses_one_class_before_reading_a_file(tmp_path, purpose):
+    from binser.corpora import Corpus, Utterance
+    from binser.errors import ConfigError
+    from binser.startup import start_corpus
+
+    def loader(dataset, root, manifest=None):   # files that do not exist: never read
+        return Corpus("x", tmp_path, [Utterance(tmp_path / f"{i}.wav", "anger", f"s{i}")
+                                      for i in range(3)])
+
+    settings = ExperimentSettings(dataset="x", root=str(tmp_path))
+    with pytest.raises(ConfigError, match=f"1 emotion class\\(es\\) \\(anger\\); {purpose} "
+                                          "needs at least 2"):
+        start_corpus(settings, loader, progress=False, purpose=purpose)
+
+
+def test_shared_features_serve_every_fold_and_are_transformed_once():
+    from binser.experiment import PooledFeatures, as_per_fold, distinct_map
+
+    shared = PooledFeatures({None: {("left", "stats"): np.ones((3, 2))}}, {})
+    per_fold = as_per_fold(shared, 3)
+    assert len(per_fold) == 3 and all(p is shared for p in per_fold)
+    plain = as_per_fold({("left", "stats"): np.zeros((3, 2))}, 2)
+    assert plain[0] is plain[1] and plain[0].layer_features()[("left", "stats")].sum() == 0
+    own = [PooledFeatures({None: {}}, {}), PooledFeatures({None: {}}, {})]
+    assert as_per_fold(own, 2) == own and as_per_fold(own, 2)[1] is own[1]
+    calls = []
+
+    def transform(p):
+        calls.append(p)
+        return object()
+
+    mapped = distinct_map([shared, own[0], shared, own[1]], transform)
+    assert calls == [shared, own[0], own[1]]           # once per distinct object, in order
+    assert mapped[0] is mapped[2] and len({id(m) for m in mapped}) == 3
+
+
+def test_run_experiment_shows_one_overall_line_per_stage(tiny_study, capsys):
+    _, settings, results = tiny_study
+    run_experiment(settings, out=None, progress=True, report=False)
+    err = capsys.readouterr().err
+    for n, stage in enumerate(("prepare", "features", "evaluate", "assemble"), start=1):
+        assert f"stage {n} of 5: {stage}" in err

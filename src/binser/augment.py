@@ -202,8 +202,10 @@ def run_folds_augmented(pooled, y: np.ndarray, groups: np.ndarray,
     """:func:`binser.experiment.run_folds` with augmented training rows (``settings.augment``
     non-empty: the swapped rows, or ``copies``, the pooled features of the jittered copy
     corpus), predictions trimmed back to the ``N`` original utterances; without
-    augmentation, ``run_folds`` itself. ``run``: the fold runner (default ``run_folds``)."""
-    from .experiment import run_folds
+    augmentation, ``run_folds`` itself. ``pooled``: one feature set for all folds or a
+    list of one per fold (each distinct set augmented once). ``run``: the fold runner
+    (default ``run_folds``)."""
+    from .experiment import as_per_fold, distinct_map, run_folds
 
     run = run or run_folds
     if not settings.augment:
@@ -213,7 +215,8 @@ def run_folds_augmented(pooled, y: np.ndarray, groups: np.ndarray,
     for _, test in folds:
         if np.any(test >= n):
             raise AssertionError("an augmented row reached a test fold")
-    rows = swapped_rows(pooled) if copies is None else stacked_rows(pooled, copies)
+    rows = distinct_map(as_per_fold(pooled, len(fold_list)),
+                        swapped_rows if copies is None else lambda p: stacked_rows(p, copies))
     runs, test_proba = run(rows, np.concatenate([y, y]),
                            np.concatenate([groups, groups]), folds, settings, n_classes,
                            progress)

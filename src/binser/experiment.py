@@ -17,6 +17,7 @@ import json
 import os
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -24,6 +25,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from . import __version__
+from .backbones import (DEFAULT_CNN, DEFAULT_ENCODER, is_encoder,  # noqa: F401 (re-exported)
+                        load_backbone, resolve_backbone)
 from .cache import FeatureCache, file_sha256, update_with_array
 from .classifier import ViewClassifier, concat_features
 from .config import FrontEndConfig
@@ -34,8 +37,9 @@ from .evaluation import (folds as make_folds, interval_note, metrics, speaker_in
 from .fusion import FUSIONS, fuse, select_weights
 from .pooling import POOLINGS, make_pooling
 from .normalisation import coverage_warning, speaker_normalise
-from .preflight import check_on_error, screen_corpus
+from .preflight import check_on_error
 from .runnames import NORM_PREFIX, RunName, run_order
+from .startup import start_corpus
 from .validation import check_choice, check_choices, check_int_range
 from .views import VIEWS, all_views, feature_views, signal_views
 
@@ -46,29 +50,6 @@ FINETUNE_NESTED_CAVEAT = (
     "that saw those utterances (optimistic for the weights; the test speakers are never seen)")
 FINETUNE_PRESETS = ("paper", "cpu")
 BASELINES = ("opensmile",)
-
-
-DEFAULT_ENCODER = "whisper-base"
-DEFAULT_CNN = "efficientnet_lite0"
-
-
-def resolve_backbone(name: str, weights: str | None, cache_dir: str | Path | None) -> str:
-    """``auto``: :data:`DEFAULT_ENCODER` (the best configuration measured, see RESULTS.md)
-    when weights are given or binser's cache holds them, else the paper's ImageNet CNN
-    :data:`DEFAULT_CNN` (packaged, offline). Any other name is returned unchanged."""
-    if name != "auto":
-        return name
-    if weights is not None:
-        return DEFAULT_ENCODER
-    from .backbones.whisper import whisper_cache_folder
-
-    folder = whisper_cache_folder(DEFAULT_ENCODER.split("-", 1)[1], cache_dir)
-    return DEFAULT_ENCODER if (folder / "model.safetensors").is_file() else DEFAULT_CNN
-
-
-def is_encoder(backbone: str) -> bool:
-    """True for speech encoders (``whisper-*``), whose features are 20 ms frames."""
-    return str(backbone).startswith("whisper-")
 
 
 @dataclass(frozen=True)
@@ -250,20 +231,6 @@ def encoder_layers(settings: ExperimentSettings, backbone) -> tuple[int, ...]:
         raise ConfigError(f"{backbone.name} has layers 0..{backbone.n_layers}; --layer {layer} "
                           "is not one of them")
     return (layer,)
-
-
-def load_backbone(settings: ExperimentSettings, input_size: int | None = None):
-    """The backbone of an experiment (image CNN or speech encoder), weights checked."""
-    if is_encoder(settings.backbone):
-        from .backbones.whisper import load_whisper
-
-        return load_whisper(settings.backbone, weights=settings.weights,
-                            cache_dir=settings.cache_dir)
-    from .backbones import get_backbone
-
-    return get_backbone(settings.backbone, weights=settings.weights,
-                        input_size=input_size or settings.input_size,
-                        allow_random=settings.allow_random)
 
 
 def extract_features(corpus: Corpus, settings: ExperimentSettings, progress: bool = True,
@@ -801,8 +768,7 @@ def run_folds(pooled: PooledFeatures | Sequence[PooledFeatures], y: np.ndarray, 
     runs: dict[str, RunPredictions] = {}
     test_proba: dict[str, np.ndarray] = {}
     jobs = n_jobs or default_jobs(len(fold_list))
-    per_fold = [as_pooled(p) for p in pooled] if isinstance(pooled, (list, tuple)) \
-        else [as_pooled(pooled)] * len(fold_list)
+    per_fold = as_per_fold(pooled, len(fold_list))
     outcomes = executor.map_folds(
         evaluate_fold, [(fold_pooled, y, groups, train, test, settings, n_classes)
                         for fold_pooled, (train, test) in zip(per_fold, fold_list)], jobs)
@@ -964,14 +930,352 @@ def write_predictions_csv(corpus: Corpus, fold_of: np.ndarray, runs: dict[str, R
     os.replace(tmp, path)
 
 
+# --------------------------------------------------------------------------------------
+# The study as stages: prepare -> features -> evaluate -> assemble -> write.
+# Each stage takes what the ones before it returned; run_experiment chains them.
+# --------------------------------------------------------------------------------------
+
+STAGES = ("prepare", "features", "evaluate", "assemble", "write")
+# Expected relative cost of each stage, for the overall line's time left (binser.progress).
+STAGE_WEIGHTS = (1, 6, 4, 1, 1)
+
+
+@dataclass
+class Study:
+    """What :func:`prepare` returns: the screened corpus, its labels and its folds.
+
+    ``corpus``: the usable utterances (N); ``skipped``: ``[(path, reason)]`` left out;
+    ``classes``: the K class names; ``y``: ``(N,)`` class indices into ``classes``;
+    ``speakers``: ``(N,)`` speaker ids; ``folds``: ``[(train, test)]`` index arrays;
+    ``independence``: :func:`binser.evaluation.speaker_independence` of the folds;
+    ``scene_values``: per-file scene parameters (the ``scenes`` corpus only, else None).
+    """
+
+    corpus: Corpus
+    skipped: list[tuple[Path, str]]
+    classes: list[str]
+    y: np.ndarray
+    speakers: np.ndarray
+    folds: list[tuple[np.ndarray, np.ndarray]]
+    independence: dict[str, Any]
+    scene_values: Any = None
+
+    @property
+    def fold_of(self) -> np.ndarray:
+        """``(N,)`` the outer fold testing each utterance (-1: never tested)."""
+        fold_of = np.full(len(self.y), -1)
+        for k, (_, test) in enumerate(self.folds):
+            fold_of[test] = k
+        return fold_of
+
+    @property
+    def tested(self) -> np.ndarray:
+        """``(N,)`` True where an outer fold tests the utterance."""
+        return self.fold_of >= 0
+
+
+@dataclass
+class StudyFeatures:
+    """What :func:`compute_features` returns.
+
+    ``per_fold``: one :class:`PooledFeatures` per outer fold, the features that fold's
+    classifiers see (frozen mode: the same object for every fold, computed once; fine-tuned
+    mode: each fold's own, from networks that saw its training speakers only); baseline
+    matrices sit among them. ``backbone``: the backbone (fine-tuned mode: the base network).
+    ``finetune_records``: per fold what fine-tuning did (None when frozen). ``copies``: the
+    pooled features of the jittered copy of every file (``--augment jitter``, else None).
+    """
+
+    per_fold: list[PooledFeatures]
+    backbone: Any
+    finetune_records: list[dict[str, Any]] | None = None
+    copies: PooledFeatures | None = None
+
+    @property
+    def first(self) -> PooledFeatures:
+        """The first fold's features: the silent and absent views and row counts reported
+        (frozen mode: every fold's)."""
+        return self.per_fold[0]
+
+
+def as_per_fold(pooled: PooledFeatures | Mapping | Sequence, n_folds: int
+                ) -> list[PooledFeatures]:
+    """One :class:`PooledFeatures` per fold: a list as given, or one set (or plain
+    ``{(view, pooling): X}`` dict) shared by all ``n_folds`` folds (the same object)."""
+    if isinstance(pooled, (list, tuple)):
+        return [as_pooled(p) for p in pooled]
+    return [as_pooled(pooled)] * n_folds
+
+
+def distinct(per_fold: Sequence[Any]) -> list[Any]:
+    """The distinct objects of ``per_fold`` (by identity), in order of first appearance."""
+    return list({id(p): p for p in per_fold}.values())
+
+
+def distinct_map(per_fold: Sequence[Any], transform: Callable[[Any], Any]) -> list[Any]:
+    """``[transform(p) for p in per_fold]`` with ``transform`` called once per distinct
+    object: a frozen study's shared features are transformed once and stay shared."""
+    done = {id(p): transform(p) for p in distinct(per_fold)}
+    return [done[id(p)] for p in per_fold]
+
+
+@contextmanager
+def _timed(timing: dict[str, float], key: str):
+    """Add the seconds spent in the block to ``timing[key]``."""
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        timing[key] = timing.get(key, 0.0) + time.perf_counter() - t
+
+
+def prepare(settings: ExperimentSettings, corpus_loader: Callable[..., Corpus] = load_corpus,
+            progress: bool = True) -> Study:
+    """Stage 1: load and screen the corpus (:func:`binser.startup.start_corpus`), label
+    indices, speakers, the outer folds of ``settings.protocol``; say what was found (a
+    speaker-dependent protocol and, with ``--speaker-norm``, thin label coverage are warned
+    about even when quiet). ``settings`` must be validated. Reads every file once (the
+    screening); nothing expensive."""
+    started = start_corpus(settings, corpus_loader, progress, purpose="a study")
+    corpus = started.corpus
+    scene_values = None
+    if corpus.name == "scenes":   # issue 24: each file's scene parameters, checked up front
+        from .conditions import scene_conditions
+
+        scene_values = scene_conditions(corpus)
+    classes = started.classes
+    y = np.array([classes.index(u.label) for u in corpus])
+    speakers = np.array([u.speaker for u in corpus])
+    fold_list = make_folds(list(speakers), settings.protocol, [u.split for u in corpus])
+    study = Study(corpus, started.skipped, classes, y, speakers, fold_list,
+                  speaker_independence(fold_list, speakers), scene_values)
+    _say_study(study, settings, progress)
+    return study
+
+
+def _say_study(study: Study, settings: ExperimentSettings, progress: bool) -> None:
+    """The one-line summary of a prepared study, and its warnings."""
+    n_folds, independent = len(study.folds), study.independence["independent"]
+    _progress(f"{settings.dataset}: {len(study.corpus)} utterances, {len(study.classes)} "
+              f"classes, {len(study.corpus.speakers)} speakers, protocol {settings.protocol} "
+              f"({n_folds} fold{'s' if n_folds != 1 else ''}, "
+              f"{'speaker-independent' if independent else 'SPEAKER-DEPENDENT'})", progress)
+    if not independent:
+        _progress(f"warning: {study.independence['reason']}", True)
+    if study.skipped:
+        _progress(f"{len(study.skipped)} file(s) not used (see 'skipped' in results.json)",
+                  progress)
+    if settings.speaker_norm:
+        warning = coverage_warning([u.label for u in study.corpus], study.speakers)
+        if warning:
+            _progress(f"warning: {warning}", True)
+
+
+def compute_features(study: Study, settings: ExperimentSettings, progress: bool = True,
+                     timing: dict[str, float] | None = None) -> StudyFeatures:
+    """Stage 2: utterance-level features per outer fold (:class:`StudyFeatures`).
+
+    Frozen mode: the backbone's features of every file, pooled and cached once
+    (:func:`cached_study_features`) and shared by all folds; fine-tuned mode: each fold's
+    networks (:func:`finetuned_features`). Then the baselines (``--baselines``, added to
+    every fold's matrices) and the jittered copies (``--augment jitter``). ``timing`` gets
+    ``features_s`` (every encoding, jittered copies included) and ``baselines_s``."""
+    timing = {} if timing is None else timing
+    executor = None
+    with _timed(timing, "features_s"):
+        if settings.mode == "finetune":
+            fold_features, records, backbone = finetuned_features(
+                study.corpus, study.y, study.folds, settings, len(study.classes), progress)
+            per_fold = [pooled_study_features([(None, f)], settings) for f in fold_features]
+        else:
+            from .executors import executor_for
+
+            records, backbone, executor = None, load_backbone(settings), executor_for(settings)
+            shared = cached_study_features(study.corpus, settings, backbone, progress, executor)
+            per_fold = [shared] * len(study.folds)
+    features = StudyFeatures(per_fold, backbone, records)
+    if features.first.absent:
+        _progress(f"no signal in any file for view(s) {', '.join(features.first.absent)}: no "
+                  "runs, left out of the fusions (n/a in the report)", progress)
+    if settings.baselines:
+        with _timed(timing, "baselines_s"):
+            extra = baseline_features(study.corpus, settings, progress)
+            for pooled in distinct(per_fold):
+                for mats in pooled.by_layer.values():
+                    mats.update(extra)
+    if "jitter" in settings.augment:   # jittered copies of every file, encoded like the files
+        with _timed(timing, "features_s"):
+            features.copies = jittered_features(study.corpus, settings, backbone, progress,
+                                                executor)
+    return features
+
+
+def evaluate(study: Study, features: StudyFeatures, settings: ExperimentSettings,
+             progress: bool = True) -> dict[str, RunPredictions]:
+    """Stage 3: every run, keyed by run name (:mod:`binser.runnames`).
+
+    Per outer fold (:func:`run_folds`, augmented training rows with ``--augment``): each view
+    x pooling, ``best-view``, nested score fusions, feature fusions; then the oracle score
+    fusions on the pooled test scores. With ``--speaker-norm`` the same again on
+    speaker-normalised features (runs named ``speaker-norm:...``, ``speaker_norm`` True).
+    Fine-tuned mode: nested score fusions carry :data:`FINETUNE_NESTED_CAVEAT`."""
+    fusions = fusions_for(settings.views, features.first.absent)
+    runs = _evaluate_family(study, features.per_fold, features.copies, fusions, settings,
+                            progress)
+    if settings.speaker_norm:
+        def normalised(pooled: PooledFeatures) -> PooledFeatures:
+            return speaker_normalised(pooled, study.speakers)
+
+        copies = None if features.copies is None else normalised(features.copies)
+        norm_runs = _evaluate_family(study, distinct_map(features.per_fold, normalised),
+                                     copies, fusions, settings, progress)
+        for name, run in norm_runs.items():
+            run.name = str(RunName.parse(name).normalised())
+            run.extra["speaker_norm"] = True
+            runs[run.name] = run
+    if settings.mode == "finetune":   # issue 11.7c: say what the nested weights saw
+        for name, run in runs.items():
+            parsed = RunName.parse(name)
+            if parsed.kind == "score-fusion" and not parsed.oracle:
+                run.extra["caveat"] = FINETUNE_NESTED_CAVEAT
+    return runs
+
+
+def _evaluate_family(study: Study, per_fold: list[PooledFeatures],
+                     copies: PooledFeatures | None, fusions: Mapping[str, tuple[str, ...]],
+                     settings: ExperimentSettings, progress: bool) -> dict[str, RunPredictions]:
+    """The fold runs on ``per_fold`` plus the oracle fusions of their pooled test scores."""
+    from .augment import run_folds_augmented   # run_folds itself without --augment
+
+    runs, test_proba = run_folds_augmented(per_fold, study.y, study.speakers, study.folds,
+                                           settings, len(study.classes), progress,
+                                           copies=copies)
+    runs.update(oracle_fusions(test_proba, study.y, len(study.classes), study.tested, fusions,
+                               settings.fusion_search))
+    return runs
+
+
+def assemble(study: Study, features: StudyFeatures, runs: Mapping[str, RunPredictions],
+             settings: ExperimentSettings, progress: bool = True) -> dict[str, Any]:
+    """Stage 4: the ``results.json`` dictionary (the contract of :mod:`binser.results`),
+    section by section: the study, the backbone, the features, the method, the runs and
+    their comparisons, then the deployment variants (``--speaker-norm``) and the per-condition
+    UA (``scenes`` corpus). ``timing`` is added by :func:`run_experiment`."""
+    results: dict[str, Any] = {**study_section(study, settings),
+                               **backbone_section(features.backbone, settings),
+                               **features_section(study, features, settings),
+                               **method_section(study, features, settings),
+                               **runs_section(study, runs, settings)}
+    if settings.speaker_norm:   # issue 21: what a deployment without all recordings gets
+        results["speaker_norm_deployment"] = _deployment(
+            features.per_fold, study.y, study.speakers, study.folds, results, settings,
+            progress)
+    if study.scene_values is not None:   # issue 24: UA per scene condition
+        from .conditions import condition_results
+
+        predicted = {name: runs[name].predicted for name in sorted(runs, key=run_order)}
+        results["conditions"] = condition_results(
+            study.scene_values, predicted, study.y, study.classes, study.speakers,
+            study.folds, settings.n_boot, settings.seed, settings.resolved_fusion_pooling())
+    return results
+
+
+def study_section(study: Study, settings: ExperimentSettings) -> dict[str, Any]:
+    """results.json: version, corpus, classes, counts, folds and speaker independence."""
+    return {"binser_version": __version__,
+            "dataset": settings.dataset,
+            "synthetic": settings.synthetic,
+            "protocol": settings.protocol,
+            "classes": study.classes,
+            "n_utterances": int(study.tested.sum()),
+            "n_speakers": len(study.corpus.speakers),
+            "n_folds": len(study.folds),
+            "fold_test_speakers": [sorted(set(study.speakers[test])) for _, test in study.folds],
+            "speaker_independent": study.independence["independent"],
+            "speaker_independence": study.independence["reason"]}
+
+
+def backbone_section(backbone, settings: ExperimentSettings) -> dict[str, Any]:
+    """results.json: the backbone's identity, weights, layer and mode."""
+    return {"backbone": backbone.name,
+            "backbone_input_size": getattr(backbone, "input_size", None),
+            "backbone_weights_id": backbone.weights_id,
+            "backbone_weights_sha256": getattr(backbone, "weights_sha256", None),
+            "layer": _layer_description(settings, backbone),
+            "pretrained": bool(backbone.pretrained),
+            "mode": settings.mode}
+
+
+def features_section(study: Study, features: StudyFeatures, settings: ExperimentSettings
+                     ) -> dict[str, Any]:
+    """results.json: segments of the first view, silent, mono and absent views."""
+    first = features.first
+    return {"segments_per_view": int(sum(first.n_rows[settings.views[0]])),
+            "silent_views": {v: int(m.sum()) for v, m in first.silent.items()},
+            "mono_files": mono_files(study.corpus),
+            "absent_views": list(first.absent)}
+
+
+def method_section(study: Study, features: StudyFeatures, settings: ExperimentSettings
+                   ) -> dict[str, Any]:
+    """results.json: fusion and interval choices, speaker normalisation, every setting,
+    fine-tuning (mode finetune only) and the files left out."""
+    out = {"fusion_pooling": settings.resolved_fusion_pooling(),
+           "fusion_search": settings.fusion_search,
+           "ci_method": settings.ci_method,
+           "ci_note": interval_note(len(study.corpus.speakers)),   # None from 10 speakers on
+           "speaker_norm": ("transductive, label-free: each speaker's features standardised "
+                            "over that speaker's own utterances, test speakers included"
+                            if settings.speaker_norm else False),
+           "settings": settings.to_dict()}
+    if features.finetune_records is not None:
+        out["finetune"] = {"settings": finetune_settings(settings).to_dict(),
+                           "folds": features.finetune_records}
+    out["skipped"] = [{"path": str(p), "reason": why} for p, why in study.skipped]
+    return out
+
+
+def runs_section(study: Study, runs: Mapping[str, RunPredictions],
+                 settings: ExperimentSettings) -> dict[str, Any]:
+    """results.json: every run summarised (:func:`summarise_run`, in run order) and the
+    paired comparisons of the paper's claims (:func:`compare_runs`)."""
+    return {"runs": [summarise_run(runs[name], study.y, study.classes, study.folds,
+                                   settings.n_boot, settings.seed, study.speakers,
+                                   settings.ci_method) for name in sorted(runs, key=run_order)],
+            "comparisons": compare_runs(runs, study.y, study.classes, study.speakers,
+                                        settings.n_boot, settings.seed,
+                                        settings.resolved_fusion_pooling())}
+
+
+def write_outputs(target, results: Mapping[str, Any], study: Study, features: StudyFeatures,
+                  runs: Mapping[str, RunPredictions], settings: ExperimentSettings,
+                  report: bool = True, progress: bool = True) -> None:
+    """Stage 5: ``results.json``, ``predictions.csv`` and (``report``) the report, written
+    into a temporary sibling of ``target`` (:class:`binser.outputs.OutputFolder`) swapped in
+    whole: one run's output, never a mix."""
+    with target.staged() as stage:
+        write_json_atomic(results, stage / "results.json")
+        write_predictions_csv(study.corpus, study.fold_of, runs, study.classes,
+                              stage / "predictions.csv")
+        if report:
+            from .report import write_report
+
+            n_rows = features.first.n_rows[settings.views[0]]
+            example = study.corpus[int(np.argmax(n_rows))]   # the longest file
+            write_report(results, stage, example_path=example.path, config=settings.frontend)
+    _progress(f"results written to {target.path}", progress)
+
+
 def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
                    progress: bool = True, report: bool = True,
                    corpus_loader: Callable[..., Corpus] = load_corpus,
                    keep: Sequence[str] = ()) -> dict[str, Any]:
     """Run the whole study; write ``results.json`` (and the report) to ``out`` if given.
 
-    ``out`` is checked and locked before any work and replaced whole at the end (entries of
-    the old folder named in ``keep`` are carried over, e.g. the demo's ``corpus``).
+    The stages, in order: :func:`prepare` -> :func:`compute_features` -> :func:`evaluate`
+    -> :func:`assemble` -> :func:`write_outputs`. ``out`` is checked and locked before any
+    work and replaced whole at the end (entries of the old folder named in ``keep`` are
+    carried over, e.g. the demo's ``corpus``).
 
     Returns the results dictionary (the ``results.json`` contract, :mod:`binser.results`).
     """
@@ -981,166 +1285,25 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
         from .outputs import OutputFolder
 
         target = out if isinstance(out, OutputFolder) else OutputFolder(out, keep=keep)
+    from .progress import StageTracker
+
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
-    corpus = corpus_loader(settings.dataset, settings.root, manifest=settings.manifest)
-    if len(corpus.labels) < 2:
-        raise ConfigError(f"{settings.dataset} at {settings.root}: {len(corpus.labels)} "
-                          f"emotion class(es) ({', '.join(corpus.labels) or 'none'}); a study "
-                          "needs at least 2")
-    # Every file is checked (decoded once) before any expensive work; see binser.preflight.
-    corpus, skipped = screen_corpus(corpus, settings.on_error, settings.frontend, progress=progress)
-    scene_values = None
-    if corpus.name == "scenes":   # issue 24: each file's scene parameters, checked up front
-        from .conditions import scene_conditions
-
-        scene_values = scene_conditions(corpus)
-    classes = list(corpus.labels)
-    y = np.array([classes.index(u.label) for u in corpus])
-    speakers = np.array([u.speaker for u in corpus])
-    splits = [u.split for u in corpus]
-    fold_list = make_folds(list(speakers), settings.protocol, splits)
-    independence = speaker_independence(fold_list, speakers)
-    _progress(f"{settings.dataset}: {len(corpus)} utterances, {len(classes)} classes, "
-              f"{len(corpus.speakers)} speakers, protocol {settings.protocol} "
-              f"({len(fold_list)} fold{'s' if len(fold_list) != 1 else ''}, "
-              f"{'speaker-independent' if independence['independent'] else 'SPEAKER-DEPENDENT'})",
-              progress)
-    if not independence["independent"]:
-        _progress(f"warning: {independence['reason']}", True)
-    if skipped:
-        _progress(f"{len(skipped)} file(s) not used (see 'skipped' in results.json)",
-                  progress)
-
-    if settings.speaker_norm:
-        warning = coverage_warning([u.label for u in corpus], speakers)
-        if warning:
-            _progress(f"warning: {warning}", True)
-
-    t = time.perf_counter()
-    finetune_records = None
-    if settings.mode == "finetune":
-        fold_features, finetune_records, backbone = finetuned_features(
-            corpus, y, fold_list, settings, len(classes), progress)
-        pooled: Any = [pooled_study_features([(None, f)], settings) for f in fold_features]
-        first = pooled[0]
-    else:
-        from .executors import executor_for
-
-        backbone = load_backbone(settings)
-        executor = executor_for(settings)
-        first = pooled = cached_study_features(corpus, settings, backbone, progress, executor)
-    timing["features_s"] = time.perf_counter() - t
-    if first.absent:
-        _progress(f"no signal in any file for view(s) {', '.join(first.absent)}: no runs, left "
-                  "out of the fusions (n/a in the report)", progress)
-    if settings.baselines:
-        t = time.perf_counter()
-        extra = baseline_features(corpus, settings, progress)
-        for fold_pooled in (pooled if isinstance(pooled, list) else [pooled]):
-            for mats in fold_pooled.by_layer.values():
-                mats.update(extra)
-        timing["baselines_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    from .augment import run_folds_augmented   # run_folds itself without --augment
-
-    copies = None
-    if "jitter" in settings.augment:   # jittered copies of every file, encoded like the files
-        copies = jittered_features(corpus, settings, backbone, progress, executor)
-    runs, test_proba = run_folds_augmented(pooled, y, speakers, fold_list, settings,
-                                           len(classes), progress, copies=copies)
-    tested = np.zeros(len(y), dtype=bool)
-    fold_of = np.full(len(y), -1)
-    for k, (_, test) in enumerate(fold_list):
-        tested[test] = True
-        fold_of[test] = k
-    fusions = fusions_for(settings.views, first.absent)
-    runs.update(oracle_fusions(test_proba, y, len(classes), tested, fusions,
-                               settings.fusion_search))
-    if settings.speaker_norm:
-        normalised = [speaker_normalised(p, speakers) for p in
-                      (pooled if isinstance(pooled, list) else [pooled])]
-        norm_runs, norm_proba = run_folds_augmented(
-            normalised if isinstance(pooled, list) else normalised[0], y, speakers, fold_list,
-            settings, len(classes), progress,
-            copies=None if copies is None else speaker_normalised(copies, speakers))
-        norm_runs.update(oracle_fusions(norm_proba, y, len(classes), tested, fusions,
-                                        settings.fusion_search))
-        for name, run in norm_runs.items():
-            run.name = str(RunName.parse(name).normalised())
-            run.extra["speaker_norm"] = True
-            runs[run.name] = run
-    timing["classifiers_s"] = time.perf_counter() - t
-    if settings.mode == "finetune":   # issue 11.7c: say what the nested weights saw
-        for name, run in runs.items():
-            parsed = RunName.parse(name)
-            if parsed.kind == "score-fusion" and not parsed.oracle:
-                run.extra["caveat"] = FINETUNE_NESTED_CAVEAT
-
-    run_names = sorted(runs, key=run_order)
-    results: dict[str, Any] = {
-        "binser_version": __version__,
-        "dataset": settings.dataset,
-        "synthetic": settings.synthetic,
-        "protocol": settings.protocol,
-        "classes": classes,
-        "n_utterances": int(tested.sum()),
-        "n_speakers": len(corpus.speakers),
-        "n_folds": len(fold_list),
-        "fold_test_speakers": [sorted(set(speakers[test])) for _, test in fold_list],
-        "speaker_independent": independence["independent"],
-        "speaker_independence": independence["reason"],
-        "backbone": backbone.name,
-        "backbone_input_size": getattr(backbone, "input_size", None),
-        "backbone_weights_id": backbone.weights_id,
-        "backbone_weights_sha256": getattr(backbone, "weights_sha256", None),
-        "layer": _layer_description(settings, backbone),
-        "pretrained": bool(backbone.pretrained),
-        "mode": settings.mode,
-        "segments_per_view": int(sum(first.n_rows[settings.views[0]])),
-        "silent_views": {v: int(m.sum()) for v, m in first.silent.items()},
-        "mono_files": mono_files(corpus),
-        "absent_views": list(first.absent),
-        "fusion_pooling": settings.resolved_fusion_pooling(),
-        "fusion_search": settings.fusion_search,
-        "ci_method": settings.ci_method,
-        "ci_note": interval_note(len(corpus.speakers)),   # None from 10 speakers on
-        "speaker_norm": ("transductive, label-free: each speaker's features standardised over "
-                         "that speaker's own utterances, test speakers included"
-                         if settings.speaker_norm else False),
-        "settings": settings.to_dict(),
-        **({"finetune": {"settings": finetune_settings(settings).to_dict(),
-                         "folds": finetune_records}} if finetune_records is not None else {}),
-        "skipped": [{"path": str(p), "reason": why} for p, why in skipped],
-        "runs": [summarise_run(runs[name], y, classes, fold_list, settings.n_boot, settings.seed,
-                               speakers, settings.ci_method) for name in run_names],
-        "comparisons": compare_runs(runs, y, classes, speakers, settings.n_boot, settings.seed,
-                                    settings.resolved_fusion_pooling()),
-    }
-    if settings.speaker_norm:   # issue 21: what a deployment without all recordings gets
-        results["speaker_norm_deployment"] = _deployment(pooled, y, speakers, fold_list,
-                                                         results, settings, progress)
-    if scene_values is not None:   # issue 24: UA per scene condition (binser.conditions)
-        from .conditions import condition_results
-
-        results["conditions"] = condition_results(
-            scene_values, {name: runs[name].predicted for name in run_names}, y,
-            classes, speakers, fold_list, settings.n_boot, settings.seed,
-            settings.resolved_fusion_pooling())
-    timing["total_s"] = time.perf_counter() - t0
-    results["timing"] = timing
-    if target is not None:   # a temporary sibling, swapped in whole: one run's output
-        with target.staged() as stage:
-            write_json_atomic(results, stage / "results.json")
-            write_predictions_csv(corpus, fold_of, runs, classes, stage / "predictions.csv")
-            if report:
-                from .report import write_report
-
-                example = corpus[int(np.argmax(first.n_rows[settings.views[0]]))]
-                write_report(results, stage, example_path=example.path,
-                             config=settings.frontend)
-        _progress(f"results written to {target.path}", progress)
+    with StageTracker(STAGES, STAGE_WEIGHTS, enabled=progress) as stages:
+        with stages.stage("prepare"):
+            study = prepare(settings, corpus_loader, progress)
+        with stages.stage("features"):
+            features = compute_features(study, settings, progress, timing)
+        with stages.stage("evaluate"), _timed(timing, "classifiers_s"):
+            runs = evaluate(study, features, settings, progress)
+        with stages.stage("assemble"):
+            results = assemble(study, features, runs, settings, progress)
+        timing["total_s"] = time.perf_counter() - t0
+        results["timing"] = timing
+        if target is not None:
+            with stages.stage("write"):
+                write_outputs(target, results, study, features, runs, settings, report,
+                              progress)
     return results
 
 
