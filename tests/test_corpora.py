@@ -499,3 +499,32 @@ def test_emovo_real_corpus(emovo_root):
                                  "surprise")}
     assert c.speakers == ["f1", "f2", "f3", "m1", "m2", "m3"]
     assert all(c.speaker_counts()[s] == 98 for s in c.speakers)
+
+
+# --------------------------------------------------------------------------- command line
+
+@pytest.mark.parametrize("command", ["experiment", "train", "scenes"])
+def test_cli_label_options_bind_the_corpus_loader(tmp_path, command):
+    from binser.cli import build_parser, corpus_loader_from_args
+
+    make_tree(tmp_path, ["Frustrated/s1/a.wav", "happy/s2/b.wav"])
+    args = build_parser().parse_args([command, "--dataset", "folder", "--root", str(tmp_path),
+                                      "--out", str(tmp_path / "out"), "--label-map",
+                                      "frustrated=anger", "--speakers-from", "folder"])
+    c = corpus_loader_from_args(args)(args.dataset, args.root, manifest=None)
+    assert [(u.label, u.speaker) for u in c] == [("anger", "s1"), ("happy", "s2")]
+    plain = build_parser().parse_args([command, "--dataset", "folder", "--root", "x", "--out",
+                                       "y"])
+    assert corpus_loader_from_args(plain) is None     # the default loader, untouched
+
+
+@pytest.mark.parametrize("bad, words", [(["--label-map", "happy"], "not WORD=LABEL"),
+                                        (["--speakers-from", "regex:("], "not a regular")])
+def test_cli_bad_label_options_fail_before_any_work(tmp_path, capsys, bad, words):
+    from binser.cli import main
+
+    make_tree(tmp_path / "c", ["anger/s1_a.wav", "joy/s2_b.wav"])
+    code = main(["experiment", "--dataset", "folder", "--root", str(tmp_path / "c"), "--out",
+                 str(tmp_path / "out"), "--quiet", *bad])
+    assert code == 2 and words in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -69,6 +69,7 @@ def add_corpus_options(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--root", required=True, help="corpus folder")
     p.add_argument("--manifest", default=None, help="CSV manifest (csv and baum1s corpora)")
     p.add_argument("--out", required=True, help=out_help)
+    add_label_options(p)
 
 
 LABEL_MAP_HELP = ("rename labels after reading: 'canonical' (binser's synonyms: happy -> joy, "
@@ -86,14 +87,27 @@ def add_label_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speakers-from", default=None, metavar="RULE", help=SPEAKERS_FROM_HELP)
 
 
+def corpus_loader_from_args(args: argparse.Namespace):
+    """``binser.corpora.corpus`` with ``--label-map`` and ``--speakers-from`` bound (both
+    checked here, before any work); None when neither is given."""
+    label_map, rule = getattr(args, "label_map", None), getattr(args, "speakers_from", None)
+    if label_map is None and rule is None:
+        return None
+    import functools
+
+    from .corpora import corpus, parse_label_map, speaker_rule
+
+    speaker_rule(rule)
+    return functools.partial(corpus, label_map=parse_label_map(label_map), speakers_from=rule)
+
+
 def corpus_from_args(args: argparse.Namespace):
     """The corpus of ``--dataset/--root`` (or the positional ``dataset root``),
     ``--manifest``, ``--label-map`` and ``--speakers-from``."""
-    from .corpora import corpus, parse_label_map
+    from .corpora import corpus
 
-    return corpus(args.dataset, args.root, manifest=args.manifest,
-                  label_map=parse_label_map(getattr(args, "label_map", None)),
-                  speakers_from=getattr(args, "speakers_from", None))
+    load = corpus_loader_from_args(args) or corpus
+    return load(args.dataset, args.root, manifest=args.manifest)
 
 
 def add_experiment_options(p: argparse.ArgumentParser, fusion_pooling: bool = True) -> None:
@@ -316,9 +330,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_experiment(args: argparse.Namespace) -> int:
     from .experiment import run_experiment
 
+    loader = corpus_loader_from_args(args)
     settings = settings_from_args(args, args.dataset, args.root)
     results = run_experiment(settings, out=args.out, progress=not args.quiet,
-                             report=not args.no_report)
+                             report=not args.no_report,
+                             **({"corpus_loader": loader} if loader else {}))
     print_summary(results)
     return 0
 
@@ -332,10 +348,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if ignored:
         raise ConfigError(f"{' and '.join(ignored)}: not used by train (a model has no "
                           "baselines and no report; use 'binser experiment')")
+    loader = corpus_loader_from_args(args)
     settings = settings_from_args(args, args.dataset, args.root)
     fusion = None if args.fusion == "none" else args.fusion
     model = train_model(settings, args.out, fusion=fusion, progress=not args.quiet,
-                        cross_validate=args.cross_validate, overwrite=args.overwrite)
+                        cross_validate=args.cross_validate, overwrite=args.overwrite,
+                        corpus_loader=loader)
     backbone = model.backbones[model.views[0]].name
     layer = f" layer {model.layer}" if model.layer is not None else ""
     print(f"model saved to {args.out}: labels {', '.join(model.labels)}; views "
@@ -579,7 +597,6 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
 def _scenes_options(p: argparse.ArgumentParser) -> None:
     add_corpus_options(p, out_help="scene folder (FLAC files, scenes.csv, scenes.json); "
                                    "rerun with the same settings to resume")
-    add_label_options(p)
     p.add_argument("--seed", type=_non_negative_int, default=0,
                    help="random seed; each file's draws depend only on it and the file's "
                         "path (default: %(default)s)")

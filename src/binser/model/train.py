@@ -299,7 +299,8 @@ def train_model(settings, out_dir: str | Path | None = None, fusion: str | None 
 
         _say(f"cross-validating the configuration ({settings.protocol}) for the model card",
              progress)
-        cv_results = run_experiment(settings, out=None, progress=progress, report=False)
+        cv_results = run_experiment(settings, out=None, progress=progress, report=False,
+                                    corpus_loader=corpus_loader or load_corpus)
     info = training_info(corpus, settings, fit, oof_ua, cv_results, fusion, spec, layer_scores)
     info["n_skipped"] = len(_skipped)   # every file left out, naming problems and bad audio
     model = Model(labels, views, backbones, fit.classifiers, spec, fusion, weights,
