@@ -528,3 +528,14 @@ def test_cli_bad_label_options_fail_before_any_work(tmp_path, capsys, bad, words
                  str(tmp_path / "out"), "--quiet", *bad])
     assert code == 2 and words in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_symlinked_emovo_subset_loads(emovo_root, tmp_path):
+    """The natural way to try a subset: a folder of links to some actor folders."""
+    for actor in ("f1", "m2", "m3"):
+        (tmp_path / actor).symlink_to(emovo_root / actor, target_is_directory=True)
+    c = corpus("emovo", tmp_path)
+    full = corpus("emovo", emovo_root)
+    assert c.speakers == ["f1", "m2", "m3"] and not c.problems
+    assert len(c) == sum(n for s, n in full.speaker_counts().items() if s in c.speakers)
+    assert c.labels == full.labels
