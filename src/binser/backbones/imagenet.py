@@ -1,7 +1,8 @@
 """ImageNet CNN backbones that turn segment images into deep features (docs/METHOD.md section 5).
 
-A :class:`ImageNetBackbone` (family ``imagenet`` of :mod:`binser.backbones.registry`) bundles a network whose ``model(x)`` maps normalised images
-``(B, 3, S, S)`` to segment features ``(B, d)``, the ImageNet classification layer that
+An :class:`ImageNetBackbone` (family ``imagenet`` of :mod:`binser.backbones.registry`)
+bundles a network whose ``model(x)`` maps normalised images ``(B, 3, S, S)`` to segment
+features ``(B, d)``, the ImageNet classification layer that
 sits on top of those features (``classifier``; kept for sanity checks and replaced for
 fine-tuning), the input size ``S``, the normalisation constants and a ``weights_id`` that
 changes whenever any weight changes (feature caches are keyed by it).
