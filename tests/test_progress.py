@@ -201,3 +201,19 @@ def test_bench_parts_are_stages_with_named_bars(tmp_path, capsys):
     assert "frontend: binser:" in err and "frontend: librosa reference:" in err
     assert any(line.startswith("front end: binser") for line in lines)
     assert any(line.startswith("serve: not measured") for line in lines)
+
+
+def test_the_command_shows_warnings_on_lines_of_their_own():
+    from binser.cli import _show_warning
+    from binser.views import MonoInputWarning
+
+    out = io.StringIO()
+    b = bar(total=4, desc="features", file=out, mininterval=0)
+    b.update(1)
+    _show_warning("a.wav: mono input", MonoInputWarning, "x.py", 1, file=out)
+    _show_warning("old api", DeprecationWarning, "lib.py", 7, file=out)
+    b.close()
+    plain = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", out.getvalue())
+    lines = re.split(r"[\r\n]", plain)
+    assert "binser: warning: a.wav: mono input" in lines
+    assert "lib.py:7: DeprecationWarning: old api" in lines

@@ -151,6 +151,11 @@ def test_cause_kinds_and_summary():
     assert unusable_summary(counts, 9) == (f"5 of 9 file(s) cannot be used: 2 silent, 1 "
                                            f"{NAMING_CAUSE}, 1 empty file, 1 too short")
     assert unusable_summary({}, 9) is None
+    rows = [(Path("a.wav"), "m.csv line 3: file not found (a.wav)"),
+            (Path("b.wav"), "m.csv line 4: empty label"),
+            (Path("c.wav"), "m.csv line 9: file not found (c.wav)")]
+    assert causes_by_kind(rows, []) == {"manifest row: file not found": 2,
+                                        "manifest row: empty label": 1}
 
 
 def _scan_cli(root: Path, *extra: str) -> tuple[int, str, str]:
@@ -181,3 +186,24 @@ def test_scan_exit_status_by_cause(tmp_path):
     assert "files an experiment cannot use (left out with --on-error skip): 3" in out
     code, out, err = _scan_cli(root, "--on-error", "fail")
     assert code == 2 and "3 input file(s) cannot be used" in err and out == ""
+
+
+def test_scan_csv_with_its_own_label_counts_bad_rows_by_cause(tmp_path):
+    import contextlib
+    import io
+
+    from binser.cli import main
+
+    root = tmp_path / "corpus"
+    for i in range(3):
+        write(root / f"s{i}.wav", noise(1600, 2, i))
+    (root / "m.csv").write_text("path,label,speaker\ns0.wav,frustrated,a\ns1.wav,calm,b\n"
+                                "s2.wav,,c\ngone.wav,calm,c\n")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["scan", "csv", str(root), "--quiet"])
+    assert code == 1
+    assert "frustrated" in out.getvalue() and "calm" in out.getvalue()
+    assert err.getvalue().strip().splitlines()[-1] == (
+        "binser: 2 of 4 file(s) cannot be used: 1 manifest row: empty label, 1 manifest "
+        "row: file not found")

@@ -772,11 +772,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """binser's own warnings as one line, ``binser: warning: <message>`` (no source path and
-    line number); other libraries' warnings as Python shows them."""
-    if getattr(category, "__module__", "").split(".")[0] == "binser":
-        print(f"binser: warning: {message}", file=file or sys.stderr)
-    else:
-        _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
+    line number); other libraries' warnings as Python shows them; both on lines of their own
+    above any progress bars (:func:`binser.progress.show_warning`)."""
+    from .progress import show_warning
+
+    show_warning(message, category, filename, lineno, file, line)
 
 
 _PYTHON_SHOWWARNING = warnings.showwarning

@@ -18,6 +18,7 @@ sample rate.
 """
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -227,14 +228,24 @@ def cause_kind(cause: str) -> str:
     return cause.split(":", 1)[0].split(" (", 1)[0].strip() or cause
 
 
+_MANIFEST_ROW = re.compile(r"^\S+ line \d+: (?P<cause>.+)$")
+
+
+def _naming_kind(reason: str) -> str:
+    """A corpus problem's kind: ``manifest row: <kind>`` for a manifest row (``"m.csv line
+    4: file not found (x.wav)"`` -> ``"manifest row: file not found"``), else
+    :data:`NAMING_CAUSE`."""
+    row = _MANIFEST_ROW.match(reason)
+    return f"manifest row: {cause_kind(row['cause'])}" if row else NAMING_CAUSE
+
+
 def causes_by_kind(naming: Sequence[tuple[Path, str]], files: Sequence[tuple[Path, str]]
                    ) -> dict[str, int]:
-    """Unusable files counted by cause: ``naming`` (the corpus's problems) under
-    :data:`NAMING_CAUSE`, ``files`` (preflight problems) by :func:`cause_kind`; most
+    """Unusable files counted by cause: ``naming`` (the corpus's problems) by
+    :func:`_naming_kind`, ``files`` (preflight problems) by :func:`cause_kind`; most
     frequent first, ties by name."""
     counts = Counter(cause_kind(cause) for _, cause in files)
-    if naming:
-        counts[NAMING_CAUSE] += len(naming)
+    counts.update(_naming_kind(reason) for _, reason in naming)
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
