@@ -217,3 +217,17 @@ def test_the_command_shows_warnings_on_lines_of_their_own():
     lines = re.split(r"[\r\n]", plain)
     assert "binser: warning: a.wav: mono input" in lines
     assert "lib.py:7: DeprecationWarning: old api" in lines
+
+
+def test_feature_bars_are_named_after_their_stage():
+    from binser.features import progress_bar
+
+    out = io.StringIO()
+    with StageTracker(["prepare", "features"], file=out) as stages:
+        with stages.stage("features"):
+            b = progress_bar(4, True, unit="file", desc="encoding")
+            assert b.desc.startswith("features: encoding")
+            b.close()
+    plain = progress_bar(4, True, desc="features")
+    assert plain.desc.startswith("features") and plain.leave is False
+    plain.close()

@@ -423,9 +423,10 @@ class FeatureViewExtractor:
 
 def progress_bar(total: float, enabled: bool, unit: str = "file", desc: str = "features"):
     """A tqdm bar that disappears when done (disabled when ``enabled`` is False): the one
-    kind of bar of feature extraction, encoding and timelines."""
-    from tqdm.auto import tqdm
-    return tqdm(total=total, unit=unit, desc=desc, disable=not enabled, leave=False)
+    kind of bar of feature extraction, encoding and timelines (:func:`binser.progress.bar`:
+    inside a stage of a command it is named after the stage and moves the overall line)."""
+    from .progress import bar
+    return bar(total=total, desc=desc, unit=unit, enabled=enabled)
 
 
 # --------------------------------------------------------------------------------------
