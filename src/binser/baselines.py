@@ -333,12 +333,12 @@ class _Table:
 
 def _compute(table: _Table, extractor: _Extractor, workers: int, progress: bool) -> None:
     """Compute every missing row, ``workers`` files at a time, with a progress bar."""
-    from tqdm.auto import tqdm
+    from .progress import bar as progress_bar
 
     todo = table.plan()
     names = ",".join(sorted({s for s, _ in table.pairs}))
-    with tqdm(total=len(todo), unit="file", desc=f"openSMILE {names}", leave=False,
-              disable=not progress) as bar:
+    with progress_bar(total=len(todo), unit="file", desc=f"openSMILE {names}",
+                      enabled=progress) as bar:
         if workers == 1 or len(todo) <= 1:
             for path, (keys, pairs) in todo.items():
                 rows = extractor.rows(path, pairs)

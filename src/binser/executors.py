@@ -252,7 +252,7 @@ class RayExecutor:
                          progress: bool = True) -> None:
         """Compute on the cluster every feature of ``paths`` missing from the extractor's
         cache; afterwards ``extractor.extract(paths)`` finds them all (cache or memory)."""
-        from tqdm.auto import tqdm
+        from .progress import bar as progress_bar
 
         n_actors, resources = self._pool_shape()
         if isinstance(extractor.cache, _Overlay):
@@ -276,8 +276,8 @@ class RayExecutor:
         batches = [todo[i:i + self.files_per_task]
                    for i in range(0, len(todo), self.files_per_task)]
         actors = self._start_actors(extractor, min(n_actors, len(batches)), resources)
-        bar = tqdm(total=len(todo), unit="file", desc=f"features (ray, {len(actors)} workers)",
-                   disable=not progress, leave=False)
+        bar = progress_bar(total=len(todo), unit="file",
+                           desc=f"features (ray, {len(actors)} workers)", enabled=progress)
         try:
             self._run_batches(actors, batches, overlay, bar)
         finally:

@@ -260,10 +260,9 @@ def check_inputs(paths: Sequence[str | Path], labels: Sequence[str | None] | Non
 def _file_causes(paths: list[Path], config: FrontEndConfig, limit: float | None,
                  progress: bool, workers: int) -> list[str | None]:
     """Per file: its problem or None, in input order, ``workers`` threads at once."""
-    from tqdm.auto import tqdm
+    from .progress import bar as progress_bar
 
-    bar = tqdm(total=len(paths), desc="preflight", unit="file", disable=not progress,
-               leave=False)
+    bar = progress_bar(total=len(paths), desc="preflight", unit="file", enabled=progress)
     causes: list[str | None] = []
     with bar, ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
         for cause in pool.map(lambda p: _problem_of(p, config, limit), paths):
