@@ -254,7 +254,7 @@ def train_model(settings, out_dir: str | Path | None = None, fusion: str | None 
     """
     from ..backbones import family_of
     from ..corpora import corpus as load_corpus
-    from ..preflight import screen_corpus
+    from ..startup import start_corpus
 
     settings.validate()
     views = model_views(fusion, settings.views)
@@ -269,15 +269,10 @@ def train_model(settings, out_dir: str | Path | None = None, fusion: str | None 
     if finetuned_backbones is not None and not family_of(settings.backbone).finetune:
         raise ConfigError(f"{settings.backbone}: speech encoders are used frozen; fine-tuned "
                           "backbones apply to image CNNs only")
-    corpus = (corpus_loader or load_corpus)(settings.dataset, settings.root,
-                                            manifest=settings.manifest)
-    if len(corpus.labels) < 2:
-        raise ConfigError(f"{settings.dataset} at {settings.root}: {len(corpus.labels)} "
-                          f"emotion class(es) ({', '.join(corpus.labels) or 'none'}); a model "
-                          "needs at least 2")
-    # Bad files: stop before any expensive work, or leave them out (settings.on_error).
-    corpus, _skipped = screen_corpus(corpus, settings.on_error, settings.frontend,
-                                     progress=progress)
+    # Load, two classes or more, bad files stopped before any expensive work or left out
+    # (settings.on_error): the start-up binser experiment shares.
+    started = start_corpus(settings, corpus_loader, progress, purpose="a model")
+    corpus, _skipped = started.corpus, started.skipped
     labels = list(corpus.labels)
     y = np.array([u.label for u in corpus])
     groups = np.array([u.speaker for u in corpus])
