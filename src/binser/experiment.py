@@ -32,8 +32,8 @@ from .classifier import ViewClassifier, concat_features
 from .config import FrontEndConfig
 from .corpora import Corpus, corpus as load_corpus
 from .errors import ConfigError
-from .evaluation import (folds as make_folds, interval_note, metrics, speaker_independence,
-                         ua_ci_with_method)
+from .evaluation import (folds as make_folds, interval_note, metrics, small_sample_warnings,
+                         speaker_independence, ua_ci_with_method)
 from .fusion import FUSIONS, fuse, select_weights
 from .pooling import POOLINGS, make_pooling
 from .normalisation import coverage_warning, speaker_normalise
@@ -1062,6 +1062,8 @@ def _say_study(study: Study, settings: ExperimentSettings, progress: bool) -> No
               f"{'speaker-independent' if independent else 'SPEAKER-DEPENDENT'})", progress)
     if not independent:
         _progress(f"warning: {study.independence['reason']}", True)
+    for line in _small_sample(study):   # few speakers, folds missing a class
+        _progress(f"warning: {line}", True)
     if study.skipped:
         _progress(f"{len(study.skipped)} file(s) not used (see 'skipped' in results.json)",
                   progress)
@@ -1216,6 +1218,12 @@ def features_section(study: Study, features: StudyFeatures, settings: Experiment
             "absent_views": list(first.absent)}
 
 
+def _small_sample(study: Study) -> list[str]:
+    """:func:`binser.evaluation.small_sample_warnings` of the study's folds."""
+    return small_sample_warnings(study.folds, [u.label for u in study.corpus], study.speakers,
+                                 study.classes)
+
+
 def method_section(study: Study, features: StudyFeatures, settings: ExperimentSettings
                    ) -> dict[str, Any]:
     """results.json: fusion and interval choices, speaker normalisation, every setting,
@@ -1224,6 +1232,7 @@ def method_section(study: Study, features: StudyFeatures, settings: ExperimentSe
            "fusion_search": settings.fusion_search,
            "ci_method": settings.ci_method,
            "ci_note": interval_note(len(study.corpus.speakers)),   # None from 10 speakers on
+           "small_sample_warnings": _small_sample(study),
            "speaker_norm": ("transductive, label-free: each speaker's features standardised "
                             "over that speaker's own utterances, test speakers included"
                             if settings.speaker_norm else False),
