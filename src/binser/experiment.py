@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -218,7 +219,9 @@ class RunPredictions:
 
 def _progress(message: str, enabled: bool) -> None:
     if enabled:
-        print(f"[binser] {message}", flush=True)
+        from .progress import say
+
+        say(f"[binser] {message}", file=sys.stdout)   # above the bars, never glued to one
 
 
 def encoder_layers(settings: ExperimentSettings, backbone) -> tuple[int, ...]:
@@ -759,9 +762,8 @@ def run_folds(pooled: PooledFeatures | Sequence[PooledFeatures], y: np.ndarray, 
     probabilities of each view at the fusion pooling. ``executor`` (default:
     ``settings.executor``): where the folds run (joblib processes or Ray tasks).
     """
-    from tqdm.auto import tqdm
-
     from .executors import executor_for
+    from .progress import bar as progress_bar
 
     executor = executor or executor_for(settings)
     n = len(y)
@@ -772,7 +774,7 @@ def run_folds(pooled: PooledFeatures | Sequence[PooledFeatures], y: np.ndarray, 
     outcomes = executor.map_folds(
         evaluate_fold, [(fold_pooled, y, groups, train, test, settings, n_classes)
                         for fold_pooled, (train, test) in zip(per_fold, fold_list)], jobs)
-    bar = tqdm(total=len(fold_list), desc="folds", unit="fold", disable=not progress)
+    bar = progress_bar(total=len(fold_list), desc="folds", unit="fold", enabled=progress)
     for (train, test), (fold_runs, fold_proba) in zip(fold_list, outcomes):
         for name, (predicted, chosen) in fold_runs.items():
             r = runs.setdefault(name, RunPredictions(name, np.full(n, -1, dtype=int)))
@@ -1271,7 +1273,8 @@ def write_outputs(target, results: Mapping[str, Any], study: Study, features: St
 
             n_rows = features.first.n_rows[settings.views[0]]
             example = study.corpus[int(np.argmax(n_rows))]   # the longest file
-            write_report(results, stage, example_path=example.path, config=settings.frontend)
+            write_report(results, stage, example_path=example.path, config=settings.frontend,
+                         progress=progress)
     _progress(f"results written to {target.path}", progress)
 
 
@@ -1294,15 +1297,17 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
         from .outputs import OutputFolder
 
         target = out if isinstance(out, OutputFolder) else OutputFolder(out, keep=keep)
-    from .progress import StageTracker
+    from .progress import StageTracker, grouped_warnings
+    from .views import MonoInputWarning
 
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
     with StageTracker(STAGES, STAGE_WEIGHTS, enabled=progress) as stages:
-        with stages.stage("prepare"):
-            study = prepare(settings, corpus_loader, progress)
-        with stages.stage("features"):
-            features = compute_features(study, settings, progress, timing)
+        with grouped_warnings({MonoInputWarning: "results.json 'mono_files'"}):
+            with stages.stage("prepare"):
+                study = prepare(settings, corpus_loader, progress)
+            with stages.stage("features"):
+                features = compute_features(study, settings, progress, timing)
         with stages.stage("evaluate"), _timed(timing, "classifiers_s"):
             runs = evaluate(study, features, settings, progress)
         with stages.stage("assemble"):
