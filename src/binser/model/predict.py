@@ -46,6 +46,7 @@ import numpy as np
 
 from ..config import FrontEndConfig
 from ..errors import AudioError, BinserError, ConfigError
+from ..overall import timeline_overall
 from ..features import file_sha256  # noqa: F401  (one streaming file hash for caches and models)
 from ..preflight import check_on_error
 from ..validation import check_choice
@@ -76,7 +77,11 @@ class Prediction:
     model's views without signal in this file (they score ``1/K`` per label, so the other
     views decide). ``speaker_norm``: for speaker-normalised models, which statistics
     standardised this file (``"own statistics over N files"`` or ``"fallback: average
-    training speaker (only N files)"``); None otherwise.
+    training speaker (only N files)"``); None otherwise. ``overall``: with ``timeline=True``,
+    the timeline's overall result by the rule the stream engine's summary uses
+    (:func:`binser.overall.timeline_overall`: mean fused scores of the windows with signal,
+    ``{"label", "scores", "windows", "silent_windows"}``); ``label`` stays the whole file
+    scored as one utterance, and the two can differ (see :mod:`binser.overall`).
     """
 
     path: str
@@ -87,6 +92,7 @@ class Prediction:
     error: str | None = None
     silent_views: list[str] = field(default_factory=list)
     speaker_norm: str | None = None
+    overall: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dictionary."""
@@ -432,6 +438,8 @@ class Model:
                                    who[row], stats, progress) if timeline else None,
                     silent_views=[v for v in self.views if pooled[v][1][row]],
                     speaker_norm=notes[row])
+                if timeline:   # the stream's overall rule, over the same windows
+                    out[i].overall = timeline_overall(self.labels, out[i].timeline)
         return out  # type: ignore[return-value]
 
     def _refuse_all_silent(self, paths: list[Path], features: Mapping[str, list],

@@ -281,7 +281,8 @@ def _summary_text(summary: dict[str, Any]) -> str:
         best = sorted(s["scores"].items(), key=lambda kv: -kv[1])[:3]
         return f"{s['label']}  ({', '.join(f'{k} {v:.2f}' for k, v in best)})"
 
-    head = f"overall over {summary['windows']} windows, {summary['duration_s']:.2f} s: "
+    head = (f"overall over {summary['windows']} windows, {summary['duration_s']:.2f} s "
+            f"({summary['rule']}): ")
     if "channels" in summary:
         return head + "  |  ".join(f"{n}: {one(s)}" for n, s in summary["channels"].items())
     return head + one(summary)

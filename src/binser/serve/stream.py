@@ -437,20 +437,18 @@ class StreamEngine:
         return self._emit(t0, final=True)
 
     def summary(self) -> dict[str, Any]:
-        """Mean fused scores over the non-silent windows so far and their argmax label
-        (per channel in per-channel mode), window counts, duration."""
+        """The overall result so far by :func:`binser.overall.overall` (the one rule shared
+        with ``predict --timeline``: mean fused scores over the windows with signal, argmax
+        label; per channel in per-channel mode), window counts, duration, ``rule`` (the rule
+        in words)."""
+        from ..overall import RULE, overall
+
         def one(key):
-            n = self._counts.get(key, 0)
-            if not n:
-                return {"label": None, "scores": {}, "windows": 0,
-                        "silent_windows": self._silent.get(key, 0)}
-            mean = self._sums[key] / n
-            return {"label": self.model.labels[int(np.argmax(mean))],
-                    "scores": _labels(self.model.labels, mean), "windows": n,
-                    "silent_windows": self._silent.get(key, 0)}
+            return overall(self.model.labels, self._sums.get(key), self._counts.get(key, 0),
+                           self._silent.get(key, 0))
 
         out: dict[str, Any] = {"duration_s": round(self.duration_s, 6),
-                               "windows": self._windows}
+                               "windows": self._windows, "rule": RULE}
         if self.per_channel:
             out["label"] = None
             out["channels"] = {name: one(name) for name in CHANNEL_NAMES}
