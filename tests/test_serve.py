@@ -504,7 +504,7 @@ def test_page_uploads_emovo_file(server, browser, emovo_root, tmp_path):
         assert label in ("anger", "joy", "neutral", "sadness")
         assert int(page.get_attribute("#timeline", "data-windows")) >= 5
         shot = os.environ.get("BINSER_SCREENSHOT")
-        if shot:   # how docs/serve-page.png was made
+        if shot:   # a screenshot of the test model (docs/serve-page.png: scripts/serve_screenshot.py)
             page.screenshot(path=shot)
     finally:
         page.close()

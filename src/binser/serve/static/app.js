@@ -37,25 +37,30 @@ function legend() {
   }));
 }
 
+// y axis: the fused score (probability) of each label, 0-100 %; x axis: seconds
 function plot(canvas, series, duration) {
   const ctx = canvas.getContext("2d");
-  const w = canvas.width, h = canvas.height, pad = 24;
+  const w = canvas.width, h = canvas.height, pad = 24, left = 42;
+  const step = h >= 150 ? 0.25 : 0.5;   // fewer labelled lines on the small per-view charts
   ctx.clearRect(0, 0, w, h);
-  ctx.strokeStyle = "#ddd"; ctx.fillStyle = "#888"; ctx.font = "11px sans-serif";
-  for (let p = 0; p <= 1.0001; p += 0.25) {
+  ctx.strokeStyle = "#ddd"; ctx.fillStyle = "#666"; ctx.font = "11px sans-serif";
+  ctx.textAlign = "right"; ctx.textBaseline = "middle";
+  for (let p = 0; p <= 1.0001; p += step) {
     const y = h - pad - p * (h - 2 * pad);
-    ctx.beginPath(); ctx.moveTo(pad, y); ctx.lineTo(w - 4, y); ctx.stroke();
+    ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(w - 4, y); ctx.stroke();
+    ctx.fillText(Math.round(100 * p) + " %", left - 6, y);
   }
+  ctx.textAlign = "left"; ctx.textBaseline = "alphabetic";
   const span = Math.max(duration, 1);
   for (let t = 0; t <= span; t += Math.max(1, Math.round(span / 10))) {
-    ctx.fillText(t + " s", pad + (t / span) * (w - pad - 4), h - 6);
+    ctx.fillText(t + " s", left + (t / span) * (w - left - 4), h - 6);
   }
   labels.forEach((label, i) => {
     ctx.strokeStyle = COLORS[i % COLORS.length]; ctx.lineWidth = 2; ctx.beginPath();
     let moved = false;
     series.forEach((s) => {
       if (!s.scores || !Object.keys(s.scores).length) { moved = false; return; }
-      const x = pad + ((s.start_s + s.end_s) / 2 / span) * (w - pad - 4);
+      const x = left + ((s.start_s + s.end_s) / 2 / span) * (w - left - 4);
       const y = h - pad - s.scores[label] * (h - 2 * pad);
       if (moved) ctx.lineTo(x, y); else { ctx.moveTo(x, y); moved = true; }
     });
@@ -150,7 +155,7 @@ async function toggleMic() {
     } else if (m.type === "end") {
       const s = m.summary;
       if (s.channels) showLabel(null, null, channelText(s.channels)); else showLabel(s.label, s.scores);
-      status(`stream ended: ${s.windows} windows, ${s.duration_s.toFixed(1)} s`);
+      status(`stream ended: ${s.windows} windows, ${s.duration_s.toFixed(1)} s; overall label: ${s.rule}`);
     } else if (m.type === "error") { status(`stream error ${m.code}: ${m.message}`); }
   };
   ws.onclose = (ev) => { if (ev.code !== 1000 && ev.code !== 1005) status(`stream closed (${ev.code}) ${ev.reason}`); };
