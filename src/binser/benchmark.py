@@ -804,7 +804,7 @@ def serve_load(model: str | Path, files: Sequence[Path], clients: int = 16, uplo
                chunk_s: float = 0.1, keep_up_s: float = 1.0, upload_limit_s: float = 900.0,
                startup_s: float = 180.0, report: Callable[[str], None] = print
                ) -> dict[str, Any]:
-    """Load and latency of ``binser serve MODEL`` on loopback (issue 13, item 7).
+    """Load and latency of ``binser serve MODEL`` on loopback.
 
     Starts ``binser serve MODEL --port P`` (127.0.0.1, a free port, ``--max-streams
     max(streams)``) as a subprocess, waits for ``GET /health`` (at most ``startup_s``), then:
