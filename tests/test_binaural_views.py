@@ -1,4 +1,4 @@
-"""The binaural views beside left/right/mid/side (issue 24 item 3): ``steered`` (delay-and-sum
+"""The binaural views beside left/right/mid/side: ``steered`` (delay-and-sum
 on the per-block GCC-PHAT delay), ``better-ear`` (per-block ear choice), the feature view
 ``spatial`` (ILD, IPD, IC, ITD per frame and band), and the fusion that grows from four views
 to more (docs/METHOD.md sections 2b and 8, eqs. M19-M20)."""

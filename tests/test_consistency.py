@@ -80,12 +80,15 @@ PENDING = {"src/binser/experiment.py"}
 
 def _project_texts() -> list[Path]:
     files = [ROOT / "README.md", ROOT / "RESULTS.md", *sorted((ROOT / "docs").rglob("*.md"))]
-    return files + sorted(p for p in (ROOT / "src").rglob("*")
-                          if p.suffix in (".py", ".js", ".html", ".css"))
+    code = [p for folder in ("src", "tests", "bench", "scripts")
+            for p in (ROOT / folder).rglob("*")
+            if p.suffix in (".py", ".js", ".html", ".css", ".sh", ".md")]
+    return files + sorted(p for p in code if p != Path(__file__).resolve())
 
 
 def test_project_docs_speak_of_the_project_not_its_issues():
-    """README, RESULTS, docs/ and the source (comments too) never cite a tracker issue."""
+    """README, RESULTS, docs/, the source, tests, bench and scripts (comments too) never
+    cite a tracker issue."""
     cited = [f"{p.relative_to(ROOT)}:{i}: {line.strip()[:80]}"
              for p in _project_texts() if str(p.relative_to(ROOT)) not in PENDING
              for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1)

@@ -421,7 +421,7 @@ def test_speaker_independence_is_verified_not_assumed():
     assert speaker_independence(folds(per_file, "loso"), per_file)["independent"] is False
 
 
-# ---------------------------------------------------------------- issue 21: claims honestly
+# ---------------------------------------------------------------- claims, honestly
 
 
 def test_holm_on_hand_computed_p_values():

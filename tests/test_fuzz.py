@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the loaders and the front end (issue 6, part 5).
+"""Property-based fuzzing of the loaders and the front end.
 
 Random bytes, and random bytes behind valid-looking RIFF/WAVE, fLaC, OggS and ID3 headers,
 are written under audio and video names and handed to ``load_audio`` and ``audio_info``;

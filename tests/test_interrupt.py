@@ -1,4 +1,4 @@
-"""Interruptions, concurrency and determinism of `binser experiment` (issue 6, parts 2-3).
+"""Interruptions, concurrency and determinism of `binser experiment`.
 
 The real command runs as a subprocess on a tiny synthetic corpus (24 files, 2 views, so 48
 feature-cache entries). It is SIGKILLed while the features are being extracted (some but

@@ -1,4 +1,4 @@
-"""Reliability, round two (issue 12): messages name the real cause and the CLI's words.
+"""Reliability: messages name the real cause and the CLI's words.
 
 One test (or a few) per kind of defect: files with more than two channels and
 ``--channels I,J``; the C decoders' own chatter on stderr; files that are not audio of their

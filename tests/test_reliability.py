@@ -1,4 +1,4 @@
-"""Bad input, one file at a time (issue 6, part 1): preflight and the command line.
+"""Bad input, one file at a time: preflight and the command line.
 
 Every kind of bad input is planted in a tiny synthetic corpus (or given alone to
 ``binser inspect``). Each must be named with its cause by :mod:`binser.preflight`, by

@@ -1,4 +1,4 @@
-"""Reliability, round two (issue 12): output paths, settings up front, signals, workers,
+"""Reliability: output paths, settings up front, signals, workers,
 whole output folders, predict's input checks, bounded model values.
 
 The CLI runs as a subprocess on a tiny synthetic corpus (3 speakers x 4 emotions x 2 files,

@@ -1,5 +1,5 @@
-"""binser serve as a hostile or careless client meets it (issue 19): every attack of the
-issue against a real uvicorn on 127.0.0.1 (or the app in-process where the socket does
+"""binser serve as a hostile or careless client meets it: every attack we know of
+against a real uvicorn on 127.0.0.1 (or the app in-process where the socket does
 not matter). Each test fails on the server before the guard: chunked bodies read whole,
 headers trusted, queues unbounded, idle streams kept, HTML built from labels."""
 from __future__ import annotations

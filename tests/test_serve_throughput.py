@@ -1,4 +1,4 @@
-"""Throughput of the Whisper windows (issue 19 item 5): views that are the same signal
+"""Throughput of the Whisper windows: views that are the same signal
 encoded once (bit-identical), windows batched under ``window_batch`` (frames equal to the
 one-at-a-time ones within 1e-5 relative; scores within 1e-4, the relaxed equality the
 server states), and the server's uploads with a timeline against ``predict --timeline``."""
