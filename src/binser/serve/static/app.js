@@ -119,7 +119,9 @@ async function upload(file) {
     windows = (body.timeline || []).map((w) => ({ ...w, parts: {} }));
     showLabel(body.label, body.scores);
     const views = Object.keys(body.view_scores || {});
-    if (views.length) status(`${file.name}: ${windows.length} windows · view scores: ` +
+    const mean = body.overall ? ` (the label scores the whole file; the windows' mean says ` +
+      `${body.overall.label || "silent"})` : "";
+    if (views.length) status(`${file.name}: ${windows.length} windows${mean} · view scores: ` +
       views.map((v) => `${v} ${Object.entries(body.view_scores[v]).sort((a, b) => b[1] - a[1])[0][0]}`).join(", ") +
       (body.silent_views.length ? ` · silent: ${body.silent_views.join(", ")}` : "") + notes(body));
   }
