@@ -1,9 +1,9 @@
 """The overall label of a recording scored window by window: one rule for ``binser stream``,
 the WebSocket stream's ``end`` summary, ``predict --per-channel`` and ``predict --timeline``.
 
-Rule (:func:`overall`, stated in the outputs as :data:`RULE`): over the windows with signal
-(timeline entries or stream windows that are not ``silent``), the mean of the fused scores
-per label,
+Rule (docs/METHOD.md section 8b, eq. M27; :func:`overall`, stated in the outputs as
+:data:`RULE`): over the windows with signal (timeline entries or stream windows that are not
+``silent``), the mean of the fused scores per label,
 
     s_c = (1 / N) * sum_{w non-silent} p_c(w),     label = argmax_c s_c
 
@@ -11,7 +11,9 @@ per label,
 counted apart and left out of the mean; with no window with signal the label is None and the
 scores are empty. The windows are the model's timeline windows (:mod:`binser.model.predict`):
 a stream and ``predict --timeline`` of the same file have equal window scores, so they give
-the same overall label and scores.
+the same overall label and scores. (One exception, image-CNN models only: predict's CNN
+timeline never marks a window silent, while the stream marks a window of digital silence
+in every view silent and leaves it out; files without such stretches agree.)
 
 This is not ``predict``'s file label. :attr:`binser.model.Prediction.label` scores the whole
 file as ONE utterance (every frame of the file pooled into one vector per view, one
