@@ -3,6 +3,8 @@
 end-to-end experiment on the tiny corpus with a tiny random Whisper."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -306,3 +308,41 @@ def test_warm_rerun_reads_pooled_features_not_frames(tmp_path, tiny_dir, tiny_co
     with pytest.raises(AssertionError, match="frames were read"):   # another setting: a miss
         run_experiment(replace(settings, poolings=("stats",)), out=None, progress=False,
                        report=False)
+
+
+def test_layer_auto_set_grows_on_complementary_layers_and_never_sees_the_test_fold():
+    """Two layers each carry half the class signal: auto-set picks both (side by side) on the
+    training speakers; a label oracle planted in a third layer's test rows changes neither
+    the sets chosen nor any prediction."""
+    rng = np.random.default_rng(3)
+    n, k = 64, 4
+    y = np.repeat(np.arange(k), n // k)
+    speakers = np.array([f"s{i % 4}" for i in range(n)])
+    views = ("left", "right", "mid", "side")
+    half_a = {(v, "stats"): rng.normal(size=(n, 6)) + 2.0 * (y[:, None] % 2) for v in views}
+    half_b = {(v, "stats"): rng.normal(size=(n, 6)) + 2.0 * (y[:, None] // 2) for v in views}
+    noise = {key: rng.normal(size=(n, 6)) for key in half_a}
+    train, test = folds(list(speakers), "loso")[0]
+    leaked = {key: X.copy() for key, X in noise.items()}
+    for X in leaked.values():
+        X[test] = 0.0
+        X[test, :4] = 50.0 * np.eye(4)[y[test]]
+    settings = ExperimentSettings(dataset="x", root="x", backbone="whisper-tiny",
+                                  layer="auto-set", poolings=("stats",), n_boot=10)
+    silent = {v: np.zeros(n, bool) for v in views}
+    a, proba_a = evaluate_fold(PooledFeatures({0: half_a, 1: half_b, 2: noise}, silent), y,
+                               speakers, train, test, settings, k)
+    b, proba_b = evaluate_fold(PooledFeatures({0: half_a, 1: half_b, 2: leaked}, silent), y,
+                               speakers, train, test, settings, k)
+    for view in views:
+        chosen = a[f"{view}/stats"][1]
+        assert chosen == b[f"{view}/stats"][1]
+        assert chosen["layer"] == (0, 1)
+        assert set(chosen["layer_set_scores"]) >= {"0+1"} and set(chosen["layer_scores"]) == {
+            "0", "1", "2"}
+    for name in a:
+        np.testing.assert_array_equal(a[name][0], b[name][0])
+    single = dataclasses.replace(settings, layer="auto")
+    c, _ = evaluate_fold(PooledFeatures({0: half_a, 1: half_b, 2: noise}, silent), y,
+                         speakers, train, test, single, k)
+    assert c["left/stats"][1]["layer"] in (0, 1) and "layer_set_scores" not in c["left/stats"][1]

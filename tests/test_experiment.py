@@ -298,3 +298,59 @@ def test_run_experiment_shows_one_overall_line_per_stage(tiny_study, capsys):
     err = capsys.readouterr().err
     for n, stage in enumerate(("prepare", "features", "evaluate", "assemble"), start=1):
         assert f"stage {n} of 5: {stage}" in err
+
+
+def test_prosody_stage_weight_is_chosen_on_training_speakers_only():
+    """The prosody view joins the four-view fusion as its last stage (weight eta). A label
+    oracle planted in the prosody features of the test speaker's rows changes the fused
+    test predictions' inputs but not one weight (alpha, beta, gamma, eta), nor any other run."""
+    from binser.evaluation import folds
+    from binser.experiment import PooledFeatures, evaluate_fold
+    from binser.fusion import PROSODY_FUSION
+
+    rng = np.random.default_rng(5)
+    n, k = 64, 4
+    y = np.repeat(np.arange(k), n // k)
+    speakers = np.array([f"s{i % 4}" for i in range(n)])
+    views = ("left", "right", "mid", "side")
+    mats = {(v, "stats"): rng.normal(size=(n, 8)) + 0.8 * np.eye(k)[y] @ rng.normal(size=(k, 8))
+            for v in views}
+    settings = ExperimentSettings(dataset="x", root="x", backbone="whisper-tiny", layer=0,
+                                  poolings=("stats",), n_boot=10, prosody="egemaps")
+    key = settings.prosody_key()
+    assert key == ("opensmile", "egemaps-mid")
+    mats[key] = rng.normal(size=(n, 5)) + 1.2 * np.eye(k)[y] @ rng.normal(size=(k, 5))
+    train, test = folds(list(speakers), "loso")[0]
+    leaked = dict(mats)
+    leaked[key] = mats[key].copy()
+    leaked[key][test] = 40.0 * np.eye(k)[y[test]] @ np.eye(k, 5)
+    silent = {v: np.zeros(n, bool) for v in views}
+    a, _ = evaluate_fold(PooledFeatures({0: mats}, silent), y, speakers, train, test, settings, k)
+    b, _ = evaluate_fold(PooledFeatures({0: leaked}, silent), y, speakers, train, test,
+                         settings, k)
+    name = f"score-fusion/{PROSODY_FUSION}"
+    assert set(a[name][1]["weights"]) == {"alpha", "beta", "gamma", "eta"}
+    assert a[name][1] == b[name][1]
+    for run in a:
+        if run not in (name, "opensmile/egemaps-mid"):
+            np.testing.assert_array_equal(a[run][0], b[run][0])
+    assert not np.array_equal(a["opensmile/egemaps-mid"][0], b["opensmile/egemaps-mid"][0])
+
+
+def test_prosody_and_layer_set_options_are_checked_before_any_work(tmp_path, capsys):
+    from binser.cli import main
+    from binser.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--views must hold"):
+        ExperimentSettings(dataset="emovo", root=str(tmp_path), prosody="egemaps",
+                           views=("left", "right")).validate()
+    with pytest.raises(ConfigError, match="openSMILE feature set"):
+        ExperimentSettings(dataset="emovo", root=str(tmp_path), prosody="nope").validate()
+    with pytest.raises(ConfigError, match="auto-set"):
+        ExperimentSettings(dataset="emovo", root=str(tmp_path), backbone="whisper-base",
+                           layer="best").validate()
+    code = main(["train", "--dataset", "emovo", "--root", str(tmp_path), "--out",
+                 str(tmp_path / "m"), "--backbone", "whisper-base", "--layer", "auto-set",
+                 "--allow-random"])
+    assert code == 2 and "--layer auto-set and --prosody are experiment options" in \
+        capsys.readouterr().err

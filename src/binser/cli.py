@@ -18,8 +18,8 @@ from .validation import float_type, int_type
 
 
 def _layer(text: str) -> int | str:
-    """--layer: 'auto' or a layer number >= 0."""
-    return text if text == "auto" else _non_negative_int(text)
+    """--layer: 'auto', 'auto-set' or a layer number >= 0."""
+    return text if text in ("auto", "auto-set") else _non_negative_int(text)
 
 
 _positive_int = int_type(1)          # argparse types: binser.validation
@@ -125,8 +125,12 @@ def add_experiment_options(p: argparse.ArgumentParser, fusion_pooling: bool = Tr
                         "paper's ImageNet CNN) | whisper-tiny|base|small|medium|large-v3 | "
                         "efficientnet_lite0 | alexnet (default: %(default)s)")
     p.add_argument("--layer", type=_layer, default=None,
-                   help="speech encoders: hidden-state index (0 = input embedding) or 'auto' "
-                        "(chosen per fold on the training speakers); default: the backbone's")
+                   help="speech encoders: hidden-state index (0 = input embedding) or 'auto': "
+                        "the layer with the best inner-CV UA on the training speakers "
+                        "(experiment: per outer fold and view; train: one layer for all "
+                        "views, on all speakers); experiment also takes 'auto-set': per outer "
+                        "fold and view the greedy set of up to 3 layers, side by side; "
+                        "default: auto (image CNNs have no layer choice)")
     p.add_argument("--speaker-norm", action="store_true",
                    help="also run every system on speaker-normalised features (transductive, "
                         "label-free: each speaker standardised over their own utterances)")
@@ -156,6 +160,11 @@ def add_experiment_options(p: argparse.ArgumentParser, fusion_pooling: bool = Tr
     p.add_argument("--poolings", type=_csv_list, default=d.poolings,
                    help=f"comma-separated poolings (default: all of {','.join(d.poolings)})")
     if fusion_pooling:
+        p.add_argument("--prosody", default=None, metavar="SET",
+                       help="add a prosody view: the openSMILE functionals SET (egemaps, "
+                            "compare2016, is10) of the mid channel, fused after the four "
+                            "views as their last stage (weight eta on the training "
+                            "speakers); needs binser[opensmile]")
         p.add_argument("--fusion-pooling", default=None, choices=POOLINGS, metavar="POOLING",
                        help=f"the pooling whose per-view scores are fused, one of "
                             f"{', '.join(POOLINGS)}; must be among --poolings (default: "
@@ -192,12 +201,14 @@ def add_experiment_options(p: argparse.ArgumentParser, fusion_pooling: bool = Tr
     add_executor_options(p)
 
 
-def add_executor_options(p: argparse.ArgumentParser) -> None:
-    """``--executor`` and ``--ray-address`` (where features and folds run; same numbers)."""
+EXECUTOR_WORK = "feature extraction and the fold classifiers"   # experiment, train, demo
+
+
+def add_executor_options(p: argparse.ArgumentParser, work: str = EXECUTOR_WORK) -> None:
+    """``--executor`` and ``--ray-address`` (where ``work`` runs; same numbers)."""
     p.add_argument("--executor", choices=("local", "ray"), default="local",
-                   help="where feature extraction and the fold classifiers run: this machine, "
-                        "or a Ray cluster (needs binser[ray]); the results are identical "
-                        "(default: %(default)s)")
+                   help=f"where to run {work}: this machine, or a Ray cluster (needs "
+                        "binser[ray]); the results are identical (default: %(default)s)")
     p.add_argument("--ray-address", default=None, metavar="ADDRESS",
                    help="--executor ray: the cluster to join ('auto', 'ray://host:10001'); "
                         "default: $RAY_ADDRESS, else a new local cluster")
@@ -230,7 +241,8 @@ def settings_from_args(args: argparse.Namespace, dataset: str, root: str,
         finetune_epochs=args.epochs, num_threads=getattr(args, "threads", None),
         executor=getattr(args, "executor", "local"),
         ray_address=getattr(args, "ray_address", None),
-        augment=tuple(getattr(args, "augment", None) or ()), frontend=frontend_from_args(args))
+        augment=tuple(getattr(args, "augment", None) or ()), frontend=frontend_from_args(args),
+        prosody=getattr(args, "prosody", None))
 
 
 def print_summary(results: dict) -> None:
@@ -399,8 +411,8 @@ def cmd_scenes(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .inputs import expand_inputs
     from .cli_format import format_prediction
+    from .inputs import expand_inputs
     from .model import Model, read_speakers_csv
 
     args.files = [str(p) for p in expand_inputs(args.files)]   # folders and globs, up front
@@ -658,7 +670,7 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
     add_channels_option(p, help="files with more than two channels: the 0-based channels to "
                                 "use as left and right, e.g. 2,3 (default: the model's, as "
                                 "trained, else the file's own one or two)")
-    add_executor_options(p)
+    add_executor_options(p, work="feature extraction")   # predict has no folds
     p.set_defaults(func=cmd_predict)
 
 

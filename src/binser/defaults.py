@@ -34,7 +34,7 @@ from .errors import ConfigError
 from .validation import check_choice
 
 EVIDENCE = ("inner-cv", "other-corpus", "a-priori", "outer-test")
-SELECTION_POLICIES = ("auto",)   # values that choose among candidates on the inner folds
+SELECTION_POLICIES = ("auto", "auto-set")   # values that choose among candidates on the inner folds
 
 
 class DefaultChoiceError(ConfigError):

@@ -157,8 +157,10 @@ def deployment_variants(pooled, y: np.ndarray, speakers: np.ndarray,
             only = next(iter(fold_pooled.by_layer))
             layer = _fold_choice(runs, str(RunName.single(view, fusion_pooling).normalised()),
                                  "fold_layer", f, only)
-            X = fold_pooled.by_layer[layer if layer in fold_pooled.by_layer else only][
-                (view, fusion_pooling)]
+            layer = tuple(layer) if isinstance(layer, list) else layer   # a layer set
+            if not isinstance(layer, tuple) and layer not in fold_pooled.by_layer:
+                layer = only
+            X = fold_pooled.matrix((view, fusion_pooling), layer)
             mask = ~fold_pooled.silent.get(view, np.zeros(n, dtype=bool))
             Xtrain = speaker_normalise(X[train], speakers[train], mask[train])
             fit_rows = mask[train]

@@ -35,7 +35,8 @@ from .corpora import Corpus, corpus as load_corpus
 from .errors import ConfigError
 from .evaluation import (folds as make_folds, interval_note, metrics, small_sample_warnings,
                          speaker_independence, ua_ci_with_method)
-from .fusion import FUSIONS, fuse, select_weights
+from .fusion import FOUR_VIEWS, FUSIONS, PROSODY, PROSODY_FUSION, fuse, select_weights
+from .layer_choice import best_layer, greedy_layer_set, set_name, stacked
 from .pooling import POOLINGS, make_pooling
 from .normalisation import coverage_warning, speaker_normalise
 from .preflight import check_on_error
@@ -51,6 +52,8 @@ FINETUNE_NESTED_CAVEAT = (
     "that saw those utterances (optimistic for the weights; the test speakers are never seen)")
 FINETUNE_PRESETS = ("paper", "cpu")
 BASELINES = ("opensmile",)
+LAYER_POLICIES = ("auto", "auto-set")   # --layer values chosen per fold by inner CV
+PROSODY_VIEW = "mid"   # the channel whose openSMILE functionals are the prosody view
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ class ExperimentSettings:
     executor: str = "local"                   # where features and folds run: local or ray
     ray_address: str | None = None            # --executor ray: cluster address (None: local)
     augment: tuple[str, ...] = ()             # training-row augmentation (binser.augment): swap
+    prosody: str | None = None                # openSMILE set of the prosody view (mid channel)
     frontend: FrontEndConfig = field(default_factory=FrontEndConfig)
 
     def validate(self) -> None:
@@ -120,13 +124,21 @@ class ExperimentSettings:
             if self.mode != "frozen":
                 raise ConfigError(f"{self.backbone}: only mode frozen is available for speech "
                                   "encoders")
-            if not (self.layer is None or self.layer == "auto"
+            if not (self.layer is None or self.layer in LAYER_POLICIES
                     or (isinstance(self.layer, int) and self.layer >= 0)):
-                raise ConfigError(f"--layer must be a non-negative integer or 'auto', got "
-                                  f"{self.layer!r}")
+                raise ConfigError(f"--layer must be a non-negative integer, 'auto' or "
+                                  f"'auto-set', got {self.layer!r}")
         elif self.layer is not None:
             raise ConfigError(f"--layer applies to speech encoders (whisper-*), not to "
                               f"{self.backbone}")
+        if self.prosody is not None:
+            from .baselines import check_feature_set, require_opensmile
+
+            check_feature_set(self.prosody)
+            require_opensmile()
+            if set(FOUR_VIEWS.split("+")) - set(self.views):
+                raise ConfigError(f"--prosody joins the four-view fusion as its last stage: "
+                                  f"--views must hold {FOUR_VIEWS.replace('+', ',')}")
         check_choice(self.finetune_preset, FINETUNE_PRESETS, "fine-tuning preset")
         from .classifier import SOLVERS
 
@@ -185,6 +197,15 @@ class ExperimentSettings:
             return None
         return "auto" if self.layer is None else self.layer
 
+    def prosody_key(self) -> tuple[str, str] | None:
+        """The prosody view's features key (``("opensmile", "<set>-mid")``; its run is the
+        functionals alone, ``opensmile/<set>-mid``), or None without ``--prosody``."""
+        if self.prosody is None:
+            return None
+        from .baselines import baseline_run_name
+
+        return tuple(baseline_run_name(self.prosody, PROSODY_VIEW).split("/", 1))
+
     def resolved_fusion_pooling(self) -> str:
         """The pooling whose scores are fused: ``fusion_pooling`` when given (it must be
         among ``poolings``); else the backbone's default (``stats`` for speech encoders, the
@@ -227,7 +248,7 @@ def _progress(message: str, enabled: bool) -> None:
 def encoder_layers(settings: ExperimentSettings, backbone) -> tuple[int, ...]:
     """Encoder layers to compute: the one asked for, the backbone's default, or every layer
     (``--layer auto``)."""
-    if settings.resolved_layer() == "auto":
+    if settings.resolved_layer() in LAYER_POLICIES:
         return tuple(range(backbone.n_layers + 1))
     layer = int(settings.layer)
     if not 0 <= layer <= backbone.n_layers:
@@ -367,13 +388,20 @@ def pool_features(features: dict[str, list[np.ndarray]], settings: ExperimentSet
 POOLED_FORMAT = "binser-pooled-features-v1"
 
 
+def _pooled_layer_key(settings: ExperimentSettings) -> str:
+    """The layers pooled, as the cache key says them: ``auto`` and ``auto-set`` pool the
+    same (every layer)."""
+    layer = settings.resolved_layer()
+    return "auto" if layer in LAYER_POLICIES else str(layer)
+
+
 def _pooled_keys(corpus: Corpus, settings: ExperimentSettings, backbone) -> Callable[[str], str]:
     """Key maker for the pooled-feature cache of one study: hashes every file's content and
     everything pooling depends on (backbone identity, front end, views, layers, poolings)."""
     digest = hashlib.sha256()
     spec = [POOLED_FORMAT, backbone.name, backbone.weights_id,
             getattr(backbone, "input_size", None), settings.frontend.digest(),
-            list(settings.views), str(settings.resolved_layer()), list(settings.poolings),
+            list(settings.views), _pooled_layer_key(settings), list(settings.poolings),
             settings.blocks, settings.levels, settings.pool_abs]
     if feature_views(settings.views):     # only then, so other studies keep their keys
         from .features import FEATURE_VIEW_FORMAT
@@ -454,15 +482,22 @@ def pooled_study_features(layer_features, settings: ExperimentSettings) -> Poole
 def baseline_features(corpus: Corpus, settings: ExperimentSettings, progress: bool = True
                       ) -> dict[tuple[str, str], np.ndarray]:
     """Utterance-level baseline features keyed like pooled features: ("opensmile", "is10")
-    becomes the run ``opensmile/is10``. Classified with the same SVM and folds."""
-    if "opensmile" not in settings.baselines:
-        return {}
+    becomes the run ``opensmile/is10``. Classified with the same SVM and folds. With
+    ``--prosody SET`` also the prosody view's functionals (:meth:`ExperimentSettings.
+    prosody_key`: ``SET`` of the mid channel), whose run is the functionals alone."""
     from .baselines import opensmile_baselines
 
-    matrices = opensmile_baselines([u.path for u in corpus], settings.baseline_sets,
-                                   settings.baseline_views, settings.frontend,
-                                   cache_dir=settings.cache_dir, progress=progress)
-    return {tuple(name.split("/", 1)): X for name, X in matrices.items()}
+    asked = []
+    if "opensmile" in settings.baselines:
+        asked.append((settings.baseline_sets, settings.baseline_views))
+    if settings.prosody is not None:
+        asked.append(((settings.prosody,), (PROSODY_VIEW,)))
+    out = {}
+    for sets, views in asked:
+        matrices = opensmile_baselines([u.path for u in corpus], sets, views, settings.frontend,
+                                       cache_dir=settings.cache_dir, progress=progress)
+        out.update({tuple(name.split("/", 1)): X for name, X in matrices.items()})
+    return out
 
 
 def full_columns(proba: np.ndarray, classes_seen: np.ndarray, n_classes: int) -> np.ndarray:
@@ -644,6 +679,13 @@ class PooledFeatures:
         """The features of one layer (default: the only one)."""
         return self.by_layer[next(iter(self.by_layer)) if layer is None else layer]
 
+    def matrix(self, key: tuple[str, str], layer: Any = None) -> np.ndarray:
+        """``key``'s matrix at one layer, or at a set of layers (tuple or list) side by side
+        (:func:`binser.layer_choice.stacked`)."""
+        if isinstance(layer, (tuple, list)):
+            return stacked({one: self.by_layer[one][key] for one in layer}, layer)
+        return self.layer_features(layer)[key]
+
     def with_rows(self, transform: Callable[[tuple[str, str], np.ndarray], np.ndarray]
                   ) -> "PooledFeatures":
         """A copy with every matrix replaced by ``transform(key, X)``."""
@@ -670,16 +712,28 @@ def fusions_for(views: Sequence[str], absent: Sequence[str] = ()) -> dict[str, t
 
 
 def choose_layers(pooled: PooledFeatures, cache: FoldResultCache, views: Sequence[str],
-                  pooling: str) -> dict[str, Any]:
+                  pooling: str, sets: bool = False) -> dict[str, Any]:
     """``--layer auto``: per view, the layer whose classifier at ``pooling`` has the best
-    inner-CV UA on the training speakers (ties: the lower layer). Also returns the inner-CV
-    score of every layer under ``"scores"``."""
-    chosen: dict[str, Any] = {"scores": {}}
+    inner-CV UA on the training speakers (:func:`binser.layer_choice.best_layer`). With
+    ``sets`` (``--layer auto-set``): the greedy set of up to 3 layers
+    (:func:`binser.layer_choice.greedy_layer_set`; a tuple, or one layer when no set beats
+    it). Also returns the inner-CV score of every single layer under ``"scores"`` and, with
+    ``sets``, of every larger set scored under ``"set_scores"`` (keys like ``"2+3"``)."""
+    chosen: dict[str, Any] = {"scores": {}, "set_scores": {}}
     for view in views:
-        scores = {layer: cache.inner_score(mats[(view, pooling)], pooled.silent.get(view))[1]
-                  for layer, mats in sorted(pooled.by_layer.items())}
-        chosen[view] = max(scores, key=lambda layer: (scores[layer], -layer))
-        chosen["scores"][view] = {str(k): v for k, v in scores.items()}
+        def score(candidate: tuple[int, ...]) -> float:
+            X = pooled.matrix((view, pooling), candidate if len(candidate) > 1 else candidate[0])
+            return cache.inner_score(X, pooled.silent.get(view))[1]
+
+        if sets:
+            best, scored = greedy_layer_set(score, sorted(pooled.by_layer))
+            chosen[view] = best if len(best) > 1 else best[0]
+            chosen["set_scores"][view] = {set_name(c): v for c, v in scored.items() if len(c) > 1}
+            singles = {c[0]: v for c, v in scored.items() if len(c) == 1}
+        else:
+            singles = {layer: score((layer,)) for layer in sorted(pooled.by_layer)}
+            chosen[view] = best_layer(singles)
+        chosen["scores"][view] = {str(k): v for k, v in singles.items()}
     return chosen
 
 
@@ -706,9 +760,10 @@ def evaluate_fold(pooled: PooledFeatures, y: np.ndarray, groups: np.ndarray,
     with threadpool_limits(1):    # liblinear is serial; folds run in parallel instead
         layer_of: dict[str, Any] = {}
         if pooled.auto:
-            layer_of = choose_layers(pooled, cache, views, fusion_pooling)
-        features = {key: pooled.by_layer[layer_of[key[0]]][key] if key[0] in layer_of
-                    else X for key, X in pooled.layer_features().items()}
+            layer_of = choose_layers(pooled, cache, views, fusion_pooling,
+                                     sets=settings.resolved_layer() == "auto-set")
+        features = {key: pooled.matrix(key, layer_of[key[0]]) if key[0] in layer_of else X
+                    for key, X in pooled.layer_features().items()}
         silent = {key: pooled.silent.get(key[0], no_rows) for key in features}
         inner: dict[str, float] = {}
         for (view, pooling), X in features.items():
@@ -718,6 +773,8 @@ def evaluate_fold(pooled: PooledFeatures, y: np.ndarray, groups: np.ndarray,
             chosen: dict[str, Any] = {"C": C}
             if view in layer_of:
                 chosen.update(layer=layer_of[view], layer_scores=layer_of["scores"][view])
+                if view in layer_of["set_scores"]:
+                    chosen["layer_set_scores"] = layer_of["set_scores"][view]
             out[f"{view}/{pooling}"] = (proba.argmax(axis=1), chosen)
             if view in settings.views:
                 inner[f"{view}/{pooling}"] = score
@@ -741,7 +798,32 @@ def evaluate_fold(pooled: PooledFeatures, y: np.ndarray, groups: np.ndarray,
             Xcat = concat_features({v: features[(v, fusion_pooling)] for v in present}, present)
             proba, C, _ = cache.fit_predict(Xcat)
             out[f"feature-fusion/{name}"] = (proba.argmax(axis=1), {"C": C})
+        if settings.prosody_key() in features and FOUR_VIEWS in fusions_for(settings.views):
+            out.update(prosody_stage(features[settings.prosody_key()], cache, oof, test_proba,
+                                     y[train], n_classes, settings.fusion_search))
     return out, test_proba
+
+
+def prosody_stage(X: np.ndarray, cache: FoldResultCache, oof: Mapping[str, np.ndarray],
+                  test_proba: Mapping[str, np.ndarray], y_train: np.ndarray, n_classes: int,
+                  search: str = "staged") -> dict[str, tuple[np.ndarray, dict]]:
+    """``--prosody``: the four-view fusion grown by the prosody view (openSMILE functionals
+    ``X``) as its last stage, ``s_+ = eta*s + (1-eta)*s_prosody`` (docs/METHOD.md M20), every
+    weight (``alpha, beta, gamma`` and ``eta``) chosen on the training speakers' out-of-fold
+    scores like the other fusions'. Returns the run ``score-fusion/left+right+mid+side+
+    prosody``."""
+    names = FUSIONS[PROSODY_FUSION]
+    uniform = np.full((len(y_train), n_classes), 1.0 / n_classes)
+    scores = {v: oof.get(v, uniform) for v in names if v != PROSODY}
+    scores[PROSODY] = cache.oof_proba(X)
+    weights, _ = select_weights(scores, y_train, PROSODY_FUSION, list(range(n_classes)),
+                                search=search)
+    test_p = cache.fit_predict(X)[0]
+    test = {v: test_proba.get(v, np.full_like(test_p, 1.0 / n_classes))
+            for v in names if v != PROSODY}
+    test[PROSODY] = test_p
+    fused = fuse(test, PROSODY_FUSION, weights)
+    return {f"score-fusion/{PROSODY_FUSION}": (fused.argmax(axis=1), {"weights": weights})}
 
 
 def default_jobs(n_folds: int) -> int:
@@ -836,7 +918,8 @@ def summarise_run(r: RunPredictions, y: np.ndarray, classes: list[str],
                                          for k in ("ua", "wa", "macro_f1")}}
     out.update(r.extra)
     for key, field_name in (("weights", "weights"), ("C", "fold_C"), ("layer", "fold_layer"),
-                            ("choice", "fold_choice"), ("layer_scores", "fold_layer_scores")):
+                            ("choice", "fold_choice"), ("layer_scores", "fold_layer_scores"),
+                            ("layer_set_scores", "fold_layer_set_scores")):
         if r.fold_extra and key in r.fold_extra[0]:
             out[field_name] = [f[key] for f in r.fold_extra]   # one entry per fold
     return out
@@ -847,8 +930,9 @@ def comparison_pairs(run_names: Sequence[str], prefix: str = "",
     """The paper's claims on the corpus at hand, as ``(claim, run a, run b)`` meaning "a beats
     b", for the runs present: four-view fusion vs the best view chosen on the training
     speakers and vs left alone, binaural (left+right) fusion vs left alone, block vs global
-    pooling per view, deep features vs each openSMILE baseline; ``prefix`` names the
-    speaker-normalised family."""
+    pooling per view, deep features vs each openSMILE baseline, and with ``--prosody`` the
+    fusion + prosody vs the four-view fusion and vs the functionals alone; ``prefix`` names
+    the speaker-normalised family."""
     names = set(run_names)
     four, lr = f"{prefix}score-fusion/left+right+mid+side", f"{prefix}score-fusion/left+right"
     pairs = []
@@ -868,6 +952,13 @@ def comparison_pairs(run_names: Sequence[str], prefix: str = "",
     for base in sorted(n for n in names if n.startswith(f"{prefix}opensmile/")):
         if four in names:
             pairs.append((f"deep four-view fusion beats {base[len(prefix):]}", four, base))
+    with_prosody = f"{prefix}score-fusion/{PROSODY_FUSION}"
+    if with_prosody in names and four in names:
+        pairs.append(("fusion + prosody beats the four-view fusion", with_prosody, four))
+        for base in sorted(n for n in names if n.startswith(f"{prefix}opensmile/")
+                           and n.endswith(f"-{PROSODY_VIEW}")):
+            pairs.append((f"fusion + prosody beats {base[len(prefix):]} alone", with_prosody,
+                          base))
     tag = f"[{prefix.rstrip(':')}] " if prefix else ""
     return [(tag + claim, a, b) for claim, a, b in pairs]
 
@@ -1101,7 +1192,7 @@ def compute_features(study: Study, settings: ExperimentSettings, progress: bool 
     if features.first.absent:
         _progress(f"no signal in any file for view(s) {', '.join(features.first.absent)}: no "
                   "runs, left out of the fusions (n/a in the report)", progress)
-    if settings.baselines:
+    if settings.baselines or settings.prosody:
         with _timed(timing, "baselines_s"):
             extra = baseline_features(study.corpus, settings, progress)
             for pooled in distinct(per_fold):
@@ -1328,7 +1419,7 @@ def _deployment(pooled, y: np.ndarray, speakers: np.ndarray, fold_list, results:
     from .deployment import deployment_variants
 
     runs = {r["name"]: r for r in results["runs"]}
-    fusion = next((f for f in reversed(list(FUSIONS))
+    fusion = next((f for f in reversed(list(fusions_for(settings.views)))
                    if f"{NORM_PREFIX}score-fusion/{f}" in runs), None)
     if fusion is None:
         return None
@@ -1371,6 +1462,9 @@ def _layer_description(settings: ExperimentSettings, backbone) -> Any:
         return None
     if settings.resolved_layer() == "auto":
         return "auto (per outer fold and view, by inner CV on the training speakers)"
+    if settings.resolved_layer() == "auto-set":
+        return ("auto-set (per outer fold and view, up to 3 layers side by side, chosen by "
+                "greedy inner CV on the training speakers)")
     return encoder_layers(settings, backbone)[0]
 
 

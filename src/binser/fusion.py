@@ -21,7 +21,8 @@ built-in rules:
   ``gamma``; the paper's and the report's lambda, kept as ``gamma`` in ``results.json`` and
   model files so that existing readers keep working)
 * ``left+right+mid+side+<a1>+...+<am>`` (:func:`extended_rule`; built in for ``spatial``,
-  ``steered`` and ``spatial+steered``): eqs. 8-10, then the mean of the added views' scores
+  ``steered``, ``spatial+steered`` and ``prosody``, the openSMILE functionals of
+  ``experiment --prosody``): eqs. 8-10, then the mean of the added views' scores
   ``s_A = (s_a1 + ... + s_am) / m`` (M19; fixed-weight stages, nothing searched) and
   ``s_+ = e*s + (1-e)*s_A`` (M20, weight ``eta``): how the fusion grows beyond the four views,
   one definition for any added views (docs/METHOD.md section 8).
@@ -219,6 +220,8 @@ def extended_rule(added: Sequence[str]) -> FusionRule:
 
 for _added in (("spatial",), ("steered",), ("spatial", "steered")):
     register_fusion(extended_rule(_added))
+PROSODY = "prosody"   # the prosody view (openSMILE functionals) as the fusion's last stage
+PROSODY_FUSION = register_fusion(extended_rule((PROSODY,))).name
 _UA_TIE_TOL = 1e-12
 _CHUNK_VALUES = 4_000_000  # fused score values held at once during the grid search
 

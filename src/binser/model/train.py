@@ -257,6 +257,10 @@ def train_model(settings, out_dir: str | Path | None = None, fusion: str | None 
     from ..startup import start_corpus
 
     settings.validate()
+    if settings.layer == "auto-set" or settings.prosody is not None:
+        raise ConfigError("a saved model uses one encoder layer and the binaural views: "
+                          "--layer auto-set and --prosody are experiment options (use --layer "
+                          "auto or a layer index)")
     views = model_views(fusion, settings.views)
     spec = PoolingSpec(pooling or settings.resolved_fusion_pooling(), settings.blocks,
                        settings.levels, settings.pool_abs)
