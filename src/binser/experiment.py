@@ -1132,7 +1132,7 @@ def prepare(settings: ExperimentSettings, corpus_loader: Callable[..., Corpus] =
     started = start_corpus(settings, corpus_loader, progress, purpose="a study")
     corpus = started.corpus
     scene_values = None
-    if corpus.name == "scenes":   # issue 24: each file's scene parameters, checked up front
+    if corpus.name == "scenes":   # each file's scene parameters, checked up front
         from .conditions import scene_conditions
 
         scene_values = scene_conditions(corpus)
@@ -1228,7 +1228,7 @@ def evaluate(study: Study, features: StudyFeatures, settings: ExperimentSettings
             run.name = str(RunName.parse(name).normalised())
             run.extra["speaker_norm"] = True
             runs[run.name] = run
-    if settings.mode == "finetune":   # issue 11.7c: say what the nested weights saw
+    if settings.mode == "finetune":   # say what the nested weights saw
         for name, run in runs.items():
             parsed = RunName.parse(name)
             if parsed.kind == "score-fusion" and not parsed.oracle:
@@ -1261,11 +1261,11 @@ def assemble(study: Study, features: StudyFeatures, runs: Mapping[str, RunPredic
                                **features_section(study, features, settings),
                                **method_section(study, features, settings),
                                **runs_section(study, runs, settings)}
-    if settings.speaker_norm:   # issue 21: what a deployment without all recordings gets
+    if settings.speaker_norm:   # what a deployment without all recordings gets
         results["speaker_norm_deployment"] = _deployment(
             features.per_fold, study.y, study.speakers, study.folds, results, settings,
             progress)
-    if study.scene_values is not None:   # issue 24: UA per scene condition
+    if study.scene_values is not None:   # UA per scene condition
         from .conditions import condition_results
 
         predicted = {name: runs[name].predicted for name in sorted(runs, key=run_order)}
