@@ -136,10 +136,24 @@ def test_predict_plot_writes_a_png(trained, tmp_path, capsys):
     assert main(["predict", str(folder), *map(str, files), "--plot", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert out.is_file() and _pixels(out).shape[0] > 200        # two panels
-    assert printed.count("\n") == 2                               # no timeline text lines
+    # per file its label and the timeline's overall line (what the plot shows), no windows
+    assert printed.count("\n") == 4 and printed.count("overall of") == 2
     bad = tmp_path / "timeline.txt"
     assert main(["predict", str(folder), str(files[0]), "--plot", str(bad)]) == 2
     assert "--plot" in capsys.readouterr().err and not bad.exists()
+
+
+def test_predict_per_channel_plot_draws_one_panel_per_channel(trained, tmp_path, capsys):
+    from binser.cli import main
+
+    _, folder, root = trained
+    one = sorted(Path(root).glob("*/*.wav"))[0]
+    both, single = tmp_path / "channels.png", tmp_path / "binaural.png"
+    assert main(["predict", str(folder), str(one), "--per-channel", "--plot", str(both),
+                 "--quiet"]) == 0
+    assert main(["predict", str(folder), str(one), "--plot", str(single), "--quiet"]) == 0
+    capsys.readouterr()
+    assert _pixels(both).shape[0] > 1.5 * _pixels(single).shape[0]   # left and right panels
 
 
 # ------------------------------------------------------------------------------ browser

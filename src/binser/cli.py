@@ -421,9 +421,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from .outputs import check_output_file
 
         check_output_file(args.plot, "--plot")
-        if args.per_channel:
-            raise ConfigError("--plot draws the binaural timeline; it does not take "
-                              "--per-channel (use --timeline --json for the channels)")
     model = Model.load(args.model)
     if args.channels is not None:   # which channels of the files to read, not the model
         import dataclasses

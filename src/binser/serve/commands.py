@@ -304,9 +304,16 @@ def predict_per_channel(model, args: argparse.Namespace) -> int:
                 raise
             failed += 1
             result = {"path": str(path), "error": str(exc)}
-        if not args.timeline:
-            result.pop("windows", None)
         out.append(result)
+    if getattr(args, "plot", None) is not None:   # one panel per file and channel
+        from ..plots import channel_panels, plot_timeline
+
+        panels = channel_panels(out)
+        if panels:
+            plot_timeline(panels, model.labels, args.plot)
+    if not args.timeline:
+        for result in out:
+            result.pop("windows", None)
     if args.json:
         print(json.dumps(out, indent=2))
     else:
