@@ -165,8 +165,16 @@ def test_end_to_end_with_a_tiny_whisper(tmp_path, tiny_dir, tiny_corpus):
     assert first["kind"] == "all" and first["ua"] == \
         runs["speaker-norm:score-fusion/left+right+mid+side"]["ua"]
     assert [v["k"] for v in deployment["variants"] if v["kind"] == "random"] == [5, 10, 20]
+    # online: the same classifiers and weights; with all of the speaker's utterances the
+    # curve's offline end is the run's own transductive figure
+    online = results["speaker_norm_online"]
+    assert online["fusion"] == "left+right+mid+side" and online["ks"] == [0, 1, 2, 5, 10, 20]
+    assert online["offline_ua"] == pytest.approx(
+        runs["speaker-norm:score-fusion/left+right+mid+side"]["ua"])
     report = (tmp_path / "out" / "report.md").read_text()
     assert "TRANSDUCTIVE" in report and "whisper-tiny (speech encoder)" in report
+    assert "Speaker normalisation online" in report
+    assert (tmp_path / "out" / "figures" / "online_norm.png").is_file()
 
 
 def _check_claims_against_the_predictions(results, csv_path):

@@ -1265,6 +1265,9 @@ def assemble(study: Study, features: StudyFeatures, runs: Mapping[str, RunPredic
         results["speaker_norm_deployment"] = _deployment(
             features.per_fold, study.y, study.speakers, study.folds, results, settings,
             progress)
+        results["speaker_norm_online"] = _online(
+            features.per_fold, study.y, study.speakers, study.folds, results, settings,
+            progress)
     if study.scene_values is not None:   # UA per scene condition
         from .conditions import condition_results
 
@@ -1428,6 +1431,47 @@ def _deployment(pooled, y: np.ndarray, speakers: np.ndarray, fold_list, results:
     return deployment_variants(pooled, y, speakers, fold_list, runs, results["classes"],
                                fusion=fusion, fusion_pooling=settings.resolved_fusion_pooling(),
                                seed=settings.seed)
+
+
+def _online(per_fold: Sequence[PooledFeatures], y: np.ndarray, speakers: np.ndarray,
+            fold_list, results: dict, settings: ExperimentSettings, progress: bool
+            ) -> dict[str, Any] | None:
+    """:func:`binser.online.online_curve` of the largest speaker-normalised nested fusion of
+    the run: each fold's layers (``fold_layer`` of its ``speaker-norm:<view>/<pooling>``
+    runs) and nested weights, the test speakers' statistics from the utterances before
+    (None when there is no such fusion)."""
+    from .deployment import _fold_choice
+    from .online import online_curve
+
+    runs = {r["name"]: r for r in results["runs"]}
+    fusion = next((f for f in reversed(list(fusions_for(settings.views)))
+                   if f"{NORM_PREFIX}score-fusion/{f}" in runs), None)
+    if fusion is None:
+        return None
+    _progress(f"online speaker normalisation (speaker-norm:score-fusion/{fusion})", progress)
+    pooling = settings.resolved_fusion_pooling()
+    weights = runs[f"{NORM_PREFIX}score-fusion/{fusion}"]["weights"]
+    views = [v for v in FUSIONS[fusion] if v not in per_fold[0].absent]
+    features, masks = [], {}
+    for f, pooled in enumerate(per_fold):
+        chosen = {}
+        for view in views:
+            layer = _fold_choice(runs, f"{NORM_PREFIX}{view}/{pooling}", "fold_layer", f)
+            chosen[view] = pooled.matrix((view, pooling),
+                                         tuple(layer) if isinstance(layer, list) else layer)
+            masks[view] = ~pooled.silent.get(view, np.zeros(len(y), dtype=bool))
+        features.append(chosen)
+    uniform = 1.0 / len(results["classes"])
+
+    def combine(scores: Mapping[str, np.ndarray], fold: int) -> np.ndarray:
+        n_test = len(next(iter(scores.values())))
+        full = {v: scores.get(v, np.full((n_test, len(results["classes"])), uniform))
+                for v in FUSIONS[fusion]}
+        return fuse(full, fusion, weights[fold])
+
+    curve = online_curve(features, y, speakers, fold_list, mask=masks, seed=settings.seed,
+                         combine=combine)
+    return {"fusion": fusion, **curve}
 
 
 def jittered_features(corpus: Corpus, settings: ExperimentSettings, backbone,

@@ -79,14 +79,17 @@ def online_curve(X, y: Sequence, speakers: Sequence,
     """UA as a function of how many of the speaker's utterances came before (module
     docstring).
 
-    ``X``: ``(N, D)`` raw (not normalised) utterance features, or ``{view: (N, D)}``;
+    ``X``: ``(N, D)`` raw (not normalised) utterance features, or ``{view: (N, D)}``, or a
+    list of such, one per fold (e.g. each fold's chosen encoder layers);
     ``mask``: rows with signal (``(N,)`` bool or ``{view: (N,)}``; None: all); ``folds``:
     outer ``(train, test)`` index arrays whose test parts hold whole speakers. Returns
     ``dict(ks, ua, ua_orders, offline_ua, warm_up, n_orders, seed, caveat, definition)``.
     """
     from .classifier import ViewClassifier
 
-    features, masks = _as_views(X, mask)
+    per_fold = list(X) if isinstance(X, (list, tuple)) else [X] * len(folds)
+    if len(per_fold) != len(folds):
+        raise ConfigError(f"online curve: {len(per_fold)} feature sets for {len(folds)} folds")
     y = np.asarray(y)
     speakers = np.asarray(speakers).astype(str)
     bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0]
@@ -106,6 +109,7 @@ def online_curve(X, y: Sequence, speakers: Sequence,
     pred = np.full((n_orders, len(ks) + 1, len(y)), -1)      # last k slot: offline
     all_orders = [_orders(speakers, folds, seed, r) for r in range(n_orders)]
     for f, (train, test) in enumerate(folds):
+        features, masks = _as_views(per_fold[f], mask)
         scores = [[{} for _ in range(len(ks) + 1)] for _ in range(n_orders)]
         for view, Xv in features.items():
             m = masks[view]

@@ -384,6 +384,9 @@ def build_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block
     deployment = results.get("speaker_norm_deployment")
     if deployment:
         blocks += _deployment_blocks(deployment)
+    online = results.get("speaker_norm_online")
+    if online:
+        blocks += _online_blocks(online, figures.get("online"))
     if results.get("comparisons"):
         blocks += [("h2", "The paper's claims on this corpus (paired, speaker level)"),
                    ("p", _claims_text(results))]
@@ -453,6 +456,25 @@ def _deployment_blocks(deployment: dict[str, Any]) -> list[Block]:
                   f"(the average training speaker; also used below {deployment['min_utterances']}"
                   " recordings, as predict does)."),
             ("table", ["Test speaker's statistics from", "UA", "range", "note"], rows)]
+
+
+def _online_blocks(curve: dict[str, Any], figure: str | None) -> list[Block]:
+    """Online speaker normalisation (:mod:`binser.online`): UA against how many of the test
+    speaker's utterances came before."""
+    rows = [[str(k), pct(u)] for k, u in zip(curve["ks"], curve["ua"])]
+    rows.append(["all (offline, transductive)", pct(curve["offline_ua"])])
+    blocks: list[Block] = [
+        ("h2", f"Speaker normalisation online ({curve['fusion']})"),
+        ("p", f"Each test utterance standardised with the statistics of itself and the k "
+              f"utterances of its speaker before it, in {curve['n_orders']} random orders "
+              f"(seed {curve['seed']}); below {curve['warm_up']} utterances the average "
+              "training speaker. Layers, classifiers and nested fusion weights as in the run. "
+              "How much of a new speaker's audio the gain needs."),
+        ("table", ["utterances of the speaker before", "UA"], rows)]
+    if figure:
+        blocks.append(("img", figure, "UA against how many of the speaker's utterances came "
+                                      "before; dashed: all of them (transductive)"))
+    return blocks
 
 
 def render_markdown(blocks: Sequence[Block]) -> str:
@@ -551,6 +573,11 @@ def make_figures(results: dict[str, Any], out_dir: Path, example_path: str | Pat
         if condition_figure(results["conditions"], fig_dir / "conditions_snr.png"):
             figures["conditions"] = "figures/conditions_snr.png"
     figures.update(summary_figures(results, out_dir))
+    if results.get("speaker_norm_online"):
+        from .online import plot_online_curve
+
+        plot_online_curve(results["speaker_norm_online"], fig_dir / "online_norm.png")
+        figures["online"] = "figures/online_norm.png"
     fusion_pooling = _fusion_pooling(results)
     runs = {r["name"]: r for r in results["runs"]}
     wanted = [str(RunName.single(v, fusion_pooling)) for v in all_views()]
