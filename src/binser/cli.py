@@ -431,20 +431,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError(f"{option}: model {args.model} was trained without speaker "
                           "normalisation (train --speaker-norm), so it takes no speakers; "
                           f"drop {option}")
+    if (args.online or args.warm_up is not None) and not model.speaker_norm:
+        raise ConfigError(f"--online: model {args.model} was trained without speaker "
+                          "normalisation (train --speaker-norm); drop --online/--warm-up")
+    if args.warm_up is not None and not args.online:
+        raise ConfigError("--warm-up is the warm-up of --online; add --online")
     speakers = ([args.speaker] * len(args.files) if args.speaker is not None else
                 read_speakers_csv(args.speakers, args.files) if args.speakers else None)
     if args.per_channel:   # two-party recordings: one speaker per channel
         from .serve.commands import predict_per_channel
 
-        if speakers is not None:
-            raise ConfigError("--per-channel takes no --speaker/--speakers")
+        if speakers is not None or args.online:
+            raise ConfigError("--per-channel takes no --speaker/--speakers/--online (each "
+                              "file's channels keep running statistics of their own windows)")
         return predict_per_channel(model, args)
     from .executors import make_executor
 
     executor = make_executor(args.executor, args.ray_address)   # one-line error without ray
     predictions = model.predict(args.files, timeline=args.timeline or args.plot is not None,
                                 batch_size=args.batch_size, progress=not args.quiet,
-                                on_error=args.on_error, speakers=speakers, executor=executor)
+                                on_error=args.on_error, speakers=speakers, executor=executor,
+                                online=args.online, warm_up=args.warm_up)
     if args.plot is not None:
         from .plots import plot_predictions
 
@@ -457,7 +464,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for prediction in predictions:
             print(format_prediction(prediction))
     fallback = [p for p in predictions if (p.speaker_norm or "").startswith("fallback")]
-    if fallback:
+    if fallback and args.online:
+        print(f"binser: note: online speaker normalisation used the average training speaker "
+              f"(fallback) for {len(fallback)} of {len(predictions)} file(s): the first "
+              f"{(args.warm_up or model.min_utterances) - 1} files of each speaker (warm-up)",
+              file=sys.stderr)
+    elif fallback:
         print(f"binser: note: speaker normalisation used the average training speaker "
               f"(fallback) for {len(fallback)} of {len(predictions)} file(s): their speaker "
               f"has fewer than {model.min_utterances} files in this call; give more files "
@@ -660,6 +672,14 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
                           "default too: all files of the call are one speaker)")
     who.add_argument("--speakers", default=None, metavar="FILE.csv",
                      help="speaker-normalised models: CSV with the columns path,speaker")
+    p.add_argument("--online", action="store_true",
+                   help="speaker-normalised models: each speaker's files in the order given, "
+                        "each standardised with that speaker's files so far (itself and the "
+                        "earlier ones), not all of them; the average training speaker until "
+                        "--warm-up files")
+    p.add_argument("--warm-up", type=_positive_int, default=None, metavar="N",
+                   help="with --online: files a speaker needs before its own statistics "
+                        "(default: the model's, 5)")
     p.add_argument("--per-channel", action="store_true",
                    help="two-party stereo recordings: each channel is one speaker with its own "
                         "label and timeline (windows where it is silent are marked so)")

@@ -23,8 +23,9 @@ keeps the statistics of the training speakers and a fallback (the mean over trai
 speakers of ``mu_s`` and ``sd_s``: an "average speaker") for a speaker with fewer than
 ``min_utterances`` utterances at prediction time.
 
-:class:`OnlineSpeakerNormaliser` is the streaming form (a stream, ``predict --speaker``
-across calls, the server): per key (a speaker or a stream; one normaliser per view/channel)
+:class:`OnlineSpeakerNormaliser` is the streaming form (``predict --online`` within a call,
+``binser stream``, the server's streams; :meth:`binser.model.Model.online_statistics`): per
+key (a speaker, a stream or a stream's channel; one normaliser per view)
 running statistics of the rows with signal seen so far. Each new row is first added to its
 key's statistics (so the statistics hold the earlier rows and the row itself, never a later
 one), then standardised with them once they hold at least ``warm_up`` rows, else with the
@@ -59,10 +60,14 @@ class SpeakerAssumptionWarning(UserWarning):
     treated them as one speaker."""
 
 
-def one_speaker_assumption(n_files: int, min_utterances: int) -> str:
-    """What ``predict`` assumed for ``n_files`` files given without speaker information."""
+def one_speaker_assumption(n_files: int, min_utterances: int, online: bool = False) -> str:
+    """What ``predict`` assumed for ``n_files`` files given without speaker information
+    (``online``: ``predict --online``, running statistics in the order given)."""
     how = (f"statistics over all {n_files} files" if n_files >= min_utterances else
            f"fewer than {min_utterances} files, so the average training speaker's statistics")
+    if online:
+        how = ("online: running statistics of the files in the order given, the average "
+               f"training speaker's for the first {min_utterances - 1}")
     return (f"speaker normalisation: {n_files} files given without speaker information "
             f"(--speaker/--speakers); assumed they are ONE speaker ({how}); files of "
             "different speakers then share wrong statistics: name the speakers")
@@ -245,18 +250,46 @@ class OnlineSpeakerNormaliser:
         with self._lock:
             state = self._running.setdefault(key, [0, np.zeros(d), np.zeros(d)])
             for j in np.flatnonzero(mask):
-                state[0] += 1
-                delta = X[j] - state[1]
-                state[1] = state[1] + delta / state[0]
-                state[2] = state[2] + delta * (X[j] - state[1])
-                if state[0] >= self.warm_up:
-                    mean, sd = shrunk_statistics(state[0], state[1], state[2] / state[0],
-                                                 self.prior, self.fallback_mean_,
-                                                 self.fallback_std_)
-                    out[j] = (X[j] - mean) / sd
-                else:
-                    out[j] = (X[j] - self.fallback_mean_) / self.fallback_std_
+                mean, sd = self._add(state, X[j])
+                out[j] = (X[j] - mean) / sd
         return out
+
+    def update_statistics(self, x: np.ndarray, key: Hashable, signal: bool = True
+                          ) -> tuple[np.ndarray, np.ndarray, int]:
+        """One row ``x`` (D,) of ``key``: added to its statistics when ``signal``, as
+        :meth:`update_transform` adds it -> ``(mean (D,), std (D,), n)``: the statistics
+        that row is standardised with (``(x - mean) / std`` equals :meth:`update_transform`'s
+        output; the fallback's while ``n < warm_up``) and ``n``, the rows with signal of
+        ``key`` so far, this one included. ``signal`` False adds nothing and returns the
+        statistics the next row would meet before its own joins them."""
+        if not hasattr(self, "fallback_mean_"):
+            raise ConfigError("this OnlineSpeakerNormaliser is not fitted yet; call fit first")
+        x = np.asarray(x, dtype=np.float64).reshape(-1)
+        d = len(self.fallback_mean_)
+        if len(x) != d:
+            raise ConfigError(f"online normalisation: expected rows of {d} features, got "
+                              f"{len(x)}")
+        with self._lock:
+            state = self._running.setdefault(key, [0, np.zeros(d), np.zeros(d)])
+            mean, sd = self._add(state, x) if signal else self._current(state)
+            return mean, sd, int(state[0])
+
+    def _add(self, state: list, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Welford's update of ``state`` = [n, mean, M2] with row ``x``; the statistics
+        the row is standardised with (caller holds the lock)."""
+        state[0] += 1
+        delta = x - state[1]
+        state[1] = state[1] + delta / state[0]
+        state[2] = state[2] + delta * (x - state[1])
+        return self._current(state)
+
+    def _current(self, state: list) -> tuple[np.ndarray, np.ndarray]:
+        """The key's own (possibly shrunk) statistics from ``warm_up`` rows on, else the
+        fallback."""
+        if state[0] >= self.warm_up:
+            return shrunk_statistics(state[0], state[1], state[2] / state[0], self.prior,
+                                     self.fallback_mean_, self.fallback_std_)
+        return self.fallback_mean_, self.fallback_std_
 
     def count(self, key: Hashable) -> int:
         """Rows with signal seen so far for ``key``."""

@@ -59,6 +59,7 @@ WINDOW_HOP = 25               # timeline hop at 50 rows per second: 0.5 s
 CLIP_BATCH = 32               # timeline windows scored per step (memory, progress)
 MIN_UTTERANCES = 5            # files of a speaker needed for own normalisation statistics
 CALL_SPEAKER = "(all files of the call)"
+STREAM_KEY = "(stream)"       # the key of a stream's running speaker statistics
 
 
 # --------------------------------------------------------------------------------------
@@ -77,7 +78,9 @@ class Prediction:
     model's views without signal in this file (they score ``1/K`` per label, so the other
     views decide). ``speaker_norm``: for speaker-normalised models, which statistics
     standardised this file (``"own statistics over N files"`` or ``"fallback: average
-    training speaker (only N files)"``); None otherwise. ``overall``: with ``timeline=True``,
+    training speaker (only N files)"``; with ``online=True`` ``"own statistics over N files
+    (online: ...)"`` or ``"fallback: average training speaker (online warm-up: ...)"``); None
+    otherwise. ``overall``: with ``timeline=True``,
     the timeline's overall result by the rule the stream engine's summary uses
     (:func:`binser.overall.timeline_overall`: mean fused scores of the windows with signal,
     ``{"label", "scores", "windows", "silent_windows"}``); ``label`` stays the whole file
@@ -294,6 +297,59 @@ class Model:
                 stats[view][s] = (norm.fallback_mean_, norm.fallback_std_, 0)
         return stats, fallback
 
+    def online_normalisers(self, warm_up: int | None = None) -> dict[str, Any]:
+        """One fresh :class:`~binser.normalisation.OnlineSpeakerNormaliser` per view with
+        the model's average-training-speaker fallback (``warm_up``: rows a key needs for its
+        own statistics, default :attr:`min_utterances`); ConfigError for a model trained
+        without speaker normalisation."""
+        if not self.speaker_norm:
+            raise ConfigError("online speaker normalisation needs a model trained with "
+                              "speaker normalisation (train --speaker-norm); this one was not")
+        from ..normalisation import OnlineSpeakerNormaliser
+
+        return {v: OnlineSpeakerNormaliser.from_offline(self.normalisers[v], warm_up)
+                for v in self.views}
+
+    def online_statistics(self, pooled: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                          keys: Sequence[str], online: Mapping[str, Any], unit: str = "file"
+                          ) -> tuple[np.ndarray, dict[str, dict], list[str | None]]:
+        """Rows of ``pooled`` in order through the running statistics ``online`` (view ->
+        :class:`~binser.normalisation.OnlineSpeakerNormaliser`, from
+        :meth:`online_normalisers`; row ``j`` belongs to ``keys[j]``, a speaker or a stream).
+
+        Returns ``(ids, stats, notes)``: ``ids`` (N,) one id per row; per view ``{id: (mean,
+        std, n)}``, the statistics row ``j`` is standardised with (its key's rows with
+        signal up to and including ``j``, never a later one; the fallback while fewer than
+        ``warm_up``); per row its ``speaker_norm`` note (``unit``: what a row is, "file" or
+        "window"; None for a row silent in every view). ``_score_pooled(pooled, ids,
+        stats)`` then scores the rows.
+        """
+        ids = np.array([f"#{j}" for j in range(len(keys))], dtype=str)
+        stats: dict[str, dict] = {v: {} for v in self.views}
+        notes: list[str | None] = []
+        for j, key in enumerate(keys):
+            counts, fell_back = [], []
+            for v in self.views:
+                X, silent = pooled[v]
+                mean, sd, n = online[v].update_statistics(X[j], key, not silent[j])
+                stats[v][ids[j]] = (mean, sd, n)
+                if not silent[j]:
+                    counts.append(n)
+                    if n < online[v].warm_up:
+                        fell_back.append(v)
+            warm_up = online[self.views[0]].warm_up
+            notes.append(_online_note(counts, fell_back, warm_up, unit) if counts else None)
+        return ids, stats, notes
+
+    def score_online(self, pooled: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                     keys: Sequence[str], online: Mapping[str, Any], unit: str = "window"
+                     ) -> tuple[np.ndarray, dict[str, np.ndarray], list[str | None]]:
+        """Pooled rows scored in order with running statistics (:meth:`online_statistics`)
+        -> fused ``(N, K)``, per-view ``{view: (N, K)}`` and each row's note."""
+        ids, stats, notes = self.online_statistics(pooled, keys, online, unit)
+        fused, per_view = self._score_pooled(pooled, ids, stats)
+        return fused, per_view, notes
+
     def _inputs(self, pooled: Mapping[str, tuple[np.ndarray, np.ndarray]],
                 speakers: np.ndarray | None, stats: Mapping[str, dict] | None
                 ) -> dict[str, np.ndarray]:
@@ -325,8 +381,8 @@ class Model:
         return self._score_pooled(pooled, who, stats)
 
     def score_clips(self, clips: Sequence[np.ndarray], speakers: Sequence[str] | None = None,
-                    stats: Mapping[str, dict] | None = None, progress: bool = False
-                    ) -> list[dict[str, Any]]:
+                    stats: Mapping[str, dict] | None = None, progress: bool = False,
+                    online: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """Whisper models: score each clip ``(C, N_i)`` (float32 at the model's rate, C = 1
         or 2) as a file holding exactly that audio (:func:`binser.features.clip_frames`,
         then pooling, classifiers and fusion).
@@ -335,14 +391,21 @@ class Model:
         ``speakers`` id per clip; without them each clip is its own speaker (so one clip
         uses the average-training-speaker fallback). Returns per clip ``{"silent",
         "silent_views", "label", "scores", "views"}``; a clip whose views are all silent
-        has ``silent`` True, label None and empty scores. ``progress``: a bar over clips."""
+        has ``silent`` True, label None and empty scores. ``progress``: a bar over clips.
+        ``online`` (from :meth:`online_normalisers`): the clips, in order, join and are
+        standardised with the running statistics of their ``speakers`` key (a stream; one
+        key when None) instead (:meth:`online_statistics`), and each item gets its
+        ``speaker_norm`` note."""
         from ..features import clip_frames, progress_bar
 
         if not self.windowed:
             raise ConfigError("score_clips is for Whisper models; image-CNN models score "
                               "segments of the whole file (predict(timeline=True))")
         clips = list(clips)
-        if speakers is None or stats is None:
+        if online is not None:
+            speakers = [STREAM_KEY] * len(clips) if speakers is None else list(speakers)
+            stats = None
+        elif speakers is None or stats is None:
             speakers, stats = [str(i) for i in range(len(clips))], None
         backbone = self.backbone
         out: list[dict[str, Any]] = []
@@ -353,22 +416,30 @@ class Model:
                 rows = clip_frames(backbone, part, self.views, self.layer, self.frontend)
                 pooled = {v: self.pool(v, [r[v] for r in rows]) for v in self.views}
                 who = np.array([str(x) for x in speakers[s:s + len(part)]], dtype=str)
-                if self.speaker_norm and stats is None:
-                    stats_part = self.speaker_statistics(pooled, who)[0]
+                notes: list[str | None] = [None] * len(part)
+                if online is not None:
+                    fused, per_view, notes = self.score_online(pooled, who, online)
                 else:
-                    stats_part = stats
-                fused, per_view = self._score_pooled(pooled, who, stats_part)
+                    if self.speaker_norm and stats is None:
+                        stats_part = self.speaker_statistics(pooled, who)[0]
+                    else:
+                        stats_part = stats
+                    fused, per_view = self._score_pooled(pooled, who, stats_part)
                 for j in range(len(part)):
                     quiet = [v for v in self.views if pooled[v][1][j]]
                     if len(quiet) == len(self.views):
                         out.append({"silent": True, "silent_views": quiet, "label": None,
                                     "scores": {}, "views": {}})
+                        if online is not None:
+                            out[-1]["speaker_norm"] = None
                         continue
                     out.append({"silent": False, "silent_views": quiet,
                                 "label": self.labels[int(np.argmax(fused[j]))],
                                 "scores": self._label_dict(fused[j]),
                                 "views": {v: self._label_dict(per_view[v][j])
                                           for v in self.views}})
+                    if online is not None:
+                        out[-1]["speaker_norm"] = notes[j]
                 bar.update(len(part))
         finally:
             bar.close()
@@ -394,7 +465,8 @@ class Model:
     def predict(self, paths: Sequence[str | Path], timeline: bool = False, batch_size: int = 64,
                 progress: bool = True, on_error: str = "skip",
                 cache_dir: str | Path | None = None,
-                speakers: Sequence[str] | None = None, executor=None) -> list[Prediction]:
+                speakers: Sequence[str] | None = None, executor=None, online: bool = False,
+                warm_up: int | None = None) -> list[Prediction]:
         """Predict the emotion of each audio or video file (one batched feature run).
 
         ``on_error``: ``"skip"`` reports a file that cannot be read (or in which every view
@@ -404,10 +476,19 @@ class Model:
         ``speakers`` (speaker-normalised models only): one speaker id per path, or None: all
         files of this call are one speaker (see the module docstring; with several files a
         :class:`~binser.normalisation.SpeakerAssumptionWarning` says so). ``executor``: where
-        the features are computed (:mod:`binser.executors`; default: here). Returns one
-        :class:`Prediction` per path, in order.
+        the features are computed (:mod:`binser.executors`; default: here). ``online``
+        (speaker-normalised models): each speaker's files, in the order given, are
+        standardised with running statistics of that speaker's files so far (the file
+        itself and the earlier ones, never a later one; the average training speaker until
+        ``warm_up`` files, default :attr:`min_utterances`; files that cannot be read are
+        left out) instead of all of the speaker's files of the call; a file's timeline uses
+        the statistics its file used. Returns one :class:`Prediction` per path, in order.
         """
         check_on_error(on_error)
+        online_norms = self.online_normalisers(warm_up) if online else None
+        if warm_up is not None and not online:
+            raise ConfigError("warm_up is the warm-up of online speaker normalisation; "
+                              "give it with online=True (--online)")
         paths = [Path(p) for p in paths]
         ids = self._speaker_ids(speakers, len(paths))
         features, failures = self._checked_extract(paths, batch_size, progress, on_error,
@@ -425,9 +506,14 @@ class Model:
 
                 from ..normalisation import SpeakerAssumptionWarning, one_speaker_assumption
 
-                warnings.warn(one_speaker_assumption(len(good), self.min_utterances),
+                needed = (self.min_utterances if online_norms is None
+                          else online_norms[self.views[0]].warm_up)
+                warnings.warn(one_speaker_assumption(len(good), needed, online=online),
                               SpeakerAssumptionWarning, stacklevel=2)
-            stats, notes = self._call_statistics(pooled, who)
+            if online_norms is not None:   # each row its own id and statistics so far
+                who, stats, notes = self.online_statistics(pooled, who, online_norms)
+            else:
+                stats, notes = self._call_statistics(pooled, who)
             fused, per_view = self._score_pooled(pooled, who, stats)
             for row, i in enumerate(good):
                 out[i] = Prediction(
@@ -607,6 +693,26 @@ def _check_fusion_views(fusion: str | None, views: tuple[str, ...]) -> None:
     check_choice(fusion, FUSIONS, "fusion")
     if tuple(FUSIONS[fusion]) != views:
         raise ConfigError(f"fusion {fusion} uses views {list(FUSIONS[fusion])}, got {list(views)}")
+
+
+def _online_note(counts: Sequence[int], fell_back: Sequence[str], warm_up: int,
+                 unit: str) -> str:
+    """A row's ``speaker_norm`` note under online normalisation: ``counts``, per view with
+    signal, its key's rows with signal so far (this one included); ``fell_back``: the views
+    still in their warm-up."""
+    def units(k: int) -> str:
+        return f"{k} {unit}{'' if k == 1 else 's'}"
+
+    if not fell_back:
+        n = min(counts)
+        return (f"own statistics over {units(n)} (online: this {unit} and the {n - 1} "
+                "before it)")
+    if len(fell_back) == len(counts):
+        return (f"fallback: average training speaker (online warm-up: {units(max(counts))} "
+                f"of {warm_up} so far)")
+    return (f"fallback: average training speaker for view(s) {', '.join(fell_back)} (online: "
+            f"fewer than {units(warm_up)} with signal there so far); own statistics over "
+            f"{units(max(counts))} for the others")
 
 
 def _duration_or_none(path: Path) -> float | None:

@@ -37,9 +37,16 @@ the usual security headers to every response.
 WebSocket protocol (JSON text messages, binary PCM):
 
 1. client: ``{"type": "start", "sample_rate": 16000, "channels": 2, "format": "f32le",
-   "per_channel": false}`` (format ``f32le`` or ``s16le``, interleaved little-endian).
+   "per_channel": false}`` (format ``f32le`` or ``s16le``, interleaved little-endian;
+   optional for speaker-normalised models: ``"speaker_stats"`` ``"online"`` (default:
+   running statistics of this stream's windows, per channel in per-channel mode) or
+   ``"fallback"`` (the average training speaker throughout), and ``"warm_up"`` (windows
+   with signal before the stream's own statistics; default the model's, 5); see
+   :mod:`binser.serve.stream`).
 2. server: ``{"type": "ready", "labels", "views", "window_s", "hop_s", "per_channel",
-   "max_duration_s", "max_message_bytes"}``.
+   "max_duration_s", "max_message_bytes", "speaker_norm"}`` (``speaker_norm``: the
+   statistics mode in words, None for a model without speaker normalisation; every window
+   then says in its ``speaker_norm`` which statistics it used).
 3. client: binary messages of whole PCM frames (any size up to ``max_message_bytes``);
    server: ``{"type": "window", ...}`` (a :class:`~binser.serve.stream.WindowResult`) for
    every complete window.
@@ -500,7 +507,8 @@ async def _run_stream(app: FastAPI, ws: WebSocket, settings: ServeSettings,
     model = app.state.model
     try:
         engine = StreamEngine(model, start["sample_rate"], start["channels"],
-                              per_channel=start["per_channel"])
+                              per_channel=start["per_channel"],
+                              speaker_stats=start["speaker_stats"], warm_up=start["warm_up"])
     except ConfigError as exc:
         await _close(ws, 1007, str(exc))
         return
@@ -510,7 +518,8 @@ async def _run_stream(app: FastAPI, ws: WebSocket, settings: ServeSettings,
                         "window_s": engine.window_s, "hop_s": engine.hop_s,
                         "per_channel": engine.per_channel,
                         "max_duration_s": settings.max_stream_s,
-                        "max_message_bytes": settings.max_message_bytes})
+                        "max_message_bytes": settings.max_message_bytes,
+                        "speaker_norm": engine.speaker_norm})
     limiter = app.state.limiter
     queue: asyncio.Queue = asyncio.Queue()
     state = {"backlog": 0.0, "gone": False}
@@ -583,8 +592,11 @@ async def _start_message(ws: WebSocket, message: dict[str, Any], settings: Serve
         return None
     start = {"sample_rate": body.get("sample_rate"), "channels": body.get("channels", 2),
              "format": body.get("format", "f32le"),
-             "per_channel": body.get("per_channel", False)}
-    unknown = set(body) - {"type", "sample_rate", "channels", "format", "per_channel"}
+             "per_channel": body.get("per_channel", False),
+             "speaker_stats": body.get("speaker_stats", "online"),
+             "warm_up": body.get("warm_up")}
+    unknown = set(body) - {"type", "sample_rate", "channels", "format", "per_channel",
+                           "speaker_stats", "warm_up"}
     try:
         if unknown:
             raise ConfigError(f"unknown start field(s): {', '.join(sorted(unknown))}")

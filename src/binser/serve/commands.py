@@ -19,6 +19,7 @@ if TYPE_CHECKING:   # numpy and the engine are imported where used: `binser --he
 
 
 MIC_TIMEOUT_S = 5.0   # a microphone silent (no callbacks) this long is an error
+SPEAKER_STATS_CHOICES = ("online", "fallback")   # binser.serve.stream.SPEAKER_STATS
 
 
 def positive_int(text: str) -> int:
@@ -76,6 +77,14 @@ def _stream_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=positive_float, default=None,
                    help="stop after this many seconds of audio (default: the end of the "
                         "file or input; Ctrl-C for a microphone)")
+    p.add_argument("--speaker-stats", choices=SPEAKER_STATS_CHOICES, default="online",
+                   help="speaker-normalised models: online (default): running statistics of "
+                        "the stream's own windows (per channel with --per-channel; each file "
+                        "of a folder its own stream), the average training speaker until "
+                        "--warm-up windows; fallback: the average training speaker throughout")
+    p.add_argument("--warm-up", type=positive_int, default=None, metavar="N",
+                   help="online speaker statistics: windows with signal before a stream's own "
+                        "statistics are used (default: the model's, 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
@@ -187,17 +196,18 @@ def _show(result, as_json: bool, path: str | None = None) -> None:
 def run_stream(args: argparse.Namespace) -> int:
     from ..inputs import expand_inputs, expanded
     from ..model import Model
-    from .stream import StreamEngine, decode_pcm
+    from .stream import StreamEngine, check_speaker_stats, decode_pcm
 
     if args.mic == (args.source is not None):
         raise ConfigError("give one source: a file, - for standard input, or --mic")
     live = args.source == "-" or args.mic
     files = None if live else expand_inputs([args.source])   # folders and globs, up front
     model = Model.load(args.model)
+    check_speaker_stats(model, args.speaker_stats, args.warm_up)   # before any audio
     chunk = args.chunk_ms / 1000.0
     if live:
         engine = StreamEngine(model, args.rate, args.channels, per_channel=args.per_channel,
-                              silence_db=args.silence_db)
+                              silence_db=args.silence_db, **_speaker_stats(args))
         source = _stdin_chunks(args, chunk) if not args.mic else _mic_chunks(args, chunk)
         pieces = (decode_pcm(p, args.channels, args.format) if isinstance(p, bytes) else p
                   for p in source)
@@ -216,6 +226,11 @@ def run_stream(args: argparse.Namespace) -> int:
         tag = str(path) if named else None
         _finish(_play_file(model, args, chunk, str(path), tag), args, tag)
     return 0
+
+
+def _speaker_stats(args) -> dict[str, Any]:
+    """The engine's ``speaker_stats`` and ``warm_up`` from ``--speaker-stats``/``--warm-up``."""
+    return {"speaker_stats": args.speaker_stats, "warm_up": args.warm_up}
 
 
 def _finish(engine: StreamEngine, args, path: str | None = None) -> None:
@@ -258,7 +273,7 @@ def _play_file(model, args, chunk: float, source: str, path: str | None = None
         raise AudioError(source, too_much)
     audio = checked_audio(source, model.frontend)    # predict's input checks
     engine = StreamEngine(model, sr, audio.shape[0], per_channel=args.per_channel,
-                          silence_db=args.silence_db)
+                          silence_db=args.silence_db, **_speaker_stats(args))
     step = max(1, int(chunk * sr))
     began = time.monotonic()
 

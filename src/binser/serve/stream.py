@@ -37,6 +37,19 @@ other views decide, exactly as predict scores a mono file); there is no binaural
 across the channels. A channel whose RMS over the window's span is below ``silence_db``
 dBFS (default -50) is reported silent there, without a label or scores.
 
+Speaker-normalised models (``speaker_stats``): by default (``"online"``) each stream, and
+in per-channel mode each channel, keeps running statistics of its own windows: a window's
+pooled features (per view, views with signal only) join its stream's statistics and are
+standardised with them (:meth:`binser.model.Model.online_statistics`; the window itself and
+the earlier ones, never a later one) once ``warm_up`` windows (default: the model's
+``min_utterances``, 5) have signal, before that with the average training speaker. Windows
+overlap (1 s every 0.5 s for Whisper), so five windows are about three seconds of speech.
+``"fallback"`` keeps the average training speaker throughout (every window standardised
+alone, as before online normalisation existed). Each window says which was used in its
+``speaker_norm`` field (per channel in per-channel mode; None for a model without speaker
+normalisation), and the summary's ``speaker_norm`` states the mode and warm-up. A
+stream's statistics live and die with its engine (a new stream starts from the fallback).
+
 Resampling: a stream at another rate than the model's (16 kHz) is resampled with soxr's
 streaming resampler (HQ, the quality ``load_audio`` uses); its output equals the one-shot
 resampling of the whole file up to a few 1e-6, so results match predict within tolerance
@@ -67,6 +80,9 @@ FORMATS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}
 MIN_RATE, MAX_RATE = 8000, 192000
 CHANNEL_NAMES = ("left", "right")
 DEFAULT_SILENCE_DB = -50.0     # per-channel mode: a channel window below this is silent
+SPEAKER_STATS = ("online", "fallback")   # speaker-normalised models: per-stream statistics
+FALLBACK_NOTE = ("fallback: average training speaker (speaker_stats 'fallback': no running "
+                 "statistics)")
 MAX_PIECE_S = 1.0              # audio appended at a time inside feed()
 _MAX_AMPLITUDE = 1e15
 
@@ -75,8 +91,10 @@ _MAX_AMPLITUDE = 1e15
 class WindowResult:
     """One analysis window. ``label``/``scores`` (fused) and ``views`` (per-view scores) in
     binaural mode; ``channels`` ({"left": {...}, "right": {...}}, each with ``label``,
-    ``scores``, ``views``, ``silent_views``, ``silent``) in per-channel mode, where the
-    top-level ``label`` is None. ``silent``: no view (binaural) carried signal here."""
+    ``scores``, ``views``, ``silent_views``, ``silent``, ``speaker_norm``) in per-channel
+    mode, where the top-level ``label`` is None. ``silent``: no view (binaural) carried
+    signal here. ``speaker_norm``: speaker-normalised models, which statistics standardised
+    this window (module docstring; None when silent, and for other models)."""
 
     index: int
     start_s: float
@@ -88,6 +106,7 @@ class WindowResult:
     silent: bool = False
     latency_ms: float = 0.0
     channels: dict[str, dict[str, Any]] | None = None
+    speaker_norm: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,6 +122,24 @@ def check_stream_params(sample_rate: Any, channels: Any, fmt: Any = "f32le") -> 
         raise ConfigError(f"channels must be 1 or 2, got {channels!r}")
     if fmt not in FORMATS:
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+
+
+def check_speaker_stats(model, speaker_stats: Any, warm_up: Any = None) -> bool:
+    """ConfigError unless ``speaker_stats`` is one of :data:`SPEAKER_STATS` and ``warm_up``
+    (None or an integer >= 1) is given only where online statistics are used; True when
+    they are (a speaker-normalised model and ``"online"``)."""
+    from ..validation import check_choice
+
+    check_choice(speaker_stats, SPEAKER_STATS, "speaker_stats")
+    online = bool(model.speaker_norm) and speaker_stats == "online"
+    if warm_up is not None and not online:
+        raise ConfigError("warm_up is the warm-up of online speaker normalisation: it needs "
+                          "a speaker-normalised model (train --speaker-norm) and "
+                          "speaker_stats 'online'")
+    if warm_up is not None and (isinstance(warm_up, bool) or not isinstance(warm_up, int)
+                                or warm_up < 1):
+        raise ConfigError(f"warm_up must be an integer >= 1, got {warm_up!r}")
+    return online
 
 
 def decode_pcm(data: bytes, channels: int, fmt: str = "f32le") -> np.ndarray:
@@ -168,8 +205,11 @@ class _Analyser:
     """Windows over ONE source of 1 or 2 channels at the model's rate (see the module
     docstring): a ring of samples, window spans, features, scores."""
 
-    def __init__(self, model, channels: int, silence_db: float | None):
+    def __init__(self, model, channels: int, silence_db: float | None,
+                 online: dict[str, Any] | None = None, key: str = "(stream)"):
         self.model = model
+        self.online, self.key = online, key   # running speaker statistics (or None)
+        self.note = FALLBACK_NOTE if model.speaker_norm and online is None else None
         self.cfg = model.frontend
         self.sr = self.cfg.sample_rate
         self.channels = channels
@@ -261,7 +301,15 @@ class _Analyser:
         todo = [it for it in items if not it["silent"]]
         if todo:
             for it, features in zip(todo, self._cnn_rows(todo, final)):
-                fused, per_view = model.score_segments({v: [features[v]] for v in model.views})
+                if self.online is not None:   # in window order: earlier windows only
+                    pooled = {v: model.pool(v, [features[v]]) for v in model.views}
+                    fused, per_view, notes = model.score_online(pooled, [self.key],
+                                                                self.online)
+                    it["speaker_norm"] = notes[0]
+                else:
+                    fused, per_view = model.score_segments({v: [features[v]]
+                                                            for v in model.views})
+                    it["speaker_norm"] = self.note
                 it["label"] = model.labels[int(np.argmax(fused[0]))]
                 it["scores"] = _labels(model.labels, fused[0])
                 it["views"] = {v: _labels(model.labels, per_view[v][0]) for v in model.views}
@@ -281,7 +329,13 @@ class _Analyser:
                 where.append(len(items))
                 items.append(None)
                 clips.append(own)
-        for j, item in zip(where, self.model.score_clips(clips) if clips else []):
+        scored = []
+        if clips and self.online is not None:   # in window order: earlier windows only
+            scored = self.model.score_clips(clips, [self.key] * len(clips), online=self.online)
+        elif clips:
+            scored = [{**item, "speaker_norm": None if item["silent"] else self.note}
+                      for item in self.model.score_clips(clips)]
+        for j, item in zip(where, scored):
             items[j] = item
         return items  # type: ignore[return-value]
 
@@ -342,16 +396,23 @@ class StreamEngine:
     stream's declared rate (8-192 kHz) and channel count (1 or 2). ``per_channel``: score
     each channel as its own speaker (needs 2 channels). ``silence_db``: per-channel mode's
     silence threshold (dBFS of a channel over a window); in binaural mode None (default)
-    keeps predict's behaviour, a number also marks quiet windows silent. See the module
-    docstring for the windows, their equality with ``Model.predict`` and the memory bound.
+    keeps predict's behaviour, a number also marks quiet windows silent.
+    ``speaker_stats`` and ``warm_up`` (speaker-normalised models): ``"online"`` (default)
+    running statistics of this stream's windows (per channel in per-channel mode) from
+    ``warm_up`` windows with signal on (default: the model's ``min_utterances``), or
+    ``"fallback"``: the average training speaker throughout. See the module docstring for
+    the windows, their equality with ``Model.predict`` and the memory bound.
     """
 
     def __init__(self, model, sample_rate: int, channels: int, per_channel: bool = False,
-                 silence_db: float | None = None):
+                 silence_db: float | None = None, speaker_stats: str = "online",
+                 warm_up: int | None = None):
         check_stream_params(sample_rate, channels)
         if per_channel and channels != 2:
             raise ConfigError("per-channel mode needs a 2-channel (stereo) stream, one "
                               f"speaker per channel; got {channels} channel(s)")
+        online = check_speaker_stats(model, speaker_stats, warm_up)
+        self.speaker_stats = speaker_stats if model.speaker_norm else None
         self.model = model
         self.sample_rate = int(sample_rate)
         self.channels = int(channels)
@@ -361,7 +422,14 @@ class StreamEngine:
         self.silence_db = silence_db
         sources = ([(name, 1) for name in CHANNEL_NAMES] if per_channel
                    else [(None, channels)])
-        self.analysers = [(name, _Analyser(model, c, silence_db)) for name, c in sources]
+        from ..model.predict import STREAM_KEY
+
+        self.analysers = [(name, _Analyser(model, c, silence_db,
+                                           model.online_normalisers(warm_up) if online
+                                           else None, name or STREAM_KEY))
+                          for name, c in sources]   # per channel: its own statistics
+        self.warm_up = (self.analysers[0][1].online[model.views[0]].warm_up if online
+                        else None)
         self.model_rate = model.frontend.sample_rate
         self.resampler = None
         if self.sample_rate != self.model_rate:
@@ -376,6 +444,16 @@ class StreamEngine:
         self._counts: dict[str | None, int] = {}
         self._windows = 0
         self._silent: dict[str | None, int] = {}
+
+    @property
+    def speaker_norm(self) -> str | None:
+        """The speaker statistics of this stream in words (None: the model has no speaker
+        normalisation)."""
+        if self.speaker_stats == "online":
+            where = "each channel's" if self.per_channel else "this stream's"
+            return (f"online: running statistics of {where} windows with signal, own from "
+                    f"{self.warm_up} windows on, the average training speaker before")
+        return FALLBACK_NOTE if self.speaker_stats == "fallback" else None
 
     @property
     def duration_s(self) -> float:
@@ -449,6 +527,8 @@ class StreamEngine:
 
         out: dict[str, Any] = {"duration_s": round(self.duration_s, 6),
                                "windows": self._windows, "rule": RULE}
+        if self.speaker_norm is not None:
+            out["speaker_norm"] = self.speaker_norm
         if self.per_channel:
             out["label"] = None
             out["channels"] = {name: one(name) for name in CHANNEL_NAMES}
@@ -492,6 +572,7 @@ class StreamEngine:
                 result.label, result.scores = item["label"], item["scores"]
                 result.views, result.silent = item["views"], item["silent"]
                 result.silent_views = item["silent_views"]
+                result.speaker_norm = item.get("speaker_norm")
             self._account(result)
             result.latency_ms = round(1000.0 * (time.perf_counter() - t0), 3)
             results.append(result)
@@ -514,9 +595,9 @@ class StreamEngine:
 
 
 def _silent_item(views: Sequence[str]) -> dict[str, Any]:
-    """A window without signal: no label, no scores."""
+    """A window without signal: no label, no scores, no speaker statistics."""
     return {"silent": True, "silent_views": list(views), "label": None, "scores": {},
-            "views": {}}
+            "views": {}, "speaker_norm": None}
 
 
 def _rms(x: np.ndarray) -> float:
@@ -589,14 +670,18 @@ def declared_work_error(path, max_duration_s: float, max_samples: int | None = N
 
 def format_window(result: WindowResult | dict[str, Any], top: int = 3) -> str:
     """One text line per window: times, label and top scores (per channel in
-    per-channel mode), ``silent`` where nothing was scored."""
+    per-channel mode), ``silent`` where nothing was scored; speaker-normalised models add
+    ``[speaker norm: fallback]`` or ``[speaker norm: own statistics over N windows]``."""
     r = result.to_dict() if isinstance(result, WindowResult) else result
 
     def part(item: dict[str, Any]) -> str:
         if item.get("silent"):
             return "(silent)"
         best = sorted(item["scores"].items(), key=lambda kv: -kv[1])[:top]
-        return f"{item['label']:<10s} " + ", ".join(f"{k} {v:.2f}" for k, v in best)
+        note = item.get("speaker_norm")
+        tag = "" if not note else (" [speaker norm: fallback]" if note.startswith("fallback")
+                                   else f" [speaker norm: {note.split(' (')[0]}]")
+        return f"{item['label']:<10s} " + ", ".join(f"{k} {v:.2f}" for k, v in best) + tag
 
     head = f"{r['start_s']:7.2f}-{r['end_s']:7.2f} s  "
     if r.get("channels"):
