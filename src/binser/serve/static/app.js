@@ -153,7 +153,9 @@ async function toggleMic() {
       else windows.push({ ...m, scores: m.silent ? null : m.scores, parts: m.views || {} });
       draw();
       if (m.channels) showLabel(null, null, channelText(m.channels)); else showLabel(m.label, m.scores, "(silence)");
-      status(`window ${m.index} · ${m.latency_ms.toFixed(0)} ms`);
+      const norm = m.speaker_norm ||
+        (m.channels ? Object.values(m.channels).map((c) => c.speaker_norm).find(Boolean) : null);
+      status(`window ${m.index} · ${m.latency_ms.toFixed(0)} ms` + (norm ? ` · speaker norm: ${norm}` : ""));
     } else if (m.type === "end") {
       const s = m.summary;
       if (s.channels) showLabel(null, null, channelText(s.channels)); else showLabel(s.label, s.scores);
