@@ -91,7 +91,8 @@ def test_no_augmented_row_reaches_a_test_fold_or_its_scores():
     assert ua["right/global-avg"] == 1.0
     assert ua["left/global-avg"] < 0.6
     # and had the copies of test utterances been scored, left would have been perfect
-    left_copies = pooled_aug.layer_features()[("left", "global-avg")][n:]
+    assert len(pooled_aug) == len(fold_list) and all(p is pooled_aug[0] for p in pooled_aug)
+    left_copies = pooled_aug[0].layer_features()[("left", "global-avg")][n:]   # shared once
     assert np.array_equal(left_copies, pooled.layer_features()[("right", "global-avg")])
 
 
