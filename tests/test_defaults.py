@@ -3,6 +3,7 @@ or flagged exploratory; inner-CV evidence is read from results.json and must fav
 value."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from binser.defaults import (CURRENT_DEFAULTS, DefaultChoiceError, audit_defaults,
@@ -67,3 +68,36 @@ def test_current_defaults_state_how_they_were_chosen():
     assert audit["layer"]["status"] == "exploratory"          # today's layer-auto switch
     assert audit["backbone"]["status"] == "exploratory"
     assert audit["classifier"]["status"] == audit["fusion"]["status"] == "accepted"
+
+
+def test_nested_layer_policy_scores_never_read_the_outer_test_rows_and_score_policies_honestly():
+    """Layer 0 carries the class, layer 1 is noise. Every candidate is scored inside the outer
+    training speakers only (planting a label oracle into the outer test rows of the noise
+    layer changes nothing), `auto` finds layer 0 in every inner split, so its nested score
+    equals fixed layer 0's and beats fixed layer 1's."""
+    from binser.defaults import nested_layer_policy_scores
+    from binser.evaluation import folds
+
+    rng = np.random.default_rng(0)
+    n, k = 96, 3
+    y = np.tile(np.arange(k), n // k)
+    groups = np.repeat([f"s{i}" for i in range(6)], n // 6)
+    signal = rng.normal(size=(n, 6)) + 2.5 * np.eye(k, 6)[y]
+    noise = rng.normal(size=(n, 6))
+    fold_list = folds(list(groups), "loso")[:2]
+    leaked = noise.copy()
+    leaked[fold_list[0][1], :k] = 40.0 * np.eye(k)[y[fold_list[0][1]]]
+    a = nested_layer_policy_scores({0: signal, 1: noise}, y, groups, fold_list, fixed=(0, 1))
+    b = nested_layer_policy_scores({0: signal, 1: leaked}, y, groups, fold_list, fixed=(0, 1))
+    assert a["1"][0] == b["1"][0] and a["auto"] == b["auto"]      # outer test rows unread
+    assert set(a) == {"0", "1", "auto", "auto-set"} and all(len(v) == 2 for v in a.values())
+    assert a["auto"] == a["0"] and np.mean(a["0"]) > np.mean(a["1"]) + 0.3
+    with pytest.raises(ConfigError):
+        nested_layer_policy_scores({0: signal}, y, groups, fold_list, fixed=(5,))
+
+
+def test_a_selection_policy_backed_by_nested_inner_cv_is_accepted():
+    scores = {"auto": [0.56, 0.55], "3": [0.54, 0.53]}
+    nested = check_default_choice("layer", "auto", "3", "nested-inner-cv", inner_scores=scores)
+    plain = check_default_choice("layer", "auto", "3", "inner-cv", inner_scores=scores)
+    assert nested["status"] == "accepted" and plain["status"] == "exploratory"

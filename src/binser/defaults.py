@@ -6,6 +6,9 @@ from one of
 * ``inner-cv``: the training speakers' inner cross-validation scores, aggregated over the
   outer folds, as ``results.json`` records them (``fold_layer_scores``: per outer fold, the
   mean inner-CV UA of every candidate layer on the training speakers only);
+* ``nested-inner-cv``: the same, with a selection policy's choice repeated inside every
+  inner fold on that fold's training part alone (:func:`nested_layer_policy_scores`), so a
+  policy is scored as honestly as a fixed value;
 * ``other-corpus``: results on a corpus other than the one whose test folds are reported;
 * ``a-priori``: a choice fixed before any result was seen (the paper's setting, a published
   probe);
@@ -33,7 +36,7 @@ import numpy as np
 from .errors import ConfigError
 from .validation import check_choice
 
-EVIDENCE = ("inner-cv", "other-corpus", "a-priori", "outer-test")
+EVIDENCE = ("inner-cv", "nested-inner-cv", "other-corpus", "a-priori", "outer-test")
 SELECTION_POLICIES = ("auto", "auto-set")   # values that choose among candidates on the inner folds
 
 
@@ -152,11 +155,72 @@ def check_default_choice(setting: str, new: Any, old: Any, evidence: str,
     if mean_new <= mean_old:
         raise DefaultChoiceError(f"{setting}: {old} -> {new} is not supported by the inner "
                                  f"evidence: {text}")
-    if new in SELECTION_POLICIES:
+    if new in SELECTION_POLICIES and evidence != "nested-inner-cv":
         return {**out, "status": "exploratory",
                 "reason": text + f"; {new} scores the best candidate on the same inner folds "
                                  "(optimistic): confirm on another corpus or by nested inner CV"}
     return {**out, "status": "accepted", "reason": text}
+
+
+def nested_layer_policy_scores(by_layer: Mapping[int, np.ndarray], y: Sequence,
+                               groups: Sequence, folds: Sequence[tuple[np.ndarray, np.ndarray]],
+                               fixed: Sequence[int] = (), policies: Sequence[str] = (
+                                   "auto", "auto-set"), n_splits: int = 3, seed: int = 0
+                               ) -> dict[str, list[float]]:
+    """Nested inner-CV evidence on the layer policy of one view, per outer fold.
+
+    ``by_layer``: ``{layer: (N, D)}`` utterance features (e.g. stats pooling) of every
+    utterance; ``folds``: the outer ``(train, test)`` splits (the test rows are never read).
+    For each outer fold, its training rows are split by
+    :func:`binser.classifier.inner_splits` (speaker-grouped, ``n_splits``); in each inner
+    split every candidate is decided on the inner training part alone: a ``fixed`` layer as
+    it is, ``"auto"`` the layer with the best :class:`~binser.classifier.ViewClassifier`
+    inner score there (:func:`binser.layer_choice.best_layer`), ``"auto-set"`` the greedy set
+    (:func:`binser.layer_choice.greedy_layer_set`); the classifier at that choice is fitted on
+    the inner training part and scored (UA over the classes present) on the inner test part.
+    Returns ``{candidate: [mean over the inner splits, per outer fold]}`` (fixed layers keyed
+    ``str(layer)``): evidence ``"nested-inner-cv"`` for :func:`check_default_choice`."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from .classifier import ViewClassifier, inner_splits
+    from .layer_choice import best_layer, greedy_layer_set, stacked
+
+    unknown = [p for p in policies if p not in SELECTION_POLICIES]
+    if unknown or any(layer not in by_layer for layer in fixed):
+        raise ConfigError(f"nested layer scores: unknown policies {unknown} or layers not in "
+                          f"the features ({sorted(by_layer)}): {list(fixed)}")
+    y, groups, layers = np.asarray(y), np.asarray(groups), sorted(by_layer)
+    out: dict[str, list[float]] = {str(c): [] for c in (*fixed, *policies)}
+    for train, _test in folds:
+        splits, _ = inner_splits(y[train], groups[train], n_splits, seed)
+        scores: dict[str, list[float]] = {key: [] for key in out}
+        for inner_train, inner_test in splits:
+            fit_rows, score_rows = train[inner_train], train[inner_test]
+            searched: dict[tuple[int, ...], ViewClassifier] = {}
+
+            def search(candidate: tuple[int, ...]) -> ViewClassifier:
+                if candidate not in searched:
+                    X = stacked(by_layer, candidate)
+                    searched[candidate] = ViewClassifier(random_state=seed).search(
+                        X[fit_rows], y[fit_rows], groups[fit_rows])
+                return searched[candidate]
+
+            def ua(candidate: tuple[int, ...]) -> float:
+                X = stacked(by_layer, candidate)
+                clf = search(candidate).refit(X[fit_rows], y[fit_rows])
+                return float(balanced_accuracy_score(y[score_rows], clf.predict(X[score_rows])))
+
+            for layer in fixed:
+                scores[str(layer)].append(ua((layer,)))
+            if "auto" in policies:
+                best = best_layer({lay: search((lay,)).best_score_ for lay in layers})
+                scores["auto"].append(ua((best,)))
+            if "auto-set" in policies:
+                chosen, _ = greedy_layer_set(lambda c: search(c).best_score_, layers)
+                scores["auto-set"].append(ua(chosen))
+        for key in out:
+            out[key].append(float(np.mean(scores[key])))
+    return out
 
 
 def audit_defaults(defaults: Sequence[DefaultRecord] = CURRENT_DEFAULTS
