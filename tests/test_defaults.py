@@ -65,7 +65,8 @@ def test_inner_evidence_accepts_refuses_and_flags_a_selection_policy():
 def test_current_defaults_state_how_they_were_chosen():
     audit = {a["setting"]: a for a in audit_defaults()}
     assert set(audit) == {d.setting for d in CURRENT_DEFAULTS}
-    assert audit["layer"]["status"] == "exploratory"          # today's layer-auto switch
+    assert audit["layer"]["status"] == "accepted"             # layer 3, nested inner CV
+    assert audit["layer"]["inner_cv"]["folds_new_better"] == 5
     assert audit["backbone"]["status"] == "exploratory"
     assert audit["classifier"]["status"] == audit["fusion"]["status"] == "accepted"
 

@@ -130,7 +130,9 @@ def add_experiment_options(p: argparse.ArgumentParser, fusion_pooling: bool = Tr
                         "(experiment: per outer fold and view; train: one layer for all "
                         "views, on all speakers); experiment also takes 'auto-set': per outer "
                         "fold and view the greedy set of up to 3 layers, side by side; "
-                        "default: auto (image CNNs have no layer choice)")
+                        "default: 3 for whisper-base (chosen by nested inner CV on the "
+                        "training speakers, RESULTS.md), auto for the other encoders (image "
+                        "CNNs have no layer choice)")
     p.add_argument("--speaker-norm", action="store_true",
                    help="also run every system on speaker-normalised features (transductive, "
                         "label-free: each speaker standardised over their own utterances)")

@@ -190,12 +190,17 @@ class ExperimentSettings:
             check_folder(self.cache_dir, "--cache-dir")
 
     def resolved_layer(self) -> int | str | None:
-        """Encoders: the layer index given, else ``"auto"`` (chosen per fold and view by
-        inner CV on the training speakers; the best honest setting measured on EMOVO, see
-        RESULTS.md). None for image CNNs."""
+        """Encoders: the layer (or policy) given, else the backbone's default
+        (:func:`binser.defaults.default_encoder_layer`: 3 for whisper-base, chosen by nested
+        inner CV on the training speakers; ``"auto"`` for the other encoders). None for
+        image CNNs."""
         if not is_encoder(self.backbone):
             return None
-        return "auto" if self.layer is None else self.layer
+        if self.layer is None:
+            from .defaults import default_encoder_layer
+
+            return default_encoder_layer(self.backbone)
+        return self.layer
 
     def prosody_key(self) -> tuple[str, str] | None:
         """The prosody view's features key (``("opensmile", "<set>-mid")``; its run is the
@@ -250,7 +255,7 @@ def encoder_layers(settings: ExperimentSettings, backbone) -> tuple[int, ...]:
     (``--layer auto``)."""
     if settings.resolved_layer() in LAYER_POLICIES:
         return tuple(range(backbone.n_layers + 1))
-    layer = int(settings.layer)
+    layer = int(settings.resolved_layer())
     if not 0 <= layer <= backbone.n_layers:
         raise ConfigError(f"{backbone.name} has layers 0..{backbone.n_layers}; --layer {layer} "
                           "is not one of them")

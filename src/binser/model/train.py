@@ -380,7 +380,8 @@ def _layer_selection(settings, fit: LayerFit, scores: Mapping[Any, Mapping[str, 
     """How the encoder layer was chosen, with every candidate layer's scores."""
     how = ("auto: the layer with the best mean inner-CV UA (speaker-grouped, training data) "
            "over the model's views; ties to the lower layer"
-           if settings.resolved_layer() == "auto" else "given")
+           if settings.resolved_layer() == "auto" else "given" if settings.layer is not None
+           else f"the backbone's default (binser.defaults.DEFAULT_ENCODER_LAYER)")
     return {"method": how, "chosen": fit.layer,
             "scores": {str(k): float(v["mean"]) for k, v in scores.items()},
             "view_scores": {str(k): dict(v["views"]) for k, v in scores.items()}}
