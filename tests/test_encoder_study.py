@@ -16,6 +16,7 @@ from binser.evaluation import folds
 from binser.experiment import (ExperimentSettings, PooledFeatures, evaluate_fold, run_experiment,
                                run_folds, speaker_normalised)
 from binser.features import FrameFeatureExtractor
+from binser.errors import ConfigError
 from binser.results import validate_results
 from dataclasses import replace
 from test_whisper import random_encoder, save_hf_folder
@@ -354,3 +355,34 @@ def test_layer_auto_set_grows_on_complementary_layers_and_never_sees_the_test_fo
     c, _ = evaluate_fold(PooledFeatures({0: half_a, 1: half_b, 2: noise}, silent), y,
                          speakers, train, test, single, k)
     assert c["left/stats"][1]["layer"] in (0, 1) and "layer_set_scores" not in c["left/stats"][1]
+
+
+@pytest.mark.slow
+def test_classifier_head_runs_beside_the_svm_and_is_compared_with_it(tmp_path, tiny_dir,
+                                                                       tiny_corpus):
+    """--classifier head: per view a trained head on the layer's frames and the nested
+    fusion of the heads' scores, as head:<name> runs with the same fields, each compared
+    with the SVM's run; the SVM's runs are those of a study without the head."""
+    base = ExperimentSettings(dataset="folder", root=str(tiny_corpus), protocol="loso",
+                              backbone="whisper-tiny", weights=str(tiny_dir), layer=2,
+                              poolings=("stats",), cache_dir=str(tmp_path / "cache"),
+                              n_boot=20, synthetic=True, num_threads=1)
+    plain = run_experiment(base, out=None, progress=False, report=False)
+    with_head = run_experiment(dataclasses.replace(base, classifier="head"), out=None,
+                               progress=False, report=False)
+    assert validate_results(with_head) == []
+    runs = {r["name"]: r for r in with_head["runs"]}
+    heads = [n for n in runs if n.startswith("head:")]
+    assert set(heads) == {"head:left/stats", "head:right/stats", "head:mid/stats",
+                          "head:side/stats", "head:score-fusion/left+right",
+                          "head:score-fusion/mid+side", "head:score-fusion/left+right+mid+side"}
+    assert all(runs[n]["classifier"] == "head" and len(runs[n]["fold_ua"]) == 4 for n in heads)
+    assert len(runs["head:score-fusion/left+right+mid+side"]["weights"]) == 4
+    for r in plain["runs"]:                                 # the SVM's runs unchanged
+        assert runs[r["name"]]["ua"] == r["ua"] and runs[r["name"]]["confusion"] == r["confusion"]
+    claims = {c["claim"]: c for c in with_head["comparisons"]}
+    assert claims["the trained head beats the SVM (left)"]["a"] == "head:left/stats"
+    assert claims["the heads' four-view fusion beats the SVMs'"]["b"] == \
+        "score-fusion/left+right+mid+side"
+    with pytest.raises(ConfigError, match="one encoder layer"):
+        dataclasses.replace(base, classifier="head", layer="auto").validate()

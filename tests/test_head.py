@@ -122,3 +122,28 @@ def test_epoch_batches_cover_every_row_once_and_never_hold_a_single_row():
     # within a batch the lengths are close: sorted chunks of 8 batches
     spread = np.mean([np.ptp([len(frames[i]) for i in b]) for b in batches])
     assert spread < 15
+
+
+def test_heldout_probabilities_cover_every_training_row_from_the_member_that_held_it_out():
+    """With as many members as validation splits, every training row is scored exactly once,
+    by the member early-stopped on it: rows of a split equal that member's calibrated
+    probabilities; they are probabilities (rows sum to 1)."""
+    from scipy.special import softmax
+
+    from binser.head import AttentiveStatsHead, _logits
+
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(3), 12)
+    groups = np.tile(np.arange(6), 6)
+    frames = [rng.normal(size=(5 + i % 4, 4)) + y[i] for i in range(len(y))]
+    head = AttentiveStatsHead(n_seeds=3, val_splits=3, max_epochs=3, random_state=0).fit(
+        frames, y, groups)
+    held = head.heldout_oof_proba()
+    assert held.shape == (36, 3) and np.isfinite(held).all()
+    np.testing.assert_allclose(held.sum(axis=1), 1.0, atol=1e-9)
+    from binser.classifier import inner_splits
+
+    splits, _ = inner_splits(y, groups, 3, 0)
+    _, val = splits[1]
+    z = _logits(head.members_[1], frames, val, 16)
+    np.testing.assert_allclose(held[val], softmax(head.temperatures_[1] * z, axis=1), atol=1e-6)

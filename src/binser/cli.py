@@ -113,7 +113,7 @@ def corpus_from_args(args: argparse.Namespace):
 def add_experiment_options(p: argparse.ArgumentParser, fusion_pooling: bool = True) -> None:
     """The options of an experiment (experiment, demo, train); ``fusion_pooling``: with
     ``--fusion-pooling`` (train has its own ``--pooling``, which is the same)."""
-    from .experiment import FINETUNE_PRESETS, MODES, ExperimentSettings
+    from .experiment import CLASSIFIERS, FINETUNE_PRESETS, MODES, ExperimentSettings
     from .pooling import POOLINGS
     from .preflight import ON_ERROR
 
@@ -162,6 +162,11 @@ def add_experiment_options(p: argparse.ArgumentParser, fusion_pooling: bool = Tr
     p.add_argument("--poolings", type=_csv_list, default=d.poolings,
                    help=f"comma-separated poolings (default: all of {','.join(d.poolings)})")
     if fusion_pooling:
+        p.add_argument("--classifier", default=d.classifier, choices=CLASSIFIERS,
+                       help="svm: the paper's linear SVM per view (default); head: also a "
+                            "trained head per view (attentive statistics over the frames, "
+                            "binser.head; runs head:<view>/stats and head:score-fusion/..., "
+                            "compared with the SVM's; needs an encoder and one layer)")
         p.add_argument("--prosody", default=None, metavar="SET",
                        help="add a prosody view: the openSMILE functionals SET (egemaps, "
                             "compare2016, is10) of the mid channel, fused after the four "
@@ -244,7 +249,7 @@ def settings_from_args(args: argparse.Namespace, dataset: str, root: str,
         executor=getattr(args, "executor", "local"),
         ray_address=getattr(args, "ray_address", None),
         augment=tuple(getattr(args, "augment", None) or ()), frontend=frontend_from_args(args),
-        prosody=getattr(args, "prosody", None))
+        prosody=getattr(args, "prosody", None), classifier=getattr(args, "classifier", "svm"))
 
 
 def print_summary(results: dict) -> None:

@@ -52,6 +52,7 @@ FINETUNE_NESTED_CAVEAT = (
     "that saw those utterances (optimistic for the weights; the test speakers are never seen)")
 FINETUNE_PRESETS = ("paper", "cpu")
 BASELINES = ("opensmile",)
+CLASSIFIERS = ("svm", "head")   # head: binser.head's runs beside the SVM's (head:<name>)
 LAYER_POLICIES = ("auto", "auto-set")   # --layer values chosen per fold by inner CV
 PROSODY_VIEW = "mid"   # the channel whose openSMILE functionals are the prosody view
 
@@ -96,6 +97,7 @@ class ExperimentSettings:
     ray_address: str | None = None            # --executor ray: cluster address (None: local)
     augment: tuple[str, ...] = ()             # training-row augmentation (binser.augment): swap
     prosody: str | None = None                # openSMILE set of the prosody view (mid channel)
+    classifier: str = "svm"                   # "head": also the trained head on the frames
     frontend: FrontEndConfig = field(default_factory=FrontEndConfig)
 
     def validate(self) -> None:
@@ -139,6 +141,15 @@ class ExperimentSettings:
             if set(FOUR_VIEWS.split("+")) - set(self.views):
                 raise ConfigError(f"--prosody joins the four-view fusion as its last stage: "
                                   f"--views must hold {FOUR_VIEWS.replace('+', ',')}")
+        check_choice(self.classifier, CLASSIFIERS, "classifier")
+        if self.classifier == "head":
+            if not is_encoder(self.backbone) or not isinstance(self.resolved_layer(), int):
+                raise ConfigError("--classifier head trains on one encoder layer's frames: "
+                                  "use a speech encoder (whisper-*) with a layer index "
+                                  "(--layer N; whisper-base's default, 3, is one)")
+            if self.speaker_norm or self.augment:
+                raise ConfigError("--classifier head does not take --speaker-norm or "
+                                  "--augment (the head sees raw frames)")
         check_choice(self.finetune_preset, FINETUNE_PRESETS, "fine-tuning preset")
         from .classifier import SOLVERS
 
@@ -957,6 +968,13 @@ def comparison_pairs(run_names: Sequence[str], prefix: str = "",
     for base in sorted(n for n in names if n.startswith(f"{prefix}opensmile/")):
         if four in names:
             pairs.append((f"deep four-view fusion beats {base[len(prefix):]}", four, base))
+    for view in VIEWS:   # --classifier head: the trained head against the SVM
+        a, b = f"{prefix}head:{view}/{fusion_pooling}", f"{prefix}{view}/{fusion_pooling}"
+        if a in names and b in names:
+            pairs.append((f"the trained head beats the SVM ({view})", a, b))
+    if f"{prefix}head:score-fusion/left+right+mid+side" in names and four in names:
+        pairs.append(("the heads' four-view fusion beats the SVMs'",
+                      f"{prefix}head:score-fusion/left+right+mid+side", four))
     with_prosody = f"{prefix}score-fusion/{PROSODY_FUSION}"
     if with_prosody in names and four in names:
         pairs.append(("fusion + prosody beats the four-view fusion", with_prosody, four))
@@ -1088,6 +1106,7 @@ class StudyFeatures:
     backbone: Any
     finetune_records: list[dict[str, Any]] | None = None
     copies: PooledFeatures | None = None
+    frames: dict[str, list[np.ndarray]] | None = None   # --classifier head: {view: frames}
 
     @property
     def first(self) -> PooledFeatures:
@@ -1203,6 +1222,10 @@ def compute_features(study: Study, settings: ExperimentSettings, progress: bool 
             for pooled in distinct(per_fold):
                 for mats in pooled.by_layer.values():
                     mats.update(extra)
+    if settings.classifier == "head":   # the layer's frames, from the frame cache
+        with _timed(timing, "features_s"):
+            (_, features.frames), = iter_layer_features(study.corpus, settings, backbone,
+                                                        progress, executor)
     if "jitter" in settings.augment:   # jittered copies of every file, encoded like the files
         with _timed(timing, "features_s"):
             features.copies = jittered_features(study.corpus, settings, backbone, progress,
@@ -1233,11 +1256,70 @@ def evaluate(study: Study, features: StudyFeatures, settings: ExperimentSettings
             run.name = str(RunName.parse(name).normalised())
             run.extra["speaker_norm"] = True
             runs[run.name] = run
+    if features.frames is not None:
+        runs.update(head_runs(study, features, settings, progress))
     if settings.mode == "finetune":   # say what the nested weights saw
         for name, run in runs.items():
             parsed = RunName.parse(name)
             if parsed.kind == "score-fusion" and not parsed.oracle:
                 run.extra["caveat"] = FINETUNE_NESTED_CAVEAT
+    return runs
+
+
+def head_runs(study: Study, features: StudyFeatures, settings: ExperimentSettings,
+              progress: bool = True) -> dict[str, RunPredictions]:
+    """``--classifier head``: per outer fold and view, :class:`binser.head.
+    AttentiveStatsHead` fitted on the layer's frames of the training rows with signal
+    (nothing else), its calibrated test probabilities as the run ``head:<view>/stats``
+    (rows without signal: ``1/K``); then each score fusion of the heads' probabilities with
+    nested weights chosen on the training speakers' held-out member probabilities
+    (:meth:`~binser.head.AttentiveStatsHead.heldout_oof_proba`), ``head:score-fusion/<rule>``.
+    Runs in this process, one head at a time (torch threads as the head sets them)."""
+    from .head import AttentiveStatsHead
+    from .progress import bar as progress_bar
+
+    first, y, n_classes = features.first, study.y, len(study.classes)
+    views = [v for v in settings.views if v not in first.absent]
+    uniform = 1.0 / n_classes
+    runs: dict[str, RunPredictions] = {}
+
+    def record(name: str, test: np.ndarray, proba: np.ndarray, chosen: dict) -> None:
+        run = runs.setdefault(name, RunPredictions(name, np.full(len(y), -1, dtype=int)))
+        run.predicted[test] = proba.argmax(axis=1)
+        run.fold_extra.append(chosen)
+
+    heads = progress_bar(total=len(study.folds) * len(views), desc="trained heads",
+                         unit="head", enabled=progress)
+    for train, test in study.folds:
+        test_proba, oof = {}, {}
+        for view in views:
+            has_signal = ~first.silent.get(view, np.zeros(len(y), dtype=bool))
+            used, scored = train[has_signal[train]], test[has_signal[test]]
+            head = AttentiveStatsHead(random_state=settings.seed).fit(
+                [features.frames[view][i] for i in used], y[used], study.speakers[used])
+            proba = np.full((len(test), n_classes), uniform)
+            proba[has_signal[test]] = full_columns(
+                head.predict_proba([features.frames[view][i] for i in scored]),
+                head.classes_, n_classes)
+            held = np.full((len(train), n_classes), uniform)
+            held[has_signal[train]] = full_columns(
+                np.nan_to_num(head.heldout_oof_proba(), nan=uniform), head.classes_, n_classes)
+            test_proba[view], oof[view] = proba, held
+            record(f"head:{view}/stats", test, proba, {"inner_ua": head.best_score_})
+            heads.update()
+        for name in fusions_for(settings.views, first.absent):
+            members = FUSIONS[name]
+            weights, _ = select_weights(
+                {v: oof.get(v, np.full((len(train), n_classes), uniform)) for v in members},
+                y[train], name, list(range(n_classes)), search=settings.fusion_search)
+            fused = fuse({v: test_proba.get(v, np.full((len(test), n_classes), uniform))
+                          for v in members}, name, weights)
+            record(f"head:score-fusion/{name}", test, fused, {"weights": weights})
+    heads.close()
+    for run in runs.values():
+        run.extra["classifier"] = "head"
+        if run.name.startswith("head:score-fusion/"):
+            run.extra["selection"] = "nested"
     return runs
 
 

@@ -10,10 +10,14 @@ The grammar (``<view>`` from :mod:`binser.views`, ``<pooling>`` from
     [speaker-norm:] feature-fusion/<rule>         kind "feature-fusion"
     [speaker-norm:] opensmile/<set>[-<view>]      kind "baseline"        (binser.baselines)
 
-The ``speaker-norm:`` prefix marks a run on speaker-normalised features. :meth:`order_key`
+The ``speaker-norm:`` prefix marks a run on speaker-normalised features; the ``head:`` prefix
+(kinds ``view`` and ``score-fusion`` only) a run of the trained head (``experiment
+--classifier head``, :mod:`binser.head`: attentive statistics over the frames) instead of
+the SVM. :meth:`order_key`
 is the contract order of the runs in ``results.json``: single views (view table order, then
 pooling order), the best view, score fusions (nested then oracle, rule table order), feature
-fusions, baselines; the speaker-normalised runs after all plain ones, in the same order.
+fusions, baselines; the head's runs after the SVM's; the speaker-normalised runs after all
+plain ones, in the same order.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from dataclasses import dataclass, replace
 from .errors import ConfigError
 
 NORM_PREFIX = "speaker-norm:"
+HEAD_PREFIX = "head:"
 KINDS = ("view", "best-view", "score-fusion", "feature-fusion", "baseline")
 BASELINE_PREFIX = "opensmile/"
 _BASELINE_TAIL = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -44,6 +49,7 @@ class RunName:
     oracle: bool = False
     baseline: str | None = None
     speaker_norm: bool = False
+    head: bool = False
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -69,7 +75,7 @@ class RunName:
     # ------------------------------------------------------------------ text
     def format(self) -> str:
         """The name as written in ``results.json``."""
-        prefix = NORM_PREFIX if self.speaker_norm else ""
+        prefix = (NORM_PREFIX if self.speaker_norm else "") + (HEAD_PREFIX if self.head else "")
         if self.kind == "view":
             return f"{prefix}{self.view}/{self.pooling}"
         if self.kind == "best-view":
@@ -92,21 +98,24 @@ class RunName:
 
         speaker_norm = text.startswith(NORM_PREFIX)
         body = text[len(NORM_PREFIX):] if speaker_norm else text
-        head, slash, tail = body.partition("/")
+        head = body.startswith(HEAD_PREFIX)
+        body = body[len(HEAD_PREFIX):] if head else body
+        first, slash, tail = body.partition("/")
         name: RunName | None = None
-        if body == "best-view":
+        if body == "best-view" and not head:
             name = cls.best_view()
-        elif head == "score-fusion" and tail.removesuffix(_ORACLE) in FUSION_RULES:
+        elif first == "score-fusion" and tail.removesuffix(_ORACLE) in FUSION_RULES:
             name = cls.score_fusion(tail.removesuffix(_ORACLE), tail.endswith(_ORACLE))
-        elif head == "feature-fusion" and tail in FUSION_RULES:
+        elif first == "feature-fusion" and tail in FUSION_RULES and not head:
             name = cls.feature_fusion(tail)
-        elif slash and head + "/" == BASELINE_PREFIX and _BASELINE_TAIL.match(tail):
+        elif (slash and first + "/" == BASELINE_PREFIX and _BASELINE_TAIL.match(tail)
+              and not head):
             name = cls("baseline", baseline=tail)
-        elif head in VIEW_DEFINITIONS and tail in POOLINGS:
-            name = cls.single(head, tail)
+        elif first in VIEW_DEFINITIONS and tail in POOLINGS:
+            name = cls.single(first, tail)
         if name is None:
             raise ConfigError(f"not a run name: {text!r}")
-        return name.normalised(speaker_norm)
+        return replace(name.normalised(speaker_norm), head=head)
 
     @classmethod
     def is_valid(cls, text: str) -> bool:
@@ -135,7 +144,7 @@ class RunName:
             rank = (3, 0, rules.index(self.fusion))
         else:
             rank = (4, 0, 0)
-        return (self.speaker_norm, *rank, self.format())
+        return (self.speaker_norm, self.head, *rank, self.format())
 
 
 def is_oracle(name: str) -> bool:
