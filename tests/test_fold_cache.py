@@ -73,7 +73,8 @@ def test_any_changed_input_recomputes(tmp_path, monkeypatch, change):
     elif change == "solver":           # the previous solver never reads the new one's entries
         solver = "liblinear"
     elif change == "solver code":      # an edited solver (binser/svm.py) recomputes too
-        from binser import experiment, svm
+        from binser import svm
+        from binser.experiment import folds as experiment   # where the cache reads sources
 
         real = experiment.file_sha256
         monkeypatch.setattr(experiment, "file_sha256",
