@@ -271,14 +271,34 @@ def fold_matrix(results: dict[str, Any]) -> tuple[list[str], list[str], list[lis
 
 
 def build_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block]:
-    """Lay out the report as neutral blocks that both renderers understand."""
+    """Lay out the report as neutral blocks that both renderers understand: the warnings and
+    the headline, the study table, the paper's tables (views, poolings, fusions, baselines),
+    the speaker-normalised runs and their deployment, the claims, scene conditions, layers,
+    per-fold UA, confusion matrices, files not used and run time (one function a section)."""
     runs = {r["name"]: r for r in results["runs"]}
     views = [v for v in all_views() if any(name.startswith(v + "/") for name in runs)]
-    poolings = [p for p in POOLING_TITLES if any(name.endswith("/" + p) for name in runs)]
-    fusion_pooling = _fusion_pooling(results)
-    absent = list(results.get("absent_views", []))
-    views += [v for v in absent if v not in views]
+    views += [v for v in results.get("absent_views", []) if v not in views]
     blocks: list[Block] = [("h1", f"binser report: {results['dataset']}")]
+    blocks += _warning_blocks(results)
+    blocks += _study_blocks(results, figures)
+    blocks += _view_tables(results, runs, views)
+    blocks += _fusion_tables(results, runs, table=len(views) + 2)
+    blocks += _normalised_blocks(results, runs, figures)
+    blocks += _claims_blocks(results, figures)
+    if results.get("conditions"):   # a scene corpus: UA per condition (binser.conditions)
+        from .conditions import condition_blocks
+
+        blocks += condition_blocks(results["conditions"], figures.get("conditions"))
+    blocks += _layer_blocks(results)
+    blocks += _fold_blocks(results, figures)
+    blocks += _closing_blocks(results, figures)
+    return blocks
+
+
+def _warning_blocks(results: dict[str, Any]) -> list[Block]:
+    """What the reader must know first: speaker dependence, synthetic data, random weights,
+    small samples."""
+    blocks: list[Block] = []
     if not results.get("speaker_independent", True):
         blocks.append(("warn", f"NOT SPEAKER-INDEPENDENT: {results.get('speaker_independence')}"))
     if results.get("synthetic"):
@@ -289,7 +309,12 @@ def build_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block
                                "these are not the paper's pretrained features."))
     for line in results.get("small_sample_warnings", []):   # binser.evaluation
         blocks.append(("warn", f"SMALL SAMPLE: {line}"))
-    blocks.append(("box", "The answer", headline_rows(results)))
+    return blocks
+
+
+def _study_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block]:
+    """The headline box, the systems chart, the study table, the reading notes, Fig. 1."""
+    blocks: list[Block] = [("box", "The answer", headline_rows(results))]
     if "systems" in figures:
         blocks.append(("img", figures["systems"], "UA (%) of the main systems with their 95% "
                               "intervals (dots: UA; bars: interval; dashed: chance; bold: "
@@ -319,23 +344,38 @@ def build_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block
         blocks += [("h2", "Fig. 1: log-Mel spectrograms of the four binaural views"),
                    ("img", figures["fig1"], "Left, Right, Mid and Side log-Mel spectrograms of "
                                             "one utterance (shared colour scale).")]
+    return blocks
+
+
+def _view_tables(results: dict[str, Any], runs: dict[str, Any], views: list[str]
+                 ) -> list[Block]:
+    """Table 1 (the views at the fusion pooling, and the best view) and one pooling table
+    per view (Tables 2-5 for the four views)."""
+    fusion_pooling, n_spk = _fusion_pooling(results), results.get("n_speakers")
+    absent = list(results.get("absent_views", []))
+    poolings = [p for p in POOLING_TITLES if any(name.endswith("/" + p) for name in runs)]
     label = POOLING_TITLES.get(fusion_pooling, fusion_pooling).lower()
-    n_spk = results.get("n_speakers")
     rows = [[v.capitalize(), *_metric_cells(runs.get(f"{v}/{fusion_pooling}"), n_spk)]
             for v in views]
     if "best-view" in runs:
         choices = sorted(set(runs["best-view"].get("fold_choice", [])))
         rows.append([f"Best view, chosen per fold on the training speakers ({', '.join(choices)})",
                      *_metric_cells(runs["best-view"], n_spk)])
-    blocks += [("h2", f"Table 1: monaural representations with {label}"),
-               ("table", ["Representation", "UA", "WA", "F1", "UA CI"], rows)]
+    blocks: list[Block] = [("h2", f"Table 1: monaural representations with {label}"),
+                           ("table", ["Representation", "UA", "WA", "F1", "UA CI"], rows)]
     for number, view in enumerate(views, start=2):
         rows = [[POOLING_TITLES[p], *_metric_cells(runs.get(f"{view}/{p}"), n_spk)]
                 for p in poolings if view in absent or f"{view}/{p}" in runs]
         what = "view (waveform)" if results.get("layer") is not None else "Mel-spectrogram"
         blocks += [("h2", f"Table {number}: feature pooling methods, {view} {what}"),
                    ("table", ["Pooling method", "UA", "WA", "F1", "UA CI"], rows)]
-    n = len(views) + 2
+    return blocks
+
+
+def _fusion_tables(results: dict[str, Any], runs: dict[str, Any], table: int) -> list[Block]:
+    """The score-level fusion table (nested and oracle), the feature-level fusion table and
+    the comparison with hand-crafted baselines, numbered from ``table``."""
+    n_spk = results.get("n_speakers")
     rows = []
     for fusion, title in fusion_titles().items():
         nested = runs.get(str(RunName.score_fusion(fusion)))
@@ -346,19 +386,20 @@ def build_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block
                          _weights_text(nested.get("weights")) if nested else "-",
                          pct(oracle and oracle["ua"]),
                          _weights_text(oracle.get("weights")) if oracle else "-"])
-    blocks += [("h2", f"Table {n}: two-stage score-level fusion (eqs. 8-10)"),
-               ("p", "nested: weights chosen on out-of-fold scores of the training speakers "
-                     "only (honest). oracle: the paper's choice, the weights that score best "
-                     "on the test data (optimistic by construction)."),
-               ("table", ["Score-level fusion", "UA nested", "CI nested", "weights nested",
-                          "UA oracle", "weights oracle"], rows)]
+    blocks: list[Block] = [
+        ("h2", f"Table {table}: two-stage score-level fusion (eqs. 8-10)"),
+        ("p", "nested: weights chosen on out-of-fold scores of the training speakers "
+              "only (honest). oracle: the paper's choice, the weights that score best "
+              "on the test data (optimistic by construction)."),
+        ("table", ["Score-level fusion", "UA nested", "CI nested", "weights nested",
+                   "UA oracle", "weights oracle"], rows)]
     caveat = next((r["caveat"] for r in results["runs"] if r.get("caveat")), None)
     if caveat:
         blocks.append(("warn", f"Nested fusion in {caveat}"))
     rows = [[title, pct(r["ua"]), pct(r["wa"]), pct(r["macro_f1"]), _ci(r, n_spk)]
             for fusion, title in fusion_titles().items()
             if (r := runs.get(str(RunName.feature_fusion(fusion))))]
-    blocks += [("h2", f"Table {n + 1}: feature-level fusion (concatenation, one SVM)"),
+    blocks += [("h2", f"Table {table + 1}: feature-level fusion (concatenation, one SVM)"),
                ("table", ["Feature-level fusion", "UA", "WA", "F1", "UA CI"], rows)]
     baselines = [r for name, r in runs.items() if name.startswith("opensmile/")]
     if baselines:
@@ -367,10 +408,18 @@ def build_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block
                 for r in baselines]
         if system:
             rows.append([f"binser {system['name']} (nested)", *_metric_cells(system, n_spk)])
-        blocks += [("h2", f"Table {n + 2}: comparison with hand-crafted baselines"),
+        blocks += [("h2", f"Table {table + 2}: comparison with hand-crafted baselines"),
                    ("table", ["Method", "UA", "WA", "F1", "UA CI"], rows)]
+    return blocks
+
+
+def _normalised_blocks(results: dict[str, Any], runs: dict[str, Any],
+                       figures: dict[str, str]) -> list[Block]:
+    """The speaker-normalised runs beside the plain ones, as deployed, and online."""
     normalised = [r for r in results["runs"] if plain_name(r["name"]) != r["name"]]
+    blocks: list[Block] = []
     if normalised:
+        n_spk = results.get("n_speakers")
         rows = [[plain_name(r["name"]), *_metric_cells(r, n_spk),
                  pct(runs[plain_name(r["name"])]["ua"])
                  if plain_name(r["name"]) in runs else "-"] for r in normalised]
@@ -381,47 +430,66 @@ def build_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block
                          "This needs a batch of recordings of every test speaker; it is not "
                          "the plain speaker-independent setting."),
                    ("table", ["Run", "UA", "WA", "F1", "UA CI", "UA without"], rows)]
-    deployment = results.get("speaker_norm_deployment")
-    if deployment:
-        blocks += _deployment_blocks(deployment)
-    online = results.get("speaker_norm_online")
-    if online:
-        blocks += _online_blocks(online, figures.get("online"))
-    if results.get("comparisons"):
-        blocks += [("h2", "The paper's claims on this corpus (paired, speaker level)"),
-                   ("p", _claims_text(results))]
-        if "forest" in figures:
-            blocks.append(("img", figures["forest"], "Forest plot: UA difference a - b of each "
-                                                     "claim (points) with its 95% paired "
-                                                     "interval (bars); the verdict at the "
-                                                     "right."))
-        blocks += [("table", ["Claim (a beats b)", "a", "b", "UA diff", "95% CI",
-                              "speakers +/-/=", "p", "p (Holm)", "verdict"],
-                    _claim_rows(results["comparisons"]))]
-    if results.get("conditions"):   # a scene corpus: UA per condition (binser.conditions)
-        from .conditions import condition_blocks
+    if results.get("speaker_norm_deployment"):
+        blocks += _deployment_blocks(results["speaker_norm_deployment"])
+    if results.get("speaker_norm_online"):
+        blocks += _online_blocks(results["speaker_norm_online"], figures.get("online"))
+    return blocks
 
-        blocks += condition_blocks(results["conditions"], figures.get("conditions"))
+
+def _claims_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block]:
+    """The paper's claims as paired comparisons: the text, the forest plot, the table."""
+    if not results.get("comparisons"):
+        return []
+    blocks: list[Block] = [("h2", "The paper's claims on this corpus (paired, speaker level)"),
+                           ("p", _claims_text(results))]
+    if "forest" in figures:
+        blocks.append(("img", figures["forest"], "Forest plot: UA difference a - b of each "
+                                                 "claim (points) with its 95% paired "
+                                                 "interval (bars); the verdict at the "
+                                                 "right."))
+    blocks.append(("table", ["Claim (a beats b)", "a", "b", "UA diff", "95% CI",
+                             "speakers +/-/=", "p", "p (Holm)", "verdict"],
+                   _claim_rows(results["comparisons"])))
+    return blocks
+
+
+def _layer_blocks(results: dict[str, Any]) -> list[Block]:
+    """The encoder layer (or set) chosen per fold, at the fusion pooling."""
+    fusion_pooling = _fusion_pooling(results)
     layered = [r for r in results["runs"] if "fold_layer" in r]
-    if layered:
-        rows = [[r["name"], ", ".join(str(x) for x in r["fold_layer"])] for r in layered
-                if r["name"].endswith("/" + fusion_pooling)]
-        blocks += [("h2", "Encoder layer chosen per fold (inner CV on the training speakers)"),
-                   ("table", ["Run", "layer per fold"], rows)]
+    if not layered:
+        return []
+    rows = [[r["name"], ", ".join(str(x) for x in r["fold_layer"])] for r in layered
+            if r["name"].endswith("/" + fusion_pooling)]
+    return [("h2", "Encoder layer chosen per fold (inner CV on the training speakers)"),
+            ("table", ["Run", "layer per fold"], rows)]
+
+
+def _fold_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block]:
+    """Per-fold UA of every run but the oracle ones: heatmap and (folded) table."""
     fold_names = [", ".join(s) for s in results.get("fold_test_speakers", [])]
-    if fold_names:
-        mean = results.get("protocol") != "loso"
-        rows = [[r["name"], *[pct(u) for u in r["fold_ua"]],
-                 *([pct(r.get("fold_mean", {}).get("ua"))] if mean else [])]
-                for r in results["runs"] if not is_oracle(r["name"])]
-        blocks += [("h2", "Per-fold UA (test speakers)"),
-                   ("p", "@oracle runs are left out: their weights were chosen on the pooled "
-                         "test data of all folds, so they have no per-fold figure.")]
-        if "folds" in figures:
-            blocks.append(("img", figures["folds"], "Per-fold UA (%): one row per run, one "
-                                                    "column per fold (its test speakers)."))
-        blocks.append(("table", ["Run", *fold_names, *(["mean of folds"] if mean else [])],
-                       rows, "the per-fold numbers"))
+    if not fold_names:
+        return []
+    mean = results.get("protocol") != "loso"
+    rows = [[r["name"], *[pct(u) for u in r["fold_ua"]],
+             *([pct(r.get("fold_mean", {}).get("ua"))] if mean else [])]
+            for r in results["runs"] if not is_oracle(r["name"])]
+    blocks: list[Block] = [
+        ("h2", "Per-fold UA (test speakers)"),
+        ("p", "@oracle runs are left out: their weights were chosen on the pooled "
+              "test data of all folds, so they have no per-fold figure.")]
+    if "folds" in figures:
+        blocks.append(("img", figures["folds"], "Per-fold UA (%): one row per run, one "
+                                                "column per fold (its test speakers)."))
+    blocks.append(("table", ["Run", *fold_names, *(["mean of folds"] if mean else [])],
+                   rows, "the per-fold numbers"))
+    return blocks
+
+
+def _closing_blocks(results: dict[str, Any], figures: dict[str, str]) -> list[Block]:
+    """Confusion matrices, files not used, run time."""
+    blocks: list[Block] = []
     confusion = [key for key in figures if key.startswith("confusion:")]
     if confusion:
         blocks.append(("h2", "Figs. 4-6: confusion matrices (rows true, columns predicted)"))
