@@ -105,7 +105,7 @@ def _test_statistics(X: np.ndarray, mask: np.ndarray, batch: Mapping[str, np.nda
     return stats
 
 
-def _fold_choice(runs: Mapping[str, Mapping[str, Any]], name: str, key: str, fold: int,
+def fold_choice(runs: Mapping[str, Mapping[str, Any]], name: str, key: str, fold: int,
                  default: Any = None) -> Any:
     values = runs.get(name, {}).get(key)
     if values is None:
@@ -154,13 +154,9 @@ def deployment_variants(pooled, y: np.ndarray, speakers: np.ndarray,
         uniform = np.full((len(test), n_classes), 1.0 / n_classes)
         scores = [{v: uniform for v in FUSIONS[fusion]} for _ in variants]
         for view in present:
-            only = next(iter(fold_pooled.by_layer))
-            layer = _fold_choice(runs, str(RunName.single(view, fusion_pooling).normalised()),
-                                 "fold_layer", f, only)
-            layer = tuple(layer) if isinstance(layer, list) else layer   # a layer set
-            if not isinstance(layer, tuple) and layer not in fold_pooled.by_layer:
-                layer = only
-            X = fold_pooled.matrix((view, fusion_pooling), layer)
+            layer = fold_choice(runs, str(RunName.single(view, fusion_pooling).normalised()),
+                                "fold_layer", f)
+            X = fold_pooled.recorded_matrix((view, fusion_pooling), layer)
             mask = ~fold_pooled.silent.get(view, np.zeros(n, dtype=bool))
             Xtrain = speaker_normalise(X[train], speakers[train], mask[train])
             fit_rows = mask[train]
@@ -175,7 +171,7 @@ def deployment_variants(pooled, y: np.ndarray, speakers: np.ndarray,
                 proba = full_columns(clf.predict_proba(Xtest), clf.classes_, n_classes)
                 proba[~mask[test]] = 1.0 / n_classes
                 scores[i][view] = proba
-        weights = _fold_choice(runs, name, "weights", f)
+        weights = fold_choice(runs, name, "weights", f)
         for i in range(len(variants)):
             predicted[i, test] = fuse(scores[i], fusion, weights).argmax(axis=1)
     return {"fusion": name, "caveat": TRANSDUCTIVE_CAVEAT, "seed": seed,

@@ -310,6 +310,14 @@ class PooledFeatures:
             return stacked({one: self.by_layer[one][key] for one in layer}, layer)
         return self.layer_features(layer)[key]
 
+    def recorded_matrix(self, key: tuple[str, str], layer: Any) -> np.ndarray:
+        """``key``'s matrix at a fold's layer choice as ``results.json`` records it
+        (``fold_layer``: an index, a list for a layer set, or None): a single layer this
+        feature set does not hold (one layer computed; None) means its only layer."""
+        if isinstance(layer, (tuple, list)) or layer in self.by_layer:
+            return self.matrix(key, layer)
+        return self.layer_features()[key]
+
     def with_rows(self, transform: Callable[[tuple[str, str], np.ndarray], np.ndarray]
                   ) -> "PooledFeatures":
         """A copy with every matrix replaced by ``transform(key, X)``."""

@@ -254,6 +254,7 @@ def evaluate_fold(pooled: PooledFeatures, y: np.ndarray, groups: np.ndarray,
                     for key, X in pooled.layer_features().items()}
         silent = {key: pooled.silent.get(key[0], no_rows) for key in features}
         inner: dict[str, float] = {}
+        prosody_key, prosody_test = settings.prosody_key(), None
         for (view, pooling), X in features.items():
             if view in pooled.absent:
                 continue
@@ -268,6 +269,8 @@ def evaluate_fold(pooled: PooledFeatures, y: np.ndarray, groups: np.ndarray,
                 inner[f"{view}/{pooling}"] = score
             if pooling == fusion_pooling and view in fusion_views:
                 test_proba[view] = proba
+            if (view, pooling) == prosody_key:   # the functionals alone: the prosody scores
+                prosody_test = proba
         if inner:   # the honest single-view comparator: chosen on the training speakers
             best = max(inner, key=lambda name: (inner[name], -list(inner).index(name)))
             out["best-view"] = (out[best][0], {"choice": best, "inner_ua": inner[best]})
@@ -286,30 +289,31 @@ def evaluate_fold(pooled: PooledFeatures, y: np.ndarray, groups: np.ndarray,
             Xcat = concat_features({v: features[(v, fusion_pooling)] for v in present}, present)
             proba, C, _ = cache.fit_predict(Xcat)
             out[f"feature-fusion/{name}"] = (proba.argmax(axis=1), {"C": C})
-        if settings.prosody_key() in features and FOUR_VIEWS in fusions_for(settings.views):
-            out.update(prosody_stage(features[settings.prosody_key()], cache, oof, test_proba,
-                                     y[train], n_classes, settings.fusion_search))
+        if prosody_test is not None and FOUR_VIEWS in fusions_for(settings.views):
+            out.update(prosody_stage(cache.oof_proba(features[prosody_key]), prosody_test,
+                                     oof, test_proba, y[train], settings.fusion_search))
     return out, test_proba
 
 
-def prosody_stage(X: np.ndarray, cache: FoldResultCache, oof: Mapping[str, np.ndarray],
-                  test_proba: Mapping[str, np.ndarray], y_train: np.ndarray, n_classes: int,
-                  search: str = "staged") -> dict[str, tuple[np.ndarray, dict]]:
-    """``--prosody``: the four-view fusion grown by the prosody view (openSMILE functionals
-    ``X``) as its last stage, ``s_+ = eta*s + (1-eta)*s_prosody`` (docs/METHOD.md M20), every
-    weight (``alpha, beta, gamma`` and ``eta``) chosen on the training speakers' out-of-fold
-    scores like the other fusions'. Returns the run ``score-fusion/left+right+mid+side+
-    prosody``."""
-    names = FUSIONS[PROSODY_FUSION]
-    uniform = np.full((len(y_train), n_classes), 1.0 / n_classes)
-    scores = {v: oof.get(v, uniform) for v in names if v != PROSODY}
-    scores[PROSODY] = cache.oof_proba(X)
+def prosody_stage(prosody_oof: np.ndarray, prosody_test: np.ndarray,
+                  oof: Mapping[str, np.ndarray], test_proba: Mapping[str, np.ndarray],
+                  y_train: np.ndarray, search: str = "staged"
+                  ) -> dict[str, tuple[np.ndarray, dict]]:
+    """``--prosody``: the four-view fusion grown by the prosody view (the openSMILE
+    functionals' classifier: out-of-fold probabilities ``prosody_oof`` of the training rows,
+    test probabilities ``prosody_test``) as its last stage, ``s_+ = eta*s + (1-eta)*
+    s_prosody`` (docs/METHOD.md M20), every weight (``alpha, beta, gamma`` and ``eta``) chosen
+    on the training speakers' out-of-fold scores like the other fusions'. Returns the run
+    ``score-fusion/left+right+mid+side+prosody``."""
+    names, n_classes = FUSIONS[PROSODY_FUSION], prosody_test.shape[1]
+    scores = {v: oof.get(v, np.full_like(prosody_oof, 1.0 / n_classes))
+              for v in names if v != PROSODY}
+    scores[PROSODY] = prosody_oof
     weights, _ = select_weights(scores, y_train, PROSODY_FUSION, list(range(n_classes)),
                                 search=search)
-    test_p = cache.fit_predict(X)[0]
-    test = {v: test_proba.get(v, np.full_like(test_p, 1.0 / n_classes))
+    test = {v: test_proba.get(v, np.full_like(prosody_test, 1.0 / n_classes))
             for v in names if v != PROSODY}
-    test[PROSODY] = test_p
+    test[PROSODY] = prosody_test
     fused = fuse(test, PROSODY_FUSION, weights)
     return {f"score-fusion/{PROSODY_FUSION}": (fused.argmax(axis=1), {"weights": weights})}
 

@@ -457,6 +457,14 @@ def run_experiment(settings: ExperimentSettings, out: str | Path | None = None,
     return results
 
 
+def _largest_normalised_fusion(runs: Mapping[str, Any], settings: ExperimentSettings
+                               ) -> str | None:
+    """The last (largest) fusion rule of the study's views with a speaker-normalised nested
+    run, or None."""
+    return next((f for f in reversed(list(fusions_for(settings.views)))
+                 if f"{NORM_PREFIX}score-fusion/{f}" in runs), None)
+
+
 def _deployment(pooled, y: np.ndarray, speakers: np.ndarray, fold_list, results: dict,
                 settings: ExperimentSettings, progress: bool) -> dict[str, Any] | None:
     """:func:`binser.deployment.deployment_variants` of the largest speaker-normalised nested
@@ -464,8 +472,7 @@ def _deployment(pooled, y: np.ndarray, speakers: np.ndarray, fold_list, results:
     from ..deployment import deployment_variants
 
     runs = {r["name"]: r for r in results["runs"]}
-    fusion = next((f for f in reversed(list(fusions_for(settings.views)))
-                   if f"{NORM_PREFIX}score-fusion/{f}" in runs), None)
+    fusion = _largest_normalised_fusion(runs, settings)
     if fusion is None:
         return None
     _progress(f"speaker normalisation as deployed (speaker-norm:score-fusion/{fusion})",
@@ -482,12 +489,11 @@ def _online(per_fold: Sequence[PooledFeatures], y: np.ndarray, speakers: np.ndar
     the run: each fold's layers (``fold_layer`` of its ``speaker-norm:<view>/<pooling>``
     runs) and nested weights, the test speakers' statistics from the utterances before
     (None when there is no such fusion)."""
-    from ..deployment import _fold_choice
+    from ..deployment import fold_choice
     from ..online import online_curve
 
     runs = {r["name"]: r for r in results["runs"]}
-    fusion = next((f for f in reversed(list(fusions_for(settings.views)))
-                   if f"{NORM_PREFIX}score-fusion/{f}" in runs), None)
+    fusion = _largest_normalised_fusion(runs, settings)
     if fusion is None:
         return None
     _progress(f"online speaker normalisation (speaker-norm:score-fusion/{fusion})", progress)
@@ -498,9 +504,8 @@ def _online(per_fold: Sequence[PooledFeatures], y: np.ndarray, speakers: np.ndar
     for f, pooled in enumerate(per_fold):
         chosen = {}
         for view in views:
-            layer = _fold_choice(runs, f"{NORM_PREFIX}{view}/{pooling}", "fold_layer", f)
-            chosen[view] = pooled.matrix((view, pooling),
-                                         tuple(layer) if isinstance(layer, list) else layer)
+            layer = fold_choice(runs, f"{NORM_PREFIX}{view}/{pooling}", "fold_layer", f)
+            chosen[view] = pooled.recorded_matrix((view, pooling), layer)
             masks[view] = ~pooled.silent.get(view, np.zeros(len(y), dtype=bool))
         features.append(chosen)
     uniform = 1.0 / len(results["classes"])
