@@ -12,7 +12,10 @@ same process (so a loaded machine slows both):
   search, final fit, nested out-of-fold scores) on synthetic features of EMOVO's shape (six
   speakers, seven classes balanced within every speaker, 1,024 dimensions) for 294 to 2,940
   utterances (EMOVO's 588 halved, doubled and five-fold); a table
-  and the slope of log(seconds) against log(utterances) (least squares).
+  and the slope of log(seconds) against log(utterances) (least squares). Beside it the
+  *floor* of an exact dual solver for the same fits (:func:`exact_floor_seconds`: one Gram
+  matrix per fit and one factorisation per value of C, nothing per class), which bounds how
+  flat the exact solver's growth can be.
 """
 from __future__ import annotations
 
@@ -55,6 +58,53 @@ def matrix_stage_seconds(X: np.ndarray, y: np.ndarray, speakers: np.ndarray, sol
     return time.perf_counter() - start
 
 
+def fit_sizes(y: np.ndarray, speakers: np.ndarray, n_splits: int = 3) -> list[tuple[int, int]]:
+    """``(training rows, values of C)`` of every SVM fit :func:`matrix_stage_seconds` makes in
+    the first LOSO fold: the search's inner fits (every C), the nested searches' inner fits
+    on each inner training part (every C), the final fit (one C). (The nested scores' final
+    fits reuse the search's, so they are not listed.)"""
+    from .classifier import ViewClassifier, inner_splits
+
+    n_cs = len(ViewClassifier().Cs)
+    train = np.flatnonzero(speakers != speakers[0])
+    y_tr, g_tr = y[train], speakers[train]
+    sizes = [(len(train), 1)]
+    for part, _ in inner_splits(y_tr, g_tr, n_splits)[0]:
+        sizes.append((len(part), n_cs))
+        for sub, _ in inner_splits(y_tr[part], g_tr[part], n_splits)[0]:
+            sizes.append((len(sub), n_cs))
+    return sizes
+
+
+def exact_floor_seconds(sizes: Sequence[tuple[int, int]], dim: int = 1024, seed: int = 0
+                        ) -> float:
+    """Seconds, one thread, of the least work any exact solver of the dual problem does for
+    these fits: per fit one Gram matrix ``X X^T`` of its rows and, per value of C, one
+    factorisation and inverse of a matrix of that size (LAPACK ``potrf`` + ``potri``);
+    nothing per class or per Newton step. Each distinct size is timed once (best of 2)."""
+    from scipy.linalg import lapack
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(seed)
+    timed: dict[int, tuple[float, float]] = {}
+    with threadpool_limits(1):
+        for n, _ in sizes:
+            if n in timed:
+                continue
+            x = rng.standard_normal((n, dim))
+            gram_s = inverse_s = np.inf
+            for _ in range(2):
+                start = time.perf_counter()
+                gram = x @ x.T + np.eye(n)
+                mid = time.perf_counter()
+                factor, _ = lapack.dpotrf(gram, lower=True, overwrite_a=True)
+                lapack.dpotri(factor, lower=True, overwrite_c=True)
+                end = time.perf_counter()
+                gram_s, inverse_s = min(gram_s, mid - start), min(inverse_s, end - mid)
+            timed[n] = (gram_s, inverse_s)
+    return float(sum(timed[n][0] + cs * timed[n][1] for n, cs in sizes))
+
+
 def loglog_slope(sizes: Sequence[int], seconds: Sequence[float]) -> float:
     """Least-squares slope of log(seconds) against log(sizes)."""
     return float(np.polyfit(np.log(sizes), np.log(seconds), 1)[0])
@@ -64,7 +114,8 @@ def growth(sizes: Sequence[int] = GROWTH_SIZES, solvers: Sequence[str] = ("exact
            liblinear_up_to: int = 1200, progress: Callable[[str], None] | None = None
            ) -> dict[str, Any]:
     """Seconds per size and solver (liblinear only up to ``liblinear_up_to`` utterances: it
-    takes minutes beyond), and each solver's log-log slope over the sizes it ran."""
+    takes minutes beyond), the exact solver's floor (:func:`exact_floor_seconds`, key
+    ``"floor"``), and each one's log-log slope over the sizes it ran."""
     rows = []
     for n in sizes:
         X, y, speakers = synthetic_features(n)
@@ -76,9 +127,10 @@ def growth(sizes: Sequence[int] = GROWTH_SIZES, solvers: Sequence[str] = ("exact
             row[solver] = matrix_stage_seconds(X, y, speakers, solver)
             if progress:
                 progress(f"classifier growth: {n} utterances, {solver}: {row[solver]:.2f} s")
+        row["floor"] = exact_floor_seconds(fit_sizes(y, speakers))
         rows.append(row)
     slopes = {}
-    for solver in solvers:
+    for solver in (*solvers, "floor"):
         pts = [(r["utterances"], r[solver]) for r in rows if r.get(solver)]
         slopes[solver] = loglog_slope(*zip(*pts)) if len(pts) >= 2 else None
     return {"rows": rows, "slope": slopes}
