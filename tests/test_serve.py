@@ -644,6 +644,9 @@ def test_bench_serve_load_tiny(trained):
     assert row["per_stream"][0]["end_after_audio_s"] < 1.0
     after = {p.pid for p in psutil.Process().children(recursive=True)}
     assert after <= before                                   # the server was terminated
+    with pytest.raises(ConfigError, match="window-batch"):   # server_args reach the server
+        serve_load(trained[1], wavs[:1], clients=1, uploads=1, streams=(1,), startup_s=60.0,
+                   report=lambda s: None, server_args=["--window-batch", "0"])
 
 
 def test_latency_counts_from_arrival(model, long_wav):

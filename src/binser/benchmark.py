@@ -802,12 +802,14 @@ def serve_prerequisites() -> str | None:
 def serve_load(model: str | Path, files: Sequence[Path], clients: int = 16, uploads: int = 25,
                streams: Sequence[int] = SERVE_STREAMS, stream_files: Sequence[Path] | None = None,
                chunk_s: float = 0.1, keep_up_s: float = 1.0, upload_limit_s: float = 900.0,
-               startup_s: float = 180.0, report: Callable[[str], None] = print
-               ) -> dict[str, Any]:
+               startup_s: float = 180.0, report: Callable[[str], None] = print,
+               server_args: Sequence[str] = ()) -> dict[str, Any]:
     """Load and latency of ``binser serve MODEL`` on loopback.
 
     Starts ``binser serve MODEL --port P`` (127.0.0.1, a free port, ``--max-streams
-    max(streams)``) as a subprocess, waits for ``GET /health`` (at most ``startup_s``), then:
+    max(streams)``, then ``server_args``, e.g. ``["--window-batch", "1"]`` or
+    ``["--quantize", "int8"]``) as a subprocess, waits for ``GET /health`` (at most
+    ``startup_s``), then:
 
     * **uploads**: ``clients`` threads x ``uploads`` POST /predict each of ``files`` (cycling),
       after one warm-up request: ``requests_s``, ``p50_ms``/``p99_ms`` (per request, client
@@ -839,8 +841,10 @@ def serve_load(model: str | Path, files: Sequence[Path], clients: int = 16, uplo
     most = str(max(streams, default=1))   # one client (this process) opens every stream
     command = [sys.executable, "-m", "binser", "serve", str(model), "--host", "127.0.0.1",
                "--port", str(port), "--max-streams", most, "--max-streams-per-client", most,
-               "--max-queue", str(clients)]   # every client's upload is queued, none 503'd
-    out: dict[str, Any] = {"model": str(model), "port": port, "files": len(files)}
+               "--max-queue", str(clients),   # every client's upload is queued, none 503'd
+               *map(str, server_args)]
+    out: dict[str, Any] = {"model": str(model), "port": port, "files": len(files),
+                           "server_args": [str(a) for a in server_args]}
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
         watched = psutil.Process(server.pid)
