@@ -1153,12 +1153,15 @@ def classifier_part(options: BenchOptions, whisper: Path | None,
     steps.close()
     out["growth"] = gr
     report("classifier growth (one matrix, one fold: search, final fit, nested scores):")
-    report("  utterances   exact s   liblinear s")
+    report("  utterances   exact s   liblinear s   exact floor s")
     for row in gr["rows"]:
         lib = f"{row['liblinear']:.2f}" if row.get("liblinear") else "-"
-        report(f"  {row['utterances']:>10}   {row['exact']:>7.2f}   {lib:>11}")
+        report(f"  {row['utterances']:>10}   {row['exact']:>7.2f}   {lib:>11}   "
+               f"{row['floor']:>13.3f}")
     report("  log-log slope: " + ", ".join(f"{k} {v:.2f}" for k, v in gr["slope"].items()
                                             if v is not None))
+    report("  (floor: one Gram matrix per fit and one factorisation per C, nothing per class:"
+           " the least an exact solve of these fits costs)")
     return out
 
 
