@@ -68,3 +68,20 @@ def test_floor_sums_one_gram_and_one_inverse_per_c_and_fit(monkeypatch):
 def test_classifier_is_a_bench_part():
     assert "classifier" in PARTS
     check_bench_options(BenchOptions(root=".", parts=("classifier",)))
+
+
+def test_bench_part_prints_the_floor_beside_the_solvers(monkeypatch):
+    import binser.classifier_bench as bench
+    from binser.benchmark import classifier_part
+
+    fake = {"rows": [{"utterances": 294, "exact": 0.125, "liblinear": 0.46, "floor": 0.019},
+                     {"utterances": 2940, "exact": 13.2, "liblinear": None, "floor": 4.4}],
+            "slope": {"exact": 2.02, "liblinear": None, "floor": 2.36}}
+    monkeypatch.setattr(bench, "growth", lambda sizes, progress=None: fake)
+    lines = []
+    out = classifier_part(BenchOptions(root=".", parts=("classifier",), quick=True), None,
+                          lines.append)
+    assert out["growth"] is fake
+    table = "\n".join(lines)
+    assert "exact floor s" in table and "4.400" in table and "0.019" in table
+    assert "floor 2.36" in table and "liblinear" not in table.split("slope:")[1]
