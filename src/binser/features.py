@@ -671,7 +671,7 @@ def check_cancelled() -> None:
 
 
 @contextlib.contextmanager
-def window_batch(batch: int, cancel: threading.Event | None = None, encoder=None):
+def window_batch(batch: int, cancel: threading.Event | None = None):
     """Within the block, in this thread only, :func:`encode_windows` and
     :func:`encode_signals` (so ``Model.predict`` with its timeline, ``Model.score_clips`` and
     the stream engine's Whisper windows) encode up to ``batch`` equal-length signals per
@@ -679,20 +679,16 @@ def window_batch(batch: int, cancel: threading.Event | None = None, encoder=None
     instead of bit for bit: frames within 1e-5 relative, scores within 1e-4 (1.4e-5 the
     largest difference measured, whisper-base on EMOVO). ``binser serve`` uses it.
     ``cancel``: once set (by another thread), the next encoder call in the block raises
-    :class:`Cancelled` (a server stops the work of a client that left, within one batch).
-    ``encoder``: a shared :class:`binser.serve.batcher.WindowEncoder`; the windows' Mel
-    chunks of at most 30 s are then encoded by it, batched with those of other threads
-    (``binser serve``'s streams), to the same float32 rounding."""
+    :class:`Cancelled` (a server stops the work of a client that left, within one batch)."""
     batch = int(batch)
     if batch < 1:
         raise ConfigError(f"window batch must be a positive integer, got {batch}")
-    before = (getattr(_WINDOWS, "batch", None), getattr(_WINDOWS, "cancel", None),
-              getattr(_WINDOWS, "encoder", None))
-    _WINDOWS.batch, _WINDOWS.cancel, _WINDOWS.encoder = batch, cancel, encoder
+    before = getattr(_WINDOWS, "batch", None), getattr(_WINDOWS, "cancel", None)
+    _WINDOWS.batch, _WINDOWS.cancel = batch, cancel
     try:
         yield
     finally:
-        _WINDOWS.batch, _WINDOWS.cancel, _WINDOWS.encoder = before
+        _WINDOWS.batch, _WINDOWS.cancel = before
 
 
 def encode_windows(backbone, signals: Sequence[np.ndarray], layers: Sequence[int],
@@ -720,17 +716,9 @@ def encode_windows(backbone, signals: Sequence[np.ndarray], layers: Sequence[int
         return [done[k] for k in where]
     mels = single_thread_map(backbone.chunks, unique, num_threads)
     out: list[dict[int, np.ndarray] | None] = [None] * len(unique)
-    shared = getattr(_WINDOWS, "encoder", None)
-    if shared is not None:   # window_batch(encoder=...): batched with other threads' chunks
-        single = [i for i, chunks in enumerate(mels) if len(chunks) == 1]
-        for i, frames in zip(single, shared.encode(backbone, [mels[i][0] for i in single],
-                                                   layers)):
-            out[i] = frames
     groups: dict[int, list[int]] = {}
     longer = []
     for i, chunks in enumerate(mels):
-        if out[i] is not None:
-            continue
         if len(chunks) == 1:
             groups.setdefault(np.shape(chunks[0]), []).append(i)
         else:

@@ -55,11 +55,6 @@ WebSocket protocol (JSON text messages, binary PCM):
 
 The server reads every message as it arrives (so the client's pings are answered however
 long the model takes) and computes the queued audio in order, all queued chunks at once.
-Whisper models (``window_batch`` > 1): the windows of ALL streams are encoded by one shared
-encoder (:class:`binser.serve.batcher.WindowEncoder`, ``compute_threads`` encoder calls at
-once), so windows of several streams that are ready together are encoded in one batch;
-the rest of a stream's work (views, log-Mel, classifiers) runs in a thread of its own (at
-most ``max_streams``). Other models compute streams in the ``compute_threads`` slots.
 A connection holds a stream slot only once its ``start`` was accepted.
 
 Errors: the server sends ``{"type": "error", "code": C, "message": "..."}`` and closes with
@@ -119,8 +114,7 @@ class ServeSettings:
     Origins accepted besides the server's own. ``window_batch``: Whisper timeline and
     stream windows (and a file's views) encoded per call
     (:func:`binser.features.window_batch`; 1: bit-identical to ``predict``, more: faster,
-    scores equal to ``predict``'s within 1e-4; streams then share one encoder that batches
-    the windows of all streams, :mod:`binser.serve.batcher`)."""
+    scores equal to ``predict``'s within 1e-4)."""
 
     max_upload_bytes: int = 50 << 20
     max_stream_s: float = 3600.0
@@ -163,14 +157,6 @@ def create_app(model, settings: ServeSettings | None = None) -> FastAPI:
     app.state.uploads = 0        # /predict requests in the server (the guard's count)
     app.state.compute_s = 1.0    # running mean of an upload's compute time (Retry-After)
     app.state.limiter = anyio.CapacityLimiter(max(1, settings.compute_threads))
-    app.state.encoder = None     # Whisper streams: one encoder batching all streams' windows
-    app.state.stream_limiter = app.state.limiter
-    if model.windowed and settings.window_batch > 1:
-        from .batcher import WindowEncoder
-
-        app.state.encoder = WindowEncoder(settings.window_batch,
-                                          max(1, settings.compute_threads))
-        app.state.stream_limiter = anyio.CapacityLimiter(max(1, settings.max_streams))
     static = resources.files("binser.serve") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 
@@ -336,12 +322,11 @@ def _predict_file(model, tmp: str, name: str, timeline: bool, per_channel: bool,
         return None   # the client left: the encoder stopped at its next call
 
 
-def _batched(settings: ServeSettings, encoder, fn, *args) -> Any:
-    """``fn(*args)`` with the server's window batch and shared window ``encoder`` (None:
-    this thread encodes its own windows)."""
+def _batched(settings: ServeSettings, fn, *args) -> Any:
+    """``fn(*args)`` with the server's window batch (a compute thread)."""
     from ..features import window_batch
 
-    with window_batch(settings.window_batch, encoder=encoder):
+    with window_batch(settings.window_batch):
         return fn(*args)
 
 
@@ -535,7 +520,7 @@ async def _run_stream(app: FastAPI, ws: WebSocket, settings: ServeSettings,
                         "max_duration_s": settings.max_stream_s,
                         "max_message_bytes": settings.max_message_bytes,
                         "speaker_norm": engine.speaker_norm})
-    limiter, encoder = app.state.stream_limiter, app.state.encoder
+    limiter = app.state.limiter
     queue: asyncio.Queue = asyncio.Queue()
     state = {"backlog": 0.0, "gone": False}
     reader = asyncio.create_task(_reader(ws, settings, start, queue, state))
@@ -557,7 +542,7 @@ async def _run_stream(app: FastAPI, ws: WebSocket, settings: ServeSettings,
                     return
                 try:
                     results = await anyio.to_thread.run_sync(
-                        _batched, settings, encoder, _feed_chunks, engine, chunks, fmt,
+                        _batched, settings, _feed_chunks, engine, chunks, fmt,
                         limiter=limiter)
                 except BinserError as exc:
                     await _close(ws, 1007, str(exc))
@@ -567,8 +552,8 @@ async def _run_stream(app: FastAPI, ws: WebSocket, settings: ServeSettings,
                 for r in results:
                     await ws.send_json({"type": "window", **r.to_dict()})
             elif item == "stop":
-                results = await anyio.to_thread.run_sync(_batched, settings, encoder,
-                                                         engine.finish, limiter=limiter)
+                results = await anyio.to_thread.run_sync(_batched, settings, engine.finish,
+                                                         limiter=limiter)
                 for r in results:
                     await ws.send_json({"type": "window", **r.to_dict()})
                 await ws.send_json({"type": "end", "summary": engine.summary()})

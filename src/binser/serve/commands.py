@@ -102,8 +102,7 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-streams", type=positive_int, default=4,
                    help="concurrent WebSocket streams (default %(default)s)")
     p.add_argument("--threads", type=positive_int, default=2,
-                   help="model computations run at once: uploads, and for Whisper models "
-                        "the encoder calls of all streams together (default %(default)s)")
+                   help="model computations run at once (default %(default)s)")
     p.add_argument("--max-duration-s", type=positive_float, default=600.0,
                    help="longest upload, seconds of audio as its header declares; the "
                         "decoded size (rate x duration x channels) is capped at 96000 x this "
