@@ -224,3 +224,47 @@ def test_identical_cnn_images_are_computed_once(monkeypatch):
     got = cnn_features(backbone, np.stack([a.copy() for _ in range(17)] + [b]))
     assert sum(rows) == 16          # one padded sub-batch holding a and b once (not two)
     assert np.array_equal(got, alone[[0] * 17 + [1]])   # bit for bit (company-independent)
+
+
+# ------------------------------------------------------------------ the encoder's floor
+
+def test_whisper_encoder_flops_by_hand_and_against_torch_counter(tiny):
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from binser.benchmark import whisper_encoder_flops
+
+    # T = 4 frames, S = 2 tokens, n_mels 2, d 3, ffn 5: stem 144 + 108, a block 144 + 48 + 120
+    assert whisper_encoder_flops(4, 2, 3, 5, 0) == 252
+    assert whisper_encoder_flops(4, 2, 3, 5, 1) == 564
+    # whisper-base, 1 s (100 frames) to layer 3: 1.0622976 GFLOP
+    assert whisper_encoder_flops(100, 80, 512, 2048, 3) == 1_062_297_600
+    cfg = tiny.config
+    for frames, layer in ((100, 1), (77, 2)):   # torch's counter sees convs and linears;
+        mel = torch.zeros(1, cfg.num_mel_bins, frames)   # not the CPU's fused attention
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            tiny.model(mel, None, [layer])
+        attention = layer * 4 * ((frames + 1) // 2) ** 2 * cfg.d_model
+        assert counter.get_total_flops() + attention == whisper_encoder_flops(
+            frames, cfg.num_mel_bins, cfg.d_model, cfg.encoder_ffn_dim, layer)
+
+
+def test_serve_encoder_work_counts_what_an_upload_encodes(whisper, tmp_path):
+    from binser.benchmark import serve_encoder_work, whisper_encoder_flops
+
+    model, _ = whisper
+    rng = np.random.default_rng(5)
+    stereo = (0.1 * rng.standard_normal((32000, 2))).astype(np.float32)   # 2 s
+    sf.write(tmp_path / "stereo.wav", stereo, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "mono.wav", stereo[:, 0], 16000, subtype="FLOAT")
+    spans = model.window_spans(32000)
+    assert len(spans) >= 3
+    frames = [32000 // 160] + [(b - a) // 160 for a, b in spans]   # the file, its windows
+    cfg = model.backbone.config
+    flop = sum(whisper_encoder_flops(t, cfg.num_mel_bins, cfg.d_model, cfg.encoder_ffn_dim,
+                                     model.layer) for t in frames)
+    # stereo: four distinct views; mono: L = R once, M, and a silent Side -> two
+    for name, views in (("stereo.wav", 4), ("mono.wav", 2)):
+        got = serve_encoder_work(model, [tmp_path / name])
+        assert got["view_seconds"] == pytest.approx(views * sum(frames) / 100)
+        assert got["gflop"] == pytest.approx(views * flop / 1e9)

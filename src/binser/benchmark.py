@@ -33,7 +33,10 @@ Every figure is measured on the machine it runs on, over EMOVO (or a subset with
   before/after) of every 4th EMOVO file, then N = 1, 2, 4, 8, 12, 16 concurrent real-time
   WebSocket streams, each playing its own ~30 s of joined EMOVO utterances
   (:func:`long_stream_files`; per-window latency p50/p99, whether each N keeps up with real
-  time; stops at the first that does not). The server is always terminated.
+  time; stops at the first that does not). The server is always terminated. Whisper
+  models also get the encoder's floor (:func:`serve_ceiling`): the GFLOP one upload
+  encodes and the uploads per second one core could serve at its float32 matrix-product
+  rate with every other cost at zero.
 * **scenes** (:func:`scenes_speed`): ``binser scenes`` with its default settings over every
   4th EMOVO file (the quick subset with ``quick=True``), on one thread: decode, room and
   HRIR rendering, noise, competing talkers and FLAC writing, x real time.
@@ -789,6 +792,92 @@ def _stream_load(port: int, files: Sequence[Path], n: int, chunk_s: float, keep_
             "errors": [r["error"] for r in rows if r["error"]], "per_stream": rows}
 
 
+def whisper_encoder_flops(frames: int, n_mels: int, d: int, ffn: int, blocks: int) -> int:
+    """Floating-point operations of Whisper's encoder on one Mel chunk of ``frames`` frames,
+    through ``blocks`` Transformer blocks (a multiply-add counts 2): the conv stem
+    ``2*n_mels*3*d*T + 2*d*3*d*S`` (conv1 k=3 on ``T`` frames, conv2 k=3 stride 2 to
+    ``S = ceil(T/2)`` tokens) plus per block ``8*S*d^2`` (q, k, v, out projections) +
+    ``4*S^2*d`` (scores and weighted sum) + ``4*S*d*ffn`` (the two FFN layers). Biases,
+    norms, GELU and softmax are left out (a lower bound)."""
+    t = int(frames)
+    tokens = (t + 1) // 2
+    stem = 2 * n_mels * 3 * d * t + 2 * d * 3 * d * tokens
+    block = 8 * tokens * d * d + 4 * tokens * tokens * d + 4 * tokens * d * ffn
+    return stem + blocks * block
+
+
+def serve_encoder_work(model, files: Sequence[Path]) -> dict[str, float]:
+    """Encoder work one ``POST /predict`` with its timeline does for each of ``files``
+    (a Whisper model): the file's views and every timeline window's views, identical
+    views once and silent views skipped, as the server encodes them. Returns the mean per
+    upload of ``view_seconds`` (seconds of view audio encoded) and ``gflop``
+    (:func:`whisper_encoder_flops` of each Mel chunk, 100 frames a second)."""
+    from .audio import load_audio
+    from .backbones.whisper import CHUNK_FRAMES, HOP
+    from .features import unique_signals
+    from .views import binaural_views, file_silent_views
+
+    cfg, backbone = model.frontend, model.backbone
+    dims = backbone.config
+    seconds = flops = 0.0
+    for path in files:
+        audio = load_audio(path, sr=cfg.sample_rate, channels=cfg.channels,
+                           max_duration_s=cfg.max_duration_s)
+        clips = [audio] + [audio[:, a:b] for a, b in model.window_spans(audio.shape[1])]
+        for clip in clips:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", MonoInputWarning)
+                views = binaural_views(clip, cfg.side_scale, views=model.views,
+                                       sample_rate=cfg.sample_rate)
+            quiet = file_silent_views(views)
+            signals = unique_signals([views[v] for v in model.views if v not in quiet])[0]
+            for signal in signals:
+                total = len(signal) // HOP                         # the log-Mel's frames
+                for start in range(0, total, CHUNK_FRAMES):        # its 30 s chunks
+                    frames = min(CHUNK_FRAMES, total - start)
+                    seconds += frames * HOP / cfg.sample_rate
+                    flops += whisper_encoder_flops(frames, dims.num_mel_bins, dims.d_model,
+                                                   dims.encoder_ffn_dim, model.layer)
+    n = max(1, len(files))
+    return {"view_seconds": seconds / n, "gflop": flops / n / 1e9}
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
+    """float32 GFLOP/s of an ``n x n`` matrix product on one torch thread (the best of three
+    timings of ``repeats`` products): about the most one core does for the encoder."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                a @ b
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
+    return 2.0 * n ** 3 * repeats / best / 1e9
+
+
+def serve_ceiling(model_dir: str | Path, files: Sequence[Path]) -> dict[str, Any] | None:
+    """The most uploads per second one core could serve a Whisper model, if every other
+    cost were zero and the encoder ran at this core's matrix-product rate: ``gflop`` per
+    upload (:func:`serve_encoder_work`), ``matmul_gflops`` (:func:`matmul_gflops`) and
+    ``requests_s_per_core`` (their ratio). None for other models."""
+    from .model import Model
+
+    model = Model.load(model_dir)
+    if not model.windowed or model.family != "whisper":
+        return None
+    work = serve_encoder_work(model, files)
+    rate = matmul_gflops()
+    return {**work, "matmul_gflops": rate, "requests_s_per_core": rate / work["gflop"]}
+
+
 def serve_prerequisites() -> str | None:
     """Why the serve part cannot run here (a missing package), or None."""
     import importlib.util
@@ -1086,12 +1175,19 @@ def _part_serve(options: BenchOptions, files: list[Path], whisper: Path | None,
                                                            max(SERVE_STREAMS)))
         finally:
             shutil.rmtree(streams_dir, ignore_errors=True)
+        sv["ceiling"] = serve_ceiling(options.serve_model, files[::4])
         figures["serve"] = sv
         up, rss = sv["uploads"], sv["rss_mb"]
         report(f"serve uploads: {up['clients']} clients x {up['uploads_per_client']}: "
                f"{up['requests_s']:.2f} requests/s, p50 {up['p50_ms']:.0f} ms, p99 "
                f"{up['p99_ms']:.0f} ms, {up['errors']} errors; server RSS "
                f"{rss['start']:.0f} MiB -> {rss['after_uploads']:.0f} MiB")
+        if sv["ceiling"]:
+            c = sv["ceiling"]
+            report(f"serve uploads, the encoder's floor: {c['gflop']:.1f} GFLOP per upload "
+                   f"({c['view_seconds']:.1f} s of view audio); float32 matmul on one core "
+                   f"{c['matmul_gflops']:.0f} GFLOP/s -> at most "
+                   f"{c['requests_s_per_core']:.2f} requests/s per core")
         for r in sv["streams"]:
             report(f"serve streams x{r['streams']}: window latency (server) p50 "
                    f"{_ms(r['latency_p50_ms'])}, p99 {_ms(r['latency_p99_ms'])}; "
