@@ -167,6 +167,54 @@ def test_quantize_int8_replaces_the_encoder_linear_layers(whisper, tmp_path):
         quantize_model(q, "int4")
 
 
+def test_quantize_bf16_computes_linear_and_conv_products_in_bfloat16(whisper):
+    """--quantize bf16: every Linear and Conv1d of the encoder becomes its bfloat16 version;
+    each replaced layer equals a float32 reference computed from bfloat16-rounded inputs and
+    weights; the encoder's outputs move a little, the shared original is untouched."""
+    import copy
+
+    import torch
+
+    from binser.serve.quantize import BFloat16Conv1d, BFloat16Linear, quantize_model
+
+    model, root = whisper
+    wav = sorted(Path(root).glob("*/*.wav"))[0]
+    backbone = model.backbones[model.views[0]]
+    signal = sf.read(wav, dtype="float32")[0][:, 0]
+    before = backbone.encode_one(signal, (model.layer,))[model.layer]
+    q = copy.copy(model)
+    q.info = dict(model.info)
+    shared = {id(b): copy.copy(b) for b in model.backbones.values()}
+    q.backbones = {v: shared[id(b)] for v, b in model.backbones.items()}
+    wanted = sum(isinstance(m, (torch.nn.Linear, torch.nn.Conv1d))
+                 for m in backbone.model.modules())
+    assert quantize_model(q, "bf16") == wanted * len(shared) and wanted > 0
+    qb = q.backbones[q.views[0]]
+    assert not any(isinstance(m, (torch.nn.Linear, torch.nn.Conv1d)) for m in qb.model.modules())
+    assert any(isinstance(m, torch.nn.Linear) for m in backbone.model.modules())  # original kept
+    assert q.info["quantized"] == "bf16" and "quantized" not in model.info
+    # one layer of each kind against the definition, computed in float32 from rounded values
+    lin = next(m for m in backbone.model.modules() if isinstance(m, torch.nn.Linear))
+    x = torch.randn(3, lin.in_features)
+    r = lambda t: t.to(torch.bfloat16).to(torch.float32)    # noqa: E731
+    ref = r(x) @ r(lin.weight.detach()).T + lin.bias.detach()
+    got = BFloat16Linear(lin)(x)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, rtol=1e-2, atol=1e-2 * float(ref.abs().max()))
+    conv = next(m for m in backbone.model.modules() if isinstance(m, torch.nn.Conv1d))
+    xc = torch.randn(2, conv.in_channels, 20)
+    refc = torch.nn.functional.conv1d(r(xc), r(conv.weight.detach()), conv.bias.detach(),
+                                      conv.stride, conv.padding)
+    torch.testing.assert_close(BFloat16Conv1d(conv)(xc), refc, rtol=1e-2,
+                               atol=1e-2 * float(refc.abs().max()))
+    after = qb.encode_one(signal, (model.layer,))[model.layer]
+    assert after.shape == before.shape and after.dtype == np.float32
+    assert not np.array_equal(after, before)
+    assert np.corrcoef(after.ravel(), before.ravel())[0, 1] > 0.99
+    (bf16_pred,) = q.predict([wav], progress=False)
+    assert sum(bf16_pred.scores.values()) == pytest.approx(1.0)
+
+
 def test_a_client_leaving_stops_the_encoder(whisper, tmp_path, monkeypatch):
     """The server's computation of an upload whose client left stops at the next encoder
     call: here the client leaves while the file's own views are encoded, and none of its

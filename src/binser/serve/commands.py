@@ -123,9 +123,11 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shutdown-timeout", type=positive_float, default=10.0,
                    help="on shutdown, seconds open streams and requests get before they are "
                         "closed (streams with code 1012) (default %(default)s)")
-    p.add_argument("--quantize", choices=("int8",), default=None,
-                   help="Whisper models: int8 dynamically quantised encoder Linear layers "
-                        "(faster on the CPU; the scores change: see binser.serve.quantize)")
+    p.add_argument("--quantize", choices=("int8", "bf16"), default=None,
+                   help="Whisper models: int8 dynamically quantised encoder Linear layers, or "
+                        "bf16 products in the encoder's Linear and Conv1d layers (faster on "
+                        "CPUs with bfloat16 instructions); the scores change: see "
+                        "binser.serve.quantize and RESULTS.md")
     p.add_argument("--window-batch", type=positive_int, default=16,
                    help="Whisper timeline/stream windows (and a file's views) encoded per "
                         "call: faster; scores equal predict's within 1e-4 (1: bit for bit) "
