@@ -99,49 +99,42 @@ def quantize_model(model, scheme: str = "int8") -> int:
     if not family(model.family).encoder:
         raise ConfigError(f"--quantize {scheme} applies to Whisper models (an image CNN's "
                           "Linear layers are not on its feature path)")
-    if scheme == "bf16":
-        return _bfloat16_model(model)
+    convert = bfloat16_copy if scheme == "bf16" else _int8_converter()
+    replaced = 0
+    seen: set[int] = set()
+    for backbone in model.backbones.values():     # views may share one encoder
+        if id(backbone) in seen:
+            continue
+        seen.add(id(backbone))
+        if getattr(backbone, "device", torch.device("cpu")).type != "cpu":
+            raise ConfigError(f"--quantize {scheme} runs on the CPU; this encoder is on "
+                              f"{backbone.device}")
+        backbone.model, count = convert(backbone.model)
+        replaced += count
+    model.info["quantized"] = scheme
+    return replaced
+
+
+def _int8_converter():
+    """``module -> (dynamically quantised copy, Linear layers replaced)``, after choosing
+    PyTorch's quantised CPU engine; ConfigError where there is none."""
     engines = torch.backends.quantized.supported_engines
     engine = next((e for e in ("fbgemm", "x86", "qnnpack") if e in engines), None)
     if engine is None:
         raise ConfigError("this PyTorch has no quantised CPU engine (fbgemm/qnnpack)")
     torch.backends.quantized.engine = engine
-    replaced = 0
-    seen: set[int] = set()
-    for backbone in model.backbones.values():
-        if id(backbone) in seen:
-            continue
-        seen.add(id(backbone))
-        if getattr(backbone, "device", torch.device("cpu")).type != "cpu":
-            raise ConfigError("--quantize int8 runs on the CPU; this encoder is on "
-                              f"{backbone.device}")
-        linear = sum(isinstance(m, torch.nn.Linear) for m in backbone.model.modules())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            quantize = torch.ao.quantization.quantize_dynamic
+        except AttributeError:
+            raise ConfigError("this PyTorch has no torch.ao.quantization."
+                              "quantize_dynamic") from None
+
+    def convert(module: torch.nn.Module) -> tuple[torch.nn.Module, int]:
+        linear = sum(isinstance(m, torch.nn.Linear) for m in module.modules())
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", UserWarning)
-            try:
-                quantize = torch.ao.quantization.quantize_dynamic
-            except AttributeError:
-                raise ConfigError("this PyTorch has no torch.ao.quantization."
-                                  "quantize_dynamic") from None
-            backbone.model = quantize(backbone.model, {torch.nn.Linear}, dtype=torch.qint8)
-        replaced += linear
-    model.info["quantized"] = scheme
-    return replaced
-
-
-def _bfloat16_model(model) -> int:
-    """``--quantize bf16`` on every distinct encoder of ``model`` (see :func:`quantize_model`)."""
-    replaced = 0
-    seen: set[int] = set()
-    for backbone in model.backbones.values():
-        if id(backbone) in seen:
-            continue
-        seen.add(id(backbone))
-        if getattr(backbone, "device", torch.device("cpu")).type != "cpu":
-            raise ConfigError("--quantize bf16 runs on the CPU; this encoder is on "
-                              f"{backbone.device}")
-        backbone.model, count = bfloat16_copy(backbone.model)
-        replaced += count
-    model.info["quantized"] = "bf16"
-    return replaced
+            return quantize(module, {torch.nn.Linear}, dtype=torch.qint8), linear
+    return convert
