@@ -342,7 +342,13 @@ def test_server_stream_online(norm, files):
         with c.websocket_connect("ws://127.0.0.1/stream") as ws:
             ready, got, end = session(ws, {**start, "warm_up": 2})
         assert ready["speaker_norm"].startswith("online: running statistics")
-        assert [g["scores"] for g in got] == [w.scores for w in want]
+        # the server batches the windows that are ready together (--window-batch): equal to
+        # the engine's one-at-a-time scores within its stated 1e-4, whatever the batches were
+        # (they depend on how many chunks had arrived: a loaded machine batches differently)
+        assert len(got) == len(want)
+        assert max(abs(g["scores"][k] - w.scores[k]) for g, w in zip(got, want)
+                   for k in w.scores) <= 1e-4
+        assert [set(g["scores"]) for g in got] == [set(w.scores) for w in want]
         assert [g["speaker_norm"] for g in got] == [w.speaker_norm for w in want]
         assert end["summary"]["speaker_norm"] == ready["speaker_norm"]
         with c.websocket_connect("ws://127.0.0.1/stream") as ws:

@@ -847,9 +847,9 @@ def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
     timings of ``repeats`` products): about the most one core does for the encoder."""
     import torch
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    from .parallel import torch_threads
+
+    with torch_threads(1):
         a, b = torch.randn(n, n), torch.randn(n, n)
         a @ b
         best = float("inf")
@@ -858,8 +858,6 @@ def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
             for _ in range(repeats):
                 a @ b
             best = min(best, time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(before)
     return 2.0 * n ** 3 * repeats / best / 1e9
 
 

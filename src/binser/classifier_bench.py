@@ -58,14 +58,16 @@ def matrix_stage_seconds(X: np.ndarray, y: np.ndarray, speakers: np.ndarray, sol
     return time.perf_counter() - start
 
 
-def fit_sizes(y: np.ndarray, speakers: np.ndarray, n_splits: int = 3) -> list[tuple[int, int]]:
+def fit_sizes(y: np.ndarray, speakers: np.ndarray) -> list[tuple[int, int]]:
     """``(training rows, values of C)`` of every SVM fit :func:`matrix_stage_seconds` makes in
-    the first LOSO fold: the search's inner fits (every C), the nested searches' inner fits
-    on each inner training part (every C), the final fit (one C). (The nested scores' final
-    fits reuse the search's, so they are not listed.)"""
+    the first LOSO fold with :class:`~binser.classifier.ViewClassifier`'s defaults (its
+    ``Cs`` and ``inner_splits``): the search's inner fits (every C), the nested searches'
+    inner fits on each inner training part (every C), the final fit (one C). (The nested
+    scores' final fits reuse the search's, so they are not listed.)"""
     from .classifier import ViewClassifier, inner_splits
 
-    n_cs = len(ViewClassifier().Cs)
+    defaults = ViewClassifier()
+    n_cs, n_splits = len(defaults.Cs), int(defaults.inner_splits)
     train = np.flatnonzero(speakers != speakers[0])
     y_tr, g_tr = y[train], speakers[train]
     sizes = [(len(train), 1)]
@@ -79,11 +81,12 @@ def fit_sizes(y: np.ndarray, speakers: np.ndarray, n_splits: int = 3) -> list[tu
 def exact_floor_seconds(sizes: Sequence[tuple[int, int]], dim: int = 1024, seed: int = 0
                         ) -> float:
     """Seconds, one thread, of the least work any exact solver of the dual problem does for
-    these fits: per fit one Gram matrix ``X X^T`` of its rows and, per value of C, one
-    factorisation and inverse of a matrix of that size (LAPACK ``potrf`` + ``potri``);
-    nothing per class or per Newton step. Each distinct size is timed once (best of 2)."""
-    from scipy.linalg import lapack
+    these fits: per fit the solver's Gram matrix of its rows (:func:`binser.svm.linear_gram`)
+    and, per value of C, its shared inverse (:class:`binser.svm.RegularisedInverse`); nothing
+    per class or per Newton step. Each distinct size is timed once (best of 2)."""
     from threadpoolctl import threadpool_limits
+
+    from .svm import RegularisedInverse, linear_gram
 
     rng = np.random.default_rng(seed)
     timed: dict[int, tuple[float, float]] = {}
@@ -95,10 +98,9 @@ def exact_floor_seconds(sizes: Sequence[tuple[int, int]], dim: int = 1024, seed:
             gram_s = inverse_s = np.inf
             for _ in range(2):
                 start = time.perf_counter()
-                gram = x @ x.T + np.eye(n)
+                gram, _ = linear_gram(x)
                 mid = time.perf_counter()
-                factor, _ = lapack.dpotrf(gram, lower=True, overwrite_a=True)
-                lapack.dpotri(factor, lower=True, overwrite_c=True)
+                RegularisedInverse(gram, 1.0).matrix
                 end = time.perf_counter()
                 gram_s, inverse_s = min(gram_s, mid - start), min(inverse_s, end - mid)
             timed[n] = (gram_s, inverse_s)

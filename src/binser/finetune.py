@@ -62,6 +62,7 @@ from torch import nn
 from .backbones import Backbone, RandomWeightsWarning, get_backbone, weights_digest
 from .config import FrontEndConfig
 from .errors import BinserError, ConfigError, ModelError
+from .parallel import torch_threads
 from .validation import check_choice, check_choices, check_int_range
 
 CHECKPOINT_FORMAT = "binser-finetuned-v1"   # bump when the training procedure changes
@@ -1061,18 +1062,6 @@ def _final_metadata(backbone: Backbone, key: str, history: dict[str, Any],
             "settings": json.dumps(settings.to_dict()), "history": json.dumps(history)}
 
 
-@contextlib.contextmanager
-def _threads(n: int | None):
-    """torch CPU threads set to ``n`` inside the block (None: unchanged)."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 FrozenSource = Union[FrozenOutputs, Callable[[], Optional[FrozenOutputs]], None]
 
 
@@ -1108,7 +1097,7 @@ def finetune_backbone(backbone_name: str, weights: str | Path | None,
     _check_inputs(images, labels, groups, n_classes)
     t0 = time.perf_counter()
     device = resolve_device(settings.device)
-    with _threads(settings.num_threads):
+    with torch_threads(settings.num_threads):
         backbone = get_backbone(backbone_name, weights=weights, input_size=settings.input_size,
                                 allow_random=allow_random)
         base_id = backbone.weights_id
@@ -1317,7 +1306,7 @@ def finetuned_fold_features(paths: Sequence[str | Path], labels: np.ndarray,
                 speakers[train_idx], n_classes, settings, progress, allow_random,
                 tag=f"{view}|{config.digest()}", desc=f"fold {k + 1}/{len(fold_list)} {view}",
                 frozen=functools.partial(_subset, frozen_all, train_idx))
-            with _threads(settings.num_threads):
+            with torch_threads(settings.num_threads):
                 features[k][view], timing = _fold_features(backbone, settings, view, images,
                                                            frozen_all, cache, digests, config,
                                                            batch_size)
@@ -1369,7 +1358,7 @@ def _view_frozen_outputs(backbone_name: str, weights: str | Path | None,
                          settings: FinetuneSettings, images: Sequence[np.ndarray],
                          allow_random: bool) -> FrozenOutputs | None:
     """The frozen part's outputs for every utterance of one view (None: nothing frozen)."""
-    with _threads(settings.num_threads), warnings.catch_warnings():
+    with torch_threads(settings.num_threads), warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)  # said once per fine-tuning
         backbone = get_backbone(backbone_name, weights=weights,
                                 input_size=settings.input_size, allow_random=allow_random)

@@ -50,14 +50,14 @@ and ``random_state`` give the same probabilities bit for bit on one machine.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 
-from .classifier import fit_temperature, inner_splits
+from .classifier import fit_temperature, inner_splits, temperature_proba
 from .errors import ConfigError
+from .parallel import torch_threads
 from .pooling import _check_segments
 
 STD_FLOOR = 1e-8
@@ -74,18 +74,6 @@ def check_frames(frames: Sequence[np.ndarray], d: int | None = None) -> list[np.
     if bad is not None:
         raise ConfigError(f"utterance {bad}: frames contain NaN or infinite values")
     return out
-
-
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _network(d: int, k: int, attention_dim: int, hidden: int, dropout: float,
@@ -233,7 +221,7 @@ class AttentiveStatsHead(ClassifierMixin, BaseEstimator):
         self.n_features_in_ = frames[0].shape[1]
         self.members_, self.temperatures_, self.epochs_, self.member_scores_ = [], [], [], []
         heldout, times = np.zeros((len(y), len(self.classes_))), np.zeros(len(y))
-        with _torch_threads(self.num_threads):
+        with torch_threads(self.num_threads):
             for m in range(int(self.n_seeds)):
                 train, val = splits[m % len(splits)]
                 net, epoch, score, t, z = self._fit_member(frames, codes, train, val, m)
@@ -241,7 +229,7 @@ class AttentiveStatsHead(ClassifierMixin, BaseEstimator):
                 self.epochs_.append(epoch)
                 self.member_scores_.append(score)
                 self.temperatures_.append(t)
-                heldout[val] += _softmax(t * z)
+                heldout[val] += temperature_proba(z, t)
                 times[val] += 1
         self.best_score_ = float(np.mean(self.member_scores_))
         scored = times > 0
@@ -252,7 +240,8 @@ class AttentiveStatsHead(ClassifierMixin, BaseEstimator):
 
     def _fit_member(self, frames: list[np.ndarray], codes: np.ndarray, train: np.ndarray,
                     val: np.ndarray, m: int):
-        """One member: ``(net at the kept epoch, epoch, held-out UA, temperature)``."""
+        """One member: ``(net at the kept epoch, epoch, held-out UA, temperature, held-out
+        logits)``."""
         import torch
 
         k = len(self.classes_)
@@ -316,7 +305,7 @@ class AttentiveStatsHead(ClassifierMixin, BaseEstimator):
         self._check_fitted()
         frames = check_frames(frames, self.n_features_in_)
         rows = np.arange(len(frames))
-        with _torch_threads(self.num_threads):
+        with torch_threads(self.num_threads):
             return np.stack([log_softmax(t * _logits(net, frames, rows, int(self.batch_size)),
                                          axis=1)
                              for net, t in zip(self.members_, self.temperatures_)])
@@ -356,12 +345,6 @@ class AttentiveStatsHead(ClassifierMixin, BaseEstimator):
             present = np.searchsorted(classes, model.classes_)
             out[np.ix_(test, present)] = model.predict_proba([frames[i] for i in test])
         return out
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    from scipy.special import softmax
-
-    return softmax(z, axis=1)
 
 
 def fold_proba(head: AttentiveStatsHead, frames: Sequence[np.ndarray], y, groups: Sequence,

@@ -41,26 +41,35 @@ def check_workers(workers: int | None) -> int:
     return check_int_range(workers, "--threads", 1, integral_floats=True)
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """torch's intra-op CPU threads set to ``n`` inside the block and restored after it
+    (``None``: unchanged)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def single_thread_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None,
                       on_result: Callable[[T], None] | None = None) -> list[R]:
     """``[fn(item) for item in items]`` computed by ``workers`` threads, torch limited to one
     intra-op thread meanwhile (restored afterwards). Results keep the order of ``items``.
     ``on_result(item)`` (e.g. a progress bar's update) runs in the calling thread as each
     result, in order, becomes available."""
-    import torch
-
     items = list(items)
     workers = min(check_workers(workers), max(1, len(items)))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     out: list[R] = []
-    try:
-        with (ThreadPoolExecutor(max_workers=workers, thread_name_prefix="binser-infer")
-              if workers > 1 else contextlib.nullcontext()) as pool:
-            for item, result in zip(items, pool.map(fn, items) if pool else map(fn, items)):
-                out.append(result)
-                if on_result is not None:
-                    on_result(item)
-        return out
-    finally:
-        torch.set_num_threads(before)
+    with torch_threads(1), (ThreadPoolExecutor(max_workers=workers,
+                                               thread_name_prefix="binser-infer")
+                            if workers > 1 else contextlib.nullcontext()) as pool:
+        for item, result in zip(items, pool.map(fn, items) if pool else map(fn, items)):
+            out.append(result)
+            if on_result is not None:
+                on_result(item)
+    return out

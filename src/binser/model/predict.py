@@ -327,6 +327,7 @@ class Model:
         ids = np.array([f"#{j}" for j in range(len(keys))], dtype=str)
         stats: dict[str, dict] = {v: {} for v in self.views}
         notes: list[str | None] = []
+        warm_up = online[self.views[0]].warm_up
         for j, key in enumerate(keys):
             counts, fell_back = [], []
             for v in self.views:
@@ -337,7 +338,6 @@ class Model:
                     counts.append(n)
                     if n < online[v].warm_up:
                         fell_back.append(v)
-            warm_up = online[self.views[0]].warm_up
             notes.append(_online_note(counts, fell_back, warm_up, unit) if counts else None)
         return ids, stats, notes
 

@@ -13,7 +13,7 @@
   accumulated by the CPU's bfloat16 kernels, returned as float32, bias added in float32.
   Layer norms, softmax, GELU and the residual sums stay float32. Fast on CPUs with bfloat16
   instructions (AVX512-BF16 or AMX: about 2.3x a float32 matmul on this project's machine);
-  elsewhere PyTorch emulates them and it can be slower than float32.
+  elsewhere PyTorch emulates them (not measured by the project: time it first).
 
 The numbers change: scores are no longer those of ``predict``, and the accuracy change is
 the model's own (measure it on your data before relying on it; the project's figures are
